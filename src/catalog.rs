@@ -1,0 +1,524 @@
+//! SQLite metadata: rows, not files. Schema migrations live in `schemas/sql/NNNN_*.sql` and
+//! are applied in order, tracked by `PRAGMA user_version`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::store::codec::ObjectKind;
+
+/// Migrations, oldest first. Never edit a released one: add the next.
+const MIGRATIONS: &[&str] = &[include_str!("../schemas/sql/0001_init.sql")];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub struct Catalog {
+    conn: Connection,
+}
+
+/// An object as the catalog knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRow {
+    pub id: ObjectId,
+    pub kind: ObjectKind,
+    pub stored: bool,
+    pub raw_size: u64,
+    pub stored_size: Option<u64>,
+    pub delta_base: Option<ObjectId>,
+}
+
+/// Kind of a registered checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointKind {
+    Base,
+    Language,
+    Task,
+    Merged,
+}
+
+impl CheckpointKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CheckpointKind::Base => "base",
+            CheckpointKind::Language => "language",
+            CheckpointKind::Task => "task",
+            CheckpointKind::Merged => "merged",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Base, Self::Language, Self::Task, Self::Merged]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// A checkpoint row, with its base's `name@version` resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckpointRow {
+    #[serde(skip)]
+    pub rowid: i64,
+    pub name: String,
+    pub version: u32,
+    pub kind: CheckpointKind,
+    #[serde(serialize_with = "serialize_hex")]
+    pub manifest_id: ObjectId,
+    pub architecture: Option<String>,
+    pub base: Option<String>,
+    pub language: Option<String>,
+    pub task: Option<String>,
+    pub source_path: Option<String>,
+    pub tensor_count: u64,
+    pub parameters: u64,
+    pub logical_size: u64,
+    pub created_at: String,
+    pub tags: Vec<(String, String)>,
+}
+
+impl CheckpointRow {
+    /// `name@version`.
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+pub(crate) fn serialize_hex<S: serde::Serializer>(id: &ObjectId, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&id.to_hex())
+}
+
+/// What a new checkpoint row holds (the version is assigned by the catalog).
+#[derive(Clone, Debug)]
+pub struct NewCheckpoint {
+    pub name: String,
+    pub kind: CheckpointKind,
+    pub manifest_id: ObjectId,
+    pub architecture: Option<String>,
+    pub base: Option<i64>,
+    pub language: Option<String>,
+    pub task: Option<String>,
+    pub source_path: Option<String>,
+    pub tensor_count: u64,
+    pub parameters: u64,
+    pub logical_size: u64,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Filters for [`Catalog::checkpoints`]; `None` matches everything.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct CheckpointFilter {
+    pub kind: Option<CheckpointKind>,
+    pub language: Option<String>,
+    pub task: Option<String>,
+}
+
+const CHECKPOINT_COLUMNS: &str = "c.id, c.name, c.version, c.kind, c.manifest_id, c.architecture, \
+     (SELECT b.name || '@' || b.version FROM checkpoints b WHERE b.id = c.base_id), \
+     c.language, c.task, c.source_path, c.tensor_count, c.parameters, c.logical_size, c.created_at";
+
+fn parse_id(s: &str) -> rusqlite::Result<ObjectId> {
+    ObjectId::parse_hex(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("bad object id `{s}`").into(),
+        )
+    })
+}
+
+fn checkpoint_from_row(row: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
+    let kind: String = row.get(3)?;
+    let manifest: String = row.get(4)?;
+    Ok(CheckpointRow {
+        rowid: row.get(0)?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        kind: CheckpointKind::parse(&kind).unwrap_or(CheckpointKind::Base),
+        manifest_id: parse_id(&manifest)?,
+        architecture: row.get(5)?,
+        base: row.get(6)?,
+        language: row.get(7)?,
+        task: row.get(8)?,
+        source_path: row.get(9)?,
+        tensor_count: row.get(10)?,
+        parameters: row.get(11)?,
+        logical_size: row.get(12)?,
+        created_at: row.get(13)?,
+        tags: Vec::new(),
+    })
+}
+
+fn object_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectRow> {
+    let id: String = row.get(0)?;
+    let kind: String = row.get(1)?;
+    let state: String = row.get(2)?;
+    let base: Option<String> = row.get(5)?;
+    Ok(ObjectRow {
+        id: parse_id(&id)?,
+        kind: ObjectKind::from_name(&kind).unwrap_or(ObjectKind::Blob),
+        stored: state == "stored",
+        raw_size: row.get(3)?,
+        stored_size: row.get(4)?,
+        delta_base: base.as_deref().map(parse_id).transpose()?,
+    })
+}
+
+const OBJECT_COLUMNS: &str = "id, kind, state, raw_size, stored_size, delta_base";
+
+impl Catalog {
+    /// Opens (creating and migrating as needed) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(120))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::NotARegistry {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "its catalog is schema version {version}, this crossmerge knows up to {SCHEMA_VERSION}"
+                ),
+            });
+        }
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        tx.commit()?;
+        Ok(Self { conn })
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// The rows of those of `ids` the catalog knows.
+    pub fn objects(&self, ids: &[ObjectId]) -> Result<HashMap<ObjectId, ObjectRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"
+        ))?;
+        let mut out = HashMap::new();
+        for id in ids {
+            if let Some(row) = stmt.query_row([id.to_hex()], object_from_row).optional()? {
+                out.insert(*id, row);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn all_objects(&self) -> Result<Vec<ObjectRow>> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))?;
+        let rows = stmt.query_map([], object_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records, durably and before any file is written, the objects about to be written.
+    pub fn insert_pending(&mut self, rows: &[ObjectRow]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO objects (id, kind, state, raw_size, delta_base) VALUES (?1, ?2, 'pending', ?3, ?4) \
+                 ON CONFLICT (id) DO NOTHING",
+            )?;
+            for r in rows {
+                stmt.execute(params![
+                    r.id.to_hex(),
+                    r.kind.name(),
+                    r.raw_size,
+                    r.delta_base.map(|b| b.to_hex())
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// In one transaction: marks written objects stored, records the manifest's references and
+    /// inserts the checkpoint, unless the latest version of `name` already is this exact
+    /// checkpoint. Returns the row and whether it is new.
+    pub fn commit_checkpoint(
+        &mut self,
+        stored: &[(ObjectId, u64)],
+        refs: &[(String, ObjectId)],
+        new: &NewCheckpoint,
+    ) -> Result<(CheckpointRow, bool)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut mark = tx.prepare_cached(
+                "UPDATE objects SET state = 'stored', stored_size = ?2 WHERE id = ?1",
+            )?;
+            for (id, size) in stored {
+                mark.execute(params![id.to_hex(), size])?;
+            }
+            let manifest = new.manifest_id.to_hex();
+            let mut add_ref = tx.prepare_cached(
+                "INSERT INTO manifest_refs (manifest_id, name, object_id) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for (name, id) in refs {
+                add_ref.execute(params![manifest, name, id.to_hex()])?;
+            }
+        }
+        let latest = tx
+            .query_row(
+                &format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c WHERE c.name = ?1 ORDER BY c.version DESC LIMIT 1"
+                ),
+                [&new.name],
+                checkpoint_from_row,
+            )
+            .optional()?;
+        let latest_base: Option<i64> = match &latest {
+            Some(l) => tx.query_row(
+                "SELECT base_id FROM checkpoints WHERE id = ?1",
+                [l.rowid],
+                |r| r.get(0),
+            )?,
+            None => None,
+        };
+        if let Some(l) = latest {
+            let same = l.manifest_id == new.manifest_id
+                && l.kind == new.kind
+                && latest_base == new.base
+                && l.language == new.language
+                && l.task == new.task;
+            if same {
+                tx.commit()?;
+                let row = self.checkpoint_by_rowid(l.rowid)?;
+                return Ok((row, false));
+            }
+        }
+        let version: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM checkpoints WHERE name = ?1",
+            [&new.name],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
+             source_path, tensor_count, parameters, logical_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                new.name,
+                version,
+                new.kind.as_str(),
+                new.manifest_id.to_hex(),
+                new.architecture,
+                new.base,
+                new.language,
+                new.task,
+                new.source_path,
+                new.tensor_count,
+                new.parameters,
+                new.logical_size
+            ],
+        )?;
+        let rowid = tx.last_insert_rowid();
+        for (k, v) in &new.tags {
+            tx.execute(
+                "INSERT INTO tags (checkpoint_id, key, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value",
+                params![rowid, k, v],
+            )?;
+        }
+        tx.commit()?;
+        Ok((self.checkpoint_by_rowid(rowid)?, true))
+    }
+
+    fn with_tags(&self, mut row: CheckpointRow) -> Result<CheckpointRow> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM tags WHERE checkpoint_id = ?1 ORDER BY key")?;
+        row.tags = stmt
+            .query_map([row.rowid], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(row)
+    }
+
+    pub fn checkpoint_by_rowid(&self, rowid: i64) -> Result<CheckpointRow> {
+        let row = self.conn.query_row(
+            &format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c WHERE c.id = ?1"),
+            [rowid],
+            checkpoint_from_row,
+        )?;
+        self.with_tags(row)
+    }
+
+    /// Checkpoints matching `filter`, by name then version.
+    pub fn checkpoints(&self, filter: &CheckpointFilter) -> Result<Vec<CheckpointRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c \
+             WHERE (?1 IS NULL OR c.kind = ?1) AND (?2 IS NULL OR c.language = ?2) AND (?3 IS NULL OR c.task = ?3) \
+             ORDER BY c.name, c.version"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    filter.kind.map(CheckpointKind::as_str),
+                    filter.language,
+                    filter.task
+                ],
+                checkpoint_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(|r| self.with_tags(r)).collect()
+    }
+
+    /// `name` at `version`, or its latest version.
+    pub fn checkpoint_by_name(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<CheckpointRow>> {
+        let row = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c WHERE c.name = ?1 AND (?2 IS NULL OR c.version = ?2) \
+                     ORDER BY c.version DESC LIMIT 1"
+                ),
+                params![name, version],
+                checkpoint_from_row,
+            )
+            .optional()?;
+        row.map(|r| self.with_tags(r)).transpose()
+    }
+
+    /// Checkpoints whose manifest id starts with `prefix` (lowercase hex).
+    pub fn checkpoints_by_prefix(&self, prefix: &str) -> Result<Vec<CheckpointRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c WHERE substr(c.manifest_id, 1, ?2) = ?1 ORDER BY c.name, c.version"
+        ))?;
+        let rows = stmt
+            .query_map(params![prefix, prefix.len()], checkpoint_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter().map(|r| self.with_tags(r)).collect()
+    }
+
+    /// The row id of a checkpoint named `name@version`.
+    pub fn rowid_of(&self, row: &CheckpointRow) -> i64 {
+        row.rowid
+    }
+
+    /// What `manifest` references: (name, object id), by name.
+    pub fn manifest_refs(&self, manifest: &ObjectId) -> Result<Vec<(String, ObjectId)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, object_id FROM manifest_refs WHERE manifest_id = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([manifest.to_hex()], |r| {
+            let id: String = r.get(1)?;
+            Ok((r.get(0)?, parse_id(&id)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// For error messages: one tensor or file name under which each object is referenced.
+    pub fn names_of_objects(&self) -> Result<HashMap<ObjectId, String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT object_id, MIN(name) FROM manifest_refs GROUP BY object_id")?;
+        let rows = stmt.query_map([], |r| {
+            let id: String = r.get(0)?;
+            Ok((parse_id(&id)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every object some checkpoint needs: manifests, what they reference, and delta bases.
+    pub fn reachable(&self) -> Result<HashSet<ObjectId>> {
+        let mut stmt = self.conn.prepare(
+            "WITH RECURSIVE live(id) AS ( \
+               SELECT manifest_id FROM checkpoints \
+               UNION SELECT r.object_id FROM manifest_refs r JOIN live l ON r.manifest_id = l.id \
+               UNION SELECT o.delta_base FROM objects o JOIN live l ON o.id = l.id WHERE o.delta_base IS NOT NULL \
+             ) SELECT id FROM live",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let id: String = r.get(0)?;
+            parse_id(&id)
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Checkpoints whose manifest row is absent or not stored: (reference, manifest id).
+    pub fn checkpoints_without_manifest(&self) -> Result<Vec<(String, ObjectId)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT c.name || '@' || c.version, c.manifest_id FROM checkpoints c \
+             LEFT JOIN objects o ON o.id = c.manifest_id WHERE o.id IS NULL OR o.state != 'stored'",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let id: String = r.get(1)?;
+            Ok((r.get(0)?, parse_id(&id)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// References from stored manifests to objects that are absent or not stored.
+    pub fn dangling_refs(&self) -> Result<Vec<(String, ObjectId)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT r.name, r.object_id FROM manifest_refs r \
+             JOIN objects m ON m.id = r.manifest_id AND m.state = 'stored' \
+             LEFT JOIN objects o ON o.id = r.object_id WHERE o.id IS NULL OR o.state != 'stored'",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let id: String = r.get(1)?;
+            Ok((r.get(0)?, parse_id(&id)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Step one of removing objects: they turn `pending`, so a crash while their files are
+    /// being deleted leaves rows that do not claim a file.
+    pub fn mark_pending(&mut self, ids: &[ObjectId]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE objects SET state = 'pending' WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id.to_hex()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Step two: the rows (and their manifests' references) go.
+    pub fn delete_objects(&mut self, ids: &[ObjectId]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.pragma_update(None, "defer_foreign_keys", true)?;
+        {
+            let mut refs = tx.prepare_cached("DELETE FROM manifest_refs WHERE manifest_id = ?1")?;
+            let mut objs = tx.prepare_cached("DELETE FROM objects WHERE id = ?1")?;
+            for id in ids {
+                refs.execute([id.to_hex()])?;
+                objs.execute([id.to_hex()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

@@ -1,0 +1,129 @@
+//! Manifests: the canonical description of a checkpoint's content.
+//!
+//! The canonical form is compact JSON of [`Manifest`] with fields in declaration order,
+//! tensors sorted by name, files sorted by path, metadata keys sorted (a `BTreeMap`), and
+//! no floats anywhere; its id is blake3 (context `crossmerge 2026-11 manifest v1`) over those
+//! bytes. Registering the same content twice therefore yields the same manifest id.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::ObjectId;
+use crate::tensor::Dtype;
+
+pub const MANIFEST_FORMAT: &str = "crossmerge.manifest.v1";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub tensors: Vec<ManifestTensor>,
+    pub files: Vec<ManifestFile>,
+    /// The safetensors `__metadata__` of the input, restored on export.
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    /// Tensor id, 64 hex.
+    pub id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    pub path: String,
+    pub size: u64,
+    /// Blob id, 64 hex.
+    pub id: String,
+}
+
+impl ManifestTensor {
+    pub fn object(&self) -> ObjectId {
+        ObjectId::parse_hex(&self.id).expect("manifest ids are checked on parse")
+    }
+
+    pub fn byte_len(&self) -> u64 {
+        crate::tensor::byte_len(self.dtype, &self.shape).expect("checked on ingest")
+    }
+
+    pub fn parameters(&self) -> u64 {
+        crate::tensor::element_count(&self.shape).expect("checked on ingest")
+    }
+}
+
+impl ManifestFile {
+    pub fn object(&self) -> ObjectId {
+        ObjectId::parse_hex(&self.id).expect("manifest ids are checked on parse")
+    }
+}
+
+impl Manifest {
+    /// Builds a manifest in canonical order.
+    pub fn new(
+        mut tensors: Vec<ManifestTensor>,
+        mut files: Vec<ManifestFile>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        tensors.sort_by(|a, b| a.name.cmp(&b.name));
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        Self {
+            format: MANIFEST_FORMAT.to_owned(),
+            tensors,
+            files,
+            metadata,
+        }
+    }
+
+    /// The canonical bytes that the manifest id hashes.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest always serializes")
+    }
+
+    /// Parses canonical bytes, checking what the type cannot: format, ids, order.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(format!("unknown manifest format `{}`", m.format));
+        }
+        let ids_ok = m
+            .tensors
+            .iter()
+            .all(|t| ObjectId::parse_hex(&t.id).is_some())
+            && m.files.iter().all(|f| ObjectId::parse_hex(&f.id).is_some());
+        let sizes_ok = m
+            .tensors
+            .iter()
+            .all(|t| crate::tensor::byte_len(t.dtype, &t.shape).is_some());
+        let sorted = m.tensors.windows(2).all(|w| w[0].name < w[1].name)
+            && m.files.windows(2).all(|w| w[0].path < w[1].path);
+        if !(ids_ok && sizes_ok && sorted) {
+            return Err("manifest is not canonical".to_owned());
+        }
+        Ok(m)
+    }
+
+    pub fn tensor_bytes(&self) -> u64 {
+        self.tensors.iter().map(ManifestTensor::byte_len).sum()
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
+    }
+
+    pub fn parameters(&self) -> u64 {
+        self.tensors.iter().map(ManifestTensor::parameters).sum()
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&ManifestTensor> {
+        self.tensors
+            .binary_search_by(|t| t.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.tensors[i])
+    }
+}

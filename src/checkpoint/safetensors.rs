@@ -1,0 +1,383 @@
+//! A strict safetensors header parser: bytes in, validated tensor locations out.
+//!
+//! Format: `u64 LE n`, then `n` bytes of JSON (`{"__metadata__": {str: str}, name: {"dtype",
+//! "shape", "data_offsets": [begin, end]}}`), then the data; offsets are relative to the data.
+//! Hostile input is expected: the header length is capped at [`MAX_HEADER_SIZE`], arithmetic
+//! is checked, every tensor's span must lie inside the data, match shape × dtype, and not
+//! overlap another's, and names that could act as paths are refused.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use serde::Deserialize;
+
+use crate::tensor::{Dtype, byte_len};
+
+/// Largest header accepted, as the safetensors reference implementation caps it.
+pub const MAX_HEADER_SIZE: u64 = 100_000_000;
+/// Highest rank accepted.
+pub const MAX_RANK: usize = 16;
+/// Longest tensor name accepted, in bytes.
+pub const MAX_NAME: usize = 1024;
+
+#[derive(Debug)]
+pub struct HeaderTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub begin: u64,
+    pub end: u64,
+}
+
+#[derive(Debug)]
+pub struct Header {
+    /// File offset where the data section starts (8 + header length).
+    pub data_start: u64,
+    pub tensors: Vec<HeaderTensor>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Why a safetensors file was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    TooShort {
+        len: u64,
+    },
+    HeaderTooLarge {
+        n: u64,
+    },
+    HeaderPastEnd {
+        n: u64,
+        len: u64,
+    },
+    NotJson(String),
+    BadEntry {
+        name: String,
+        why: String,
+    },
+    BadName {
+        name: String,
+        why: &'static str,
+    },
+    UnknownDtype {
+        name: String,
+        dtype: String,
+    },
+    RankTooHigh {
+        name: String,
+        rank: usize,
+    },
+    SizeMismatch {
+        name: String,
+        need: Option<u64>,
+        span: u64,
+    },
+    PastEnd {
+        name: String,
+        begin: u64,
+        end: u64,
+        data: u64,
+    },
+    Overlap {
+        first: String,
+        second: String,
+        at: u64,
+    },
+    Unreadable(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::TooShort { len } => write!(
+                f,
+                "truncated: {len} bytes, too short for a safetensors header"
+            ),
+            Problem::HeaderTooLarge { n } => write!(
+                f,
+                "header length {n} exceeds the limit of {MAX_HEADER_SIZE} bytes"
+            ),
+            Problem::HeaderPastEnd { n, len } => write!(
+                f,
+                "truncated: the header claims {n} bytes but the file has {len}"
+            ),
+            Problem::NotJson(e) => write!(f, "the header is not valid safetensors JSON: {e}"),
+            Problem::BadEntry { name, why } => write!(f, "tensor `{name}`: {why}"),
+            Problem::BadName { name, why } => {
+                write!(f, "tensor name `{}` is refused: {why}", name.escape_debug())
+            }
+            Problem::UnknownDtype { name, dtype } => {
+                write!(f, "tensor `{name}` has unknown dtype `{dtype}`")
+            }
+            Problem::RankTooHigh { name, rank } => write!(
+                f,
+                "tensor `{name}` has rank {rank}, over the limit of {MAX_RANK}"
+            ),
+            Problem::SizeMismatch {
+                name,
+                need: Some(need),
+                span,
+            } => write!(
+                f,
+                "tensor `{name}`: its shape and dtype need {need} bytes but its offsets span {span}"
+            ),
+            Problem::SizeMismatch {
+                name,
+                need: None,
+                span,
+            } => write!(
+                f,
+                "tensor `{name}`: its shape overflows (offsets span {span} bytes)"
+            ),
+            Problem::PastEnd {
+                name,
+                begin,
+                end,
+                data,
+            } => write!(
+                f,
+                "tensor `{name}`: data offsets [{begin}, {end}] run past the end of the data ({data} bytes)"
+            ),
+            Problem::Overlap { first, second, at } => write!(
+                f,
+                "tensors `{first}` and `{second}` overlap at data byte {at}"
+            ),
+            Problem::Unreadable(e) => write!(f, "cannot be read: {e}"),
+        }
+    }
+}
+
+impl Problem {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Problem::TooShort { .. } | Problem::HeaderPastEnd { .. } | Problem::PastEnd { .. } => {
+                "the file is incomplete or damaged; copy or download it again"
+            }
+            Problem::HeaderTooLarge { .. } | Problem::NotJson(_) => {
+                "this is not a safetensors file (or a damaged one)"
+            }
+            Problem::BadName { .. } => {
+                "tensor names must not contain `..`, a leading `/`, backslashes or control characters; rename the tensor and save again"
+            }
+            Problem::UnknownDtype { .. } => {
+                "supported dtypes: BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2"
+            }
+            Problem::BadEntry { .. }
+            | Problem::RankTooHigh { .. }
+            | Problem::SizeMismatch { .. }
+            | Problem::Overlap { .. } => {
+                "the header is inconsistent with its data; re-save the checkpoint"
+            }
+            Problem::Unreadable(_) => "check the file's permissions and the disk",
+        }
+    }
+}
+
+impl std::error::Error for Problem {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+/// Whether a tensor name is acceptable; `Err` says why not.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("it is empty");
+    }
+    if name.len() > MAX_NAME {
+        return Err("it is longer than 1024 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("it contains a control character");
+    }
+    if name.starts_with('/') || name.contains('\\') {
+        return Err("it looks like a path");
+    }
+    if name.split(['/', '.']).any(|seg| seg == "..") || name.contains("/..") || name.contains("..")
+    {
+        return Err("it contains `..`");
+    }
+    Ok(())
+}
+
+/// Reads and validates the header of a safetensors file of `len` bytes.
+pub fn read_header(file: &File, len: u64) -> Result<Header, Problem> {
+    if len < 8 {
+        return Err(Problem::TooShort { len });
+    }
+    let mut n = [0u8; 8];
+    file.read_exact_at(&mut n, 0)
+        .map_err(|e| Problem::Unreadable(e.to_string()))?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER_SIZE {
+        return Err(Problem::HeaderTooLarge { n });
+    }
+    if n.checked_add(8).is_none_or(|end| end > len) {
+        return Err(Problem::HeaderPastEnd { n, len });
+    }
+    let mut raw = vec![0u8; usize::try_from(n).expect("capped above")];
+    file.read_exact_at(&mut raw, 8)
+        .map_err(|e| Problem::Unreadable(e.to_string()))?;
+    parse_header(&raw, len - 8 - n).map(|(tensors, metadata)| Header {
+        data_start: 8 + n,
+        tensors,
+        metadata,
+    })
+}
+
+/// Parses header JSON for a data section of `data_len` bytes. Tensors come back sorted by name.
+pub fn parse_header(
+    raw: &[u8],
+    data_len: u64,
+) -> Result<(Vec<HeaderTensor>, BTreeMap<String, String>), Problem> {
+    let text = std::str::from_utf8(raw).map_err(|e| Problem::NotJson(e.to_string()))?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text.trim_end_matches(' '))
+            .map_err(|e| Problem::NotJson(e.to_string()))?;
+    let mut tensors = Vec::with_capacity(map.len());
+    let mut metadata = BTreeMap::new();
+    for (name, value) in map {
+        if name == "__metadata__" {
+            metadata = serde_json::from_value(value).map_err(|e| {
+                Problem::NotJson(format!("`__metadata__` must map strings to strings: {e}"))
+            })?;
+            continue;
+        }
+        check_name(&name).map_err(|why| Problem::BadName {
+            name: name.clone(),
+            why,
+        })?;
+        let entry: Entry = serde_json::from_value(value).map_err(|e| Problem::BadEntry {
+            name: name.clone(),
+            why: e.to_string(),
+        })?;
+        let dtype = Dtype::from_name(&entry.dtype).ok_or_else(|| Problem::UnknownDtype {
+            name: name.clone(),
+            dtype: entry.dtype.clone(),
+        })?;
+        if entry.shape.len() > MAX_RANK {
+            return Err(Problem::RankTooHigh {
+                name,
+                rank: entry.shape.len(),
+            });
+        }
+        let (begin, end) = entry.data_offsets;
+        if begin > end || end > data_len {
+            return Err(Problem::PastEnd {
+                name,
+                begin,
+                end,
+                data: data_len,
+            });
+        }
+        let need = byte_len(dtype, &entry.shape);
+        if need != Some(end - begin) {
+            return Err(Problem::SizeMismatch {
+                name,
+                need,
+                span: end - begin,
+            });
+        }
+        tensors.push(HeaderTensor {
+            name,
+            dtype,
+            shape: entry.shape,
+            begin,
+            end,
+        });
+    }
+    let mut by_offset: Vec<&HeaderTensor> = tensors.iter().filter(|t| t.end > t.begin).collect();
+    by_offset.sort_by_key(|t| (t.begin, t.end));
+    for pair in by_offset.windows(2) {
+        if pair[1].begin < pair[0].end {
+            return Err(Problem::Overlap {
+                first: pair[0].name.clone(),
+                second: pair[1].name.clone(),
+                at: pair[1].begin,
+            });
+        }
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((tensors, metadata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str, data: u64) -> Result<Vec<HeaderTensor>, Problem> {
+        parse_header(json.as_bytes(), data).map(|(t, _)| t)
+    }
+
+    #[test]
+    fn accepts_a_valid_header() {
+        let t = parse(
+            r#"{"__metadata__":{"format":"pt"},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"BF16","shape":[],"data_offsets":[8,10]}}"#,
+            10,
+        )
+        .unwrap();
+        assert_eq!(
+            t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn refuses_each_kind_of_damage() {
+        let cases = [
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+                "overlap",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#,
+                "past the end",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                "need 12 bytes",
+            ),
+            (
+                r#"{"a":{"dtype":"Q4","shape":[3],"data_offsets":[0,8]}}"#,
+                "unknown dtype",
+            ),
+            (
+                r#"{"x/../y":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                "`..`",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[18446744073709551615,2],"data_offsets":[0,8]}}"#,
+                "overflows",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}"#,
+                "unknown field",
+            ),
+            (r#"[1,2]"#, "not valid"),
+        ];
+        for (json, expect) in cases {
+            let err = parse(json, 12).unwrap_err().to_string();
+            assert!(err.contains(expect), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn names_that_act_as_paths_are_refused() {
+        for bad in ["", "/etc/passwd", "a/../b", "a\\b", "a\nb", "..", "a/.."] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "roberta.encoder.layer.0.attention.self.query.weight",
+            "lm_head.bias",
+            "a/b",
+        ] {
+            assert!(check_name(good).is_ok(), "{good:?}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! `crossmerge synth` and `crossmerge bench`: synthetic families and throughput figures.
+//!
+//! Every figure is a ratio against a bound measured in the same run on the same files: the
+//! time to read the input checkpoint with plain `read` and write the same number of bytes
+//! with plain `write` + `fsync`. Each operation runs as a child `crossmerge` process so that
+//! its peak resident memory is its own.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use crossmerge::Registry;
+use crossmerge::synth::{FamilySpec, Shape, write_family};
+use serde::Serialize;
+
+use super::output;
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// `tiny` or `xlmr-base` (the exact names and shapes of xlm-roberta-base, 278M parameters).
+    #[arg(long, default_value = "tiny")]
+    shape: String,
+    /// How many fine-tunes to write beside the base.
+    #[arg(long, default_value_t = 1)]
+    finetunes: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Relative noise of fine-tunes against the base.
+    #[arg(long, default_value_t = 1e-3)]
+    noise: f32,
+    /// Give fine-tunes a token-classification head with this many labels.
+    #[arg(long)]
+    head_labels: Option<u64>,
+    /// Output folder: `base/`, `ft-1/`, … are written inside.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn shape(name: &str) -> anyhow::Result<Shape> {
+    Shape::by_name(name).ok_or_else(|| {
+        crossmerge::Error::invalid_public(
+            format!("unknown shape `{name}`"),
+            "use `tiny` or `xlmr-base`",
+        )
+        .into()
+    })
+}
+
+pub fn synth(a: &SynthArgs) -> anyhow::Result<ExitCode> {
+    let spec = FamilySpec::new(shape(&a.shape)?, a.finetunes)
+        .seed(a.seed)
+        .noise(a.noise)
+        .head_labels(a.head_labels);
+    let paths =
+        write_family(&a.out, &spec).with_context(|| format!("writing `{}`", a.out.display()))?;
+    let mut out = std::io::stdout().lock();
+    for p in paths {
+        writeln!(out, "{}", p.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// `xlmr-base` (about 1.1 GB of F32) or `tiny`.
+    #[arg(long, default_value = "xlmr-base")]
+    shape: String,
+    /// Runs per figure; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Scratch folder for the family, registries and exports.
+    #[arg(long, default_value = "target/bench")]
+    workdir: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Default, Clone)]
+struct Run {
+    bound_s: f64,
+    register_base_s: f64,
+    register_finetune_s: f64,
+    export_s: f64,
+    reregister_added_bytes: u64,
+    finetune_stored_ratio: f64,
+    base_stored_ratio: f64,
+    peak_rss_register_base_mib: f64,
+    peak_rss_register_finetune_mib: f64,
+    peak_rss_export_mib: f64,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    shape: String,
+    input_bytes: u64,
+    runs: Vec<Run>,
+    median: Run,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        f64::midpoint(v[m - 1], v[m])
+    }
+}
+
+/// Reads `input` with plain reads and writes as many bytes to `out`, synced: the I/O bound.
+fn io_bound(input: &Path, out: &Path) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    let mut src = fs::File::open(input)?;
+    let mut dst = fs::File::create(out)?;
+    let mut buf = vec![0u8; 16 << 20];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        dst.write_all(&buf[..n])?;
+    }
+    dst.sync_all()?;
+    let s = t.elapsed().as_secs_f64();
+    drop(dst);
+    fs::remove_file(out)?;
+    Ok(s)
+}
+
+/// Runs this binary with `args`, returning seconds and peak RSS in MiB.
+fn child(args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64)> {
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let out = Command::new(exe)
+        .args(args)
+        .env("CROSSMERGE_REPORT_PEAK_RSS", "1")
+        .output()?;
+    let s = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("child `{args:?}` failed: {stderr}");
+    }
+    let kib: f64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    Ok((s, kib / 1024.0))
+}
+
+pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let spec = FamilySpec::new(shape(&a.shape)?, 1).head_labels(Some(9));
+    let family_dir = a.workdir.join(format!("family-{}", a.shape));
+    eprintln!(
+        "generating (or reusing) the synthetic family in {}",
+        family_dir.display()
+    );
+    let paths = write_family(&family_dir, &spec)?;
+    let (base, ft) = (&paths[0], &paths[1]);
+    let input = base.join("model.safetensors");
+    let input_bytes = fs::metadata(&input)?.len();
+    let mut runs = Vec::new();
+    for i in 0..a.runs.max(1) {
+        let reg = a.workdir.join(format!("registry-{i}"));
+        let exp = a.workdir.join(format!("export-{i}"));
+        let _ = fs::remove_dir_all(&reg);
+        let _ = fs::remove_dir_all(&exp);
+        let mut r = Run {
+            bound_s: io_bound(&input, &a.workdir.join("bound.out"))?,
+            ..Run::default()
+        };
+        let regs = reg.as_os_str();
+        let q = std::ffi::OsStr::new;
+        (r.register_base_s, r.peak_rss_register_base_mib) = child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("register"),
+            base.as_os_str(),
+            q("--name"),
+            q("base"),
+            q("--kind"),
+            q("base"),
+        ])?;
+        (r.register_finetune_s, r.peak_rss_register_finetune_mib) = child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("register"),
+            ft.as_os_str(),
+            q("--name"),
+            q("ner-en"),
+            q("--kind"),
+            q("task"),
+            q("--task"),
+            q("ner"),
+            q("--base"),
+            q("base"),
+        ])?;
+        (r.export_s, r.peak_rss_export_mib) = child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("export"),
+            q("ner-en"),
+            q("--out"),
+            exp.as_os_str(),
+        ])?;
+        let before = Registry::open(&reg)?.du()?;
+        child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("register"),
+            ft.as_os_str(),
+            q("--name"),
+            q("ner-en"),
+            q("--kind"),
+            q("task"),
+            q("--task"),
+            q("ner"),
+            q("--base"),
+            q("base"),
+        ])?;
+        let after = Registry::open(&reg)?.du()?;
+        r.reregister_added_bytes = after.total_stored.saturating_sub(before.total_stored);
+        for row in &after.checkpoints {
+            if row.checkpoint.starts_with("ner-en@") {
+                r.finetune_stored_ratio = row.ratio;
+            } else if row.checkpoint.starts_with("base@") {
+                r.base_stored_ratio = row.ratio;
+            }
+        }
+        eprintln!(
+            "run {}: bound {:.2}s, register base {:.2}s, fine-tune {:.2}s, export {:.2}s, fine-tune stored {:.1}%",
+            i + 1,
+            r.bound_s,
+            r.register_base_s,
+            r.register_finetune_s,
+            r.export_s,
+            100.0 * r.finetune_stored_ratio
+        );
+        fs::remove_dir_all(&reg)?;
+        fs::remove_dir_all(&exp)?;
+        runs.push(r);
+    }
+    let m = |f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let median = Run {
+        bound_s: m(|r| r.bound_s),
+        register_base_s: m(|r| r.register_base_s),
+        register_finetune_s: m(|r| r.register_finetune_s),
+        export_s: m(|r| r.export_s),
+        reregister_added_bytes: runs
+            .iter()
+            .map(|r| r.reregister_added_bytes)
+            .max()
+            .unwrap_or(0),
+        finetune_stored_ratio: m(|r| r.finetune_stored_ratio),
+        base_stored_ratio: m(|r| r.base_stored_ratio),
+        peak_rss_register_base_mib: m(|r| r.peak_rss_register_base_mib),
+        peak_rss_register_finetune_mib: m(|r| r.peak_rss_register_finetune_mib),
+        peak_rss_export_mib: m(|r| r.peak_rss_export_mib),
+    };
+    let summary = Summary {
+        shape: a.shape.clone(),
+        input_bytes,
+        runs,
+        median,
+    };
+    if a.json {
+        output::json(&summary)?;
+    } else {
+        print_markdown(&summary)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_markdown(s: &Summary) -> std::io::Result<()> {
+    let m = &s.median;
+    let gbps = |secs: f64| s.input_bytes as f64 / secs / 1e9;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "shape `{}`, input {:.3} GB, median of {} runs",
+        s.shape,
+        s.input_bytes as f64 / 1e9,
+        s.runs.len()
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| operation | seconds | GB/s | ÷ I/O bound | peak RSS |"
+    )?;
+    writeln!(out, "| --- | --- | --- | --- | --- |")?;
+    writeln!(
+        out,
+        "| I/O bound (read input + write as many bytes, fsync) | {:.2} | {:.2} | 1.00 | - |",
+        m.bound_s,
+        gbps(m.bound_s)
+    )?;
+    for (name, secs, rss) in [
+        (
+            "register base",
+            m.register_base_s,
+            m.peak_rss_register_base_mib,
+        ),
+        (
+            "register fine-tune `--base`",
+            m.register_finetune_s,
+            m.peak_rss_register_finetune_mib,
+        ),
+        ("export fine-tune", m.export_s, m.peak_rss_export_mib),
+    ] {
+        writeln!(
+            out,
+            "| {name} | {secs:.2} | {:.2} | {:.2} | {rss:.0} MiB |",
+            gbps(secs),
+            secs / m.bound_s
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "stored ÷ logical: base {:.1}%, fine-tune with `--base` {:.1}%; identical re-registration added {} bytes",
+        100.0 * m.base_stored_ratio,
+        100.0 * m.finetune_stored_ratio,
+        m.reregister_added_bytes
+    )?;
+    Ok(())
+}

@@ -1,0 +1,425 @@
+//! One function per registry command: build options, call the library, print.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use crossmerge::checkpoint::export::parse_size;
+use crossmerge::{CheckpointFilter, CheckpointKind, ExportOptions, RegisterOptions, Registry};
+
+use super::output::{self, bytes, opt};
+use super::progress::Bar;
+
+pub struct Context {
+    pub registry: PathBuf,
+    pub quiet: bool,
+}
+
+impl Context {
+    fn open(&self) -> anyhow::Result<Registry> {
+        Ok(Registry::open(&self.registry)?)
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KindArg {
+    Base,
+    Language,
+    Task,
+    Merged,
+}
+
+impl From<KindArg> for CheckpointKind {
+    fn from(k: KindArg) -> Self {
+        match k {
+            KindArg::Base => CheckpointKind::Base,
+            KindArg::Language => CheckpointKind::Language,
+            KindArg::Task => CheckpointKind::Task,
+            KindArg::Merged => CheckpointKind::Merged,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// A Hugging Face model folder or a .safetensors file.
+    path: PathBuf,
+    #[arg(long)]
+    name: String,
+    #[arg(long, value_enum)]
+    kind: KindArg,
+    /// The base checkpoint (name, name@version or id prefix); tensors are stored against it.
+    #[arg(long)]
+    base: Option<String>,
+    /// BCP-47 language code (required for `--kind language`).
+    #[arg(long)]
+    language: Option<String>,
+    /// Task name such as ner, pos, nli, dp (required for `--kind task`).
+    #[arg(long)]
+    task: Option<String>,
+    /// Free tags, `key=value`; repeatable.
+    #[arg(long = "tag", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not `key=value`"))
+}
+
+pub fn init(ctx: &Context) -> anyhow::Result<ExitCode> {
+    let reg = ctx.open()?;
+    eprintln!("registry at {}", reg.root().display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn register(ctx: &Context, a: &RegisterArgs) -> anyhow::Result<ExitCode> {
+    let mut reg = ctx.open()?;
+    let mut opts = RegisterOptions::new(a.name.clone(), a.kind.into());
+    opts.base.clone_from(&a.base);
+    opts.language.clone_from(&a.language);
+    opts.task.clone_from(&a.task);
+    opts.tags.clone_from(&a.tags);
+    let done = reg.register(&a.path, &opts, &Bar::new(ctx.quiet))?;
+    if a.json {
+        output::json(&done)?;
+    } else {
+        writeln!(
+            io::stdout(),
+            "{} {}",
+            done.checkpoint.reference(),
+            done.checkpoint.manifest_id
+        )?;
+        let what = if done.created {
+            "registered"
+        } else {
+            "already registered, unchanged"
+        };
+        eprintln!(
+            "{what}: {} objects written ({}, {} as deltas), {} reused; {} logical",
+            done.objects_written,
+            bytes(done.bytes_written),
+            done.delta_objects,
+            done.objects_reused,
+            bytes(done.checkpoint.logical_size)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[arg(long, value_enum)]
+    kind: Option<KindArg>,
+    #[arg(long)]
+    language: Option<String>,
+    #[arg(long)]
+    task: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn list(ctx: &Context, a: &ListArgs) -> anyhow::Result<ExitCode> {
+    let reg = ctx.open()?;
+    let mut filter = CheckpointFilter::default();
+    filter.kind = a.kind.map(Into::into);
+    filter.language.clone_from(&a.language);
+    filter.task.clone_from(&a.task);
+    let rows = reg.list(&filter)?;
+    if a.json {
+        output::json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.reference(),
+                r.kind.as_str().to_owned(),
+                opt(r.language.as_ref()),
+                opt(r.task.as_ref()),
+                opt(r.base.as_ref()),
+                opt(r.architecture.as_ref()),
+                format!("{:.1}M", r.parameters as f64 / 1e6),
+                r.manifest_id.to_string(),
+                r.created_at.clone(),
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "CHECKPOINT",
+            "KIND",
+            "LANG",
+            "TASK",
+            "BASE",
+            "ARCHITECTURE",
+            "PARAMS",
+            "ID",
+            "CREATED",
+        ],
+        &cells,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// name, name@version, or an id prefix of at least 6 hex characters.
+    reference: String,
+    /// List every tensor.
+    #[arg(long)]
+    tensors: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn show(ctx: &Context, a: &ShowArgs) -> anyhow::Result<ExitCode> {
+    let reg = ctx.open()?;
+    let mut d = reg.show(&a.reference)?;
+    if a.json {
+        if !a.tensors {
+            d.tensors.clear();
+        }
+        output::json(&d)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &d.checkpoint;
+    let mut out = io::stdout().lock();
+    writeln!(out, "checkpoint:   {}", c.reference())?;
+    writeln!(out, "id:           {:#}", c.manifest_id)?;
+    writeln!(out, "kind:         {}", c.kind.as_str())?;
+    writeln!(out, "architecture: {}", opt(c.architecture.as_ref()))?;
+    writeln!(out, "base:         {}", opt(c.base.as_ref()))?;
+    writeln!(out, "language:     {}", opt(c.language.as_ref()))?;
+    writeln!(out, "task:         {}", opt(c.task.as_ref()))?;
+    for (k, v) in &c.tags {
+        writeln!(out, "tag:          {k}={v}")?;
+    }
+    writeln!(out, "source:       {}", opt(c.source_path.as_ref()))?;
+    writeln!(out, "created:      {}", c.created_at)?;
+    writeln!(
+        out,
+        "tensors:      {} ({} parameters)",
+        c.tensor_count, c.parameters
+    )?;
+    writeln!(
+        out,
+        "files:        {}",
+        d.files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        out,
+        "size:         {} logical, {} stored ({:.1}%)",
+        bytes(c.logical_size),
+        bytes(d.stored_size),
+        100.0 * d.stored_size as f64 / c.logical_size.max(1) as f64
+    )?;
+    drop(out);
+    if a.tensors {
+        println!();
+        let rows: Vec<Vec<String>> = d
+            .tensors
+            .iter()
+            .map(|t| {
+                vec![
+                    t.name.clone(),
+                    t.dtype.to_string(),
+                    format!("{:?}", t.shape),
+                    t.encoding.to_owned(),
+                    t.stored_size.map_or_else(
+                        || "-".to_owned(),
+                        |s| format!("{:.1}%", 100.0 * s as f64 / t.raw_size.max(1) as f64),
+                    ),
+                    t.id.to_string(),
+                ]
+            })
+            .collect();
+        output::table(
+            &["TENSOR", "DTYPE", "SHAPE", "ENCODING", "STORED", "ID"],
+            &rows,
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    reference: String,
+    /// The folder to write (must be absent or empty).
+    #[arg(long)]
+    out: PathBuf,
+    /// Split weights into shards of at most this size, e.g. `5GB`, `500MB`, `2GiB`.
+    #[arg(long)]
+    max_shard_size: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn export(ctx: &Context, a: &ExportArgs) -> anyhow::Result<ExitCode> {
+    let reg = ctx.open()?;
+    let max = match &a.max_shard_size {
+        None => None,
+        Some(s) => Some(parse_size(s).ok_or_else(|| {
+            crossmerge::Error::invalid_public(
+                format!("`{s}` is not a size"),
+                "write sizes as `5GB`, `500MB`, `2GiB` or a number of bytes",
+            )
+        })?),
+    };
+    let report = reg
+        .export(
+            &a.reference,
+            &a.out,
+            &ExportOptions::default().max_shard_size(max),
+            &Bar::new(ctx.quiet),
+        )
+        .with_context(|| format!("exporting `{}`", a.reference))?;
+    if a.json {
+        output::json(&report)?;
+    } else {
+        writeln!(io::stdout(), "{}", report.out.display())?;
+        eprintln!(
+            "exported {} ({} of tensors) as {}",
+            report.checkpoint,
+            bytes(report.tensor_bytes),
+            report.files.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct JsonArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn verify(ctx: &Context, a: &JsonArgs) -> anyhow::Result<ExitCode> {
+    let reg = ctx.open()?;
+    let report = reg.verify(&Bar::new(ctx.quiet))?;
+    if a.json {
+        output::json(&report)?;
+    } else {
+        let mut out = io::stdout().lock();
+        for f in &report.findings {
+            writeln!(out, "{}", f.message)?;
+        }
+        drop(out);
+        eprintln!(
+            "checked {} objects ({}) of {} checkpoints: {} findings{}{}",
+            report.objects_checked,
+            bytes(report.bytes_checked),
+            report.checkpoints,
+            report.findings.len(),
+            if report.interrupted_writes > 0 {
+                format!(
+                    "; {} interrupted writes (reclaimable by gc)",
+                    report.interrupted_writes
+                )
+            } else {
+                String::new()
+            },
+            if report.temporary_files > 0 {
+                format!(
+                    "; {} temporary files (reclaimable by gc)",
+                    report.temporary_files
+                )
+            } else {
+                String::new()
+            },
+        );
+    }
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Print what would be removed and remove nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn gc(ctx: &Context, a: &GcArgs) -> anyhow::Result<ExitCode> {
+    let mut reg = ctx.open()?;
+    if a.dry_run {
+        let plan = reg.gc_plan()?;
+        if a.json {
+            output::json(&plan)?;
+        } else {
+            let mut out = io::stdout().lock();
+            for id in &plan.unreferenced {
+                writeln!(out, "unreferenced {id:#}")?;
+            }
+            for id in &plan.orphans {
+                writeln!(out, "orphan {id:#}")?;
+            }
+            drop(out);
+            eprintln!(
+                "would remove {} objects ({}) and {} temporary files",
+                plan.unreferenced.len() + plan.orphans.len(),
+                bytes(plan.bytes),
+                plan.temporary_files
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let report = reg.gc()?;
+    if a.json {
+        output::json(&report)?;
+    } else {
+        eprintln!(
+            "removed {} objects ({}) and {} temporary files",
+            report.objects_removed,
+            bytes(report.bytes_freed),
+            report.temporary_files_removed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn du(ctx: &Context, a: &JsonArgs) -> anyhow::Result<ExitCode> {
+    let reg = ctx.open()?;
+    let report = reg.du()?;
+    if a.json {
+        output::json(&report)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows: Vec<Vec<String>> = report
+        .checkpoints
+        .iter()
+        .map(|r| {
+            vec![
+                r.checkpoint.clone(),
+                r.kind.as_str().to_owned(),
+                bytes(r.logical),
+                bytes(r.stored),
+                format!("{:.1}%", 100.0 * r.ratio),
+            ]
+        })
+        .collect();
+    rows.push(vec![
+        "total (distinct objects)".to_owned(),
+        String::new(),
+        bytes(report.total_logical),
+        bytes(report.total_stored),
+        format!("{:.1}%", 100.0 * report.total_ratio),
+    ]);
+    output::table(&["CHECKPOINT", "KIND", "LOGICAL", "STORED", "RATIO"], &rows)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,137 @@
+//! The library's error type. Every variant carries what a person needs to act: the path, the
+//! tensor or object, and (through [`Error::hint`]) one remedy line.
+
+use std::path::PathBuf;
+
+use crate::id::ObjectId;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file handed to crossmerge is not what it claims to be (bad header, offsets, names).
+    #[error("`{}`: {problem}", path.display())]
+    BadInput {
+        path: PathBuf,
+        problem: String,
+        hint: String,
+    },
+
+    /// A name, version or id prefix matched nothing.
+    #[error("no {what} matches `{reference}`")]
+    NotFound {
+        what: &'static str,
+        reference: String,
+        hint: String,
+    },
+
+    /// An id prefix matched several artifacts.
+    #[error("`{prefix}` is ambiguous: it matches {}", candidates.join(", "))]
+    Ambiguous {
+        prefix: String,
+        candidates: Vec<String>,
+    },
+
+    /// A request that cannot be carried out as given (bad option value, conflicting flags).
+    #[error("{message}")]
+    Invalid { message: String, hint: String },
+
+    /// A stored object failed its check on read: it never yields wrong bytes.
+    #[error("object `{object}`{} is {problem}", tensor.as_ref().map(|t| format!(" (tensor `{t}`)")).unwrap_or_default())]
+    Corrupt {
+        object: ObjectId,
+        tensor: Option<String>,
+        problem: String,
+    },
+
+    /// A stored object the catalog names is absent.
+    #[error("object `{object}`{} is missing from the store", tensor.as_ref().map(|t| format!(" (tensor `{t}`)")).unwrap_or_default())]
+    MissingObject {
+        object: ObjectId,
+        tensor: Option<String>,
+    },
+
+    /// The directory is not a crossmerge registry, or one of a newer format.
+    #[error("`{}` is not a crossmerge registry: {problem}", path.display())]
+    NotARegistry { path: PathBuf, problem: String },
+
+    #[error("{action} `{}`", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("catalog: {0}")]
+    Catalog(#[from] rusqlite::Error),
+}
+
+impl Error {
+    /// One line a person can act on, printed after the error as `hint: …`.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::BadInput { hint, .. }
+            | Error::NotFound { hint, .. }
+            | Error::Invalid { hint, .. } => Some(hint.clone()),
+            Error::Ambiguous { .. } => {
+                Some("give more hex characters, or use `name@version`".to_owned())
+            }
+            Error::Corrupt { .. } | Error::MissingObject { .. } => Some(
+                "run `crossmerge verify` to list every damaged object; re-register the checkpoint from its source to repair it"
+                    .to_owned(),
+            ),
+            Error::NotARegistry { .. } => Some(
+                "point `--registry` (or CROSSMERGE_REGISTRY) at a registry, or run `crossmerge init`"
+                    .to_owned(),
+            ),
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Some("check the path".to_owned())
+            }
+            Error::Io { .. } | Error::Catalog(_) => None,
+        }
+    }
+
+    /// Whether the error is the user's to fix (exit code 1) rather than unexpected (exit 2).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Catalog(_))
+            && !matches!(self, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+    }
+
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn bad_input(
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::BadInput {
+            path: path.into(),
+            problem: problem.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// An [`Error::Invalid`] for callers outside the library (front ends validating options).
+    pub fn invalid_public(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::invalid(message, hint)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Invalid {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+}
