@@ -1,4 +1,4 @@
-//! SQLite metadata: rows, not files. Schema migrations live in `schemas/sql/NNNN_*.sql` and
+//! `SQLite` metadata: rows, not files. Schema migrations live in `schemas/sql/NNNN_*.sql` and
 //! are applied in order, tracked by `PRAGMA user_version`.
 
 use std::collections::{HashMap, HashSet};

@@ -173,7 +173,11 @@ pub fn read_model(path: &Path) -> Result<ModelInput> {
             ));
         }
         let bytes = std::fs::read(&p).map_err(|e| Error::io("reading", &p, e))?;
-        if name.ends_with(".json") && serde_json::from_slice::<serde_json::Value>(&bytes).is_err() {
+        if Path::new(name)
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+            && serde_json::from_slice::<serde_json::Value>(&bytes).is_err()
+        {
             return Err(Error::bad_input(
                 &p,
                 "is not valid JSON",

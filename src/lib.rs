@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Modules: [`id`] (typed digests), [`tensor`] (dtypes, canonical encoding), [`store`]
-//! (objects behind a backend trait, and their on-disk codec), [`catalog`] (SQLite rows),
+//! (objects behind a backend trait, and their on-disk codec), [`catalog`] (`SQLite` rows),
 //! [`checkpoint`] (safetensors and Hugging Face folders in and out), [`registry`] (the facade),
 //! [`synth`] (synthetic checkpoints for tests and benchmarks).
 

@@ -24,6 +24,9 @@ use crate::id::ObjectId;
 /// Random access to one stored object.
 pub trait ObjectReader: Send + Sync {
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 

@@ -1,7 +1,7 @@
 //! Synthetic checkpoints with the exact tensor names and shapes of real encoders, for tests
 //! and benchmarks.
 //!
-//! A *family* is a base plus fine-tunes. Base floats are N(0, 0.02) (LayerNorm weights
+//! A *family* is a base plus fine-tunes. Base floats are N(0, 0.02) (`LayerNorm` weights
 //! 1 + N(0, 0.02)); every float of fine-tune k is `base · (1 + noise · N(0, 1))` with
 //! `noise` = 1e-3 by default, the relative drift real fine-tunes show. Fine-tunes can carry a
 //! token-classification head (`classifier.weight`, `classifier.bias`), absent from the base.
@@ -228,6 +228,8 @@ pub fn write_family(dir: &Path, spec: &FamilySpec) -> io::Result<Vec<std::path::
 
 /// Writes one checkpoint folder: `config.json` and `model.safetensors` (F32).
 /// `finetune` = (seed, relative noise) perturbs the base drawn from `seed`.
+const BLOCK: usize = 1 << 20;
+
 pub fn write_checkpoint(
     dir: &Path,
     shape: &Shape,
@@ -249,17 +251,22 @@ pub fn write_checkpoint(
         offset += len;
     }
     let mut text = serde_json::to_vec(&serde_json::Value::Object(header))?;
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let tmp = dir.join("model.safetensors.partial");
     let mut w = BufWriter::with_capacity(8 << 20, fs::File::create(&tmp)?);
     w.write_all(&(text.len() as u64).to_le_bytes())?;
     w.write_all(&text)?;
-    const BLOCK: usize = 1 << 20;
     let mut buf = vec![0f32; BLOCK * 8];
     let mut bytes = vec![0u8; BLOCK * 8 * 4];
-    for (t, (name, dims, init)) in specs.iter().enumerate() {
+    for (name, dims, init) in &specs {
+        // Keyed by name, not position, so a head added to a fine-tune shifts nothing.
+        let t = u64::from_le_bytes(
+            blake3::hash(name.as_bytes()).as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         // Heads are new in the fine-tune: draw them from the fine-tune's own seed.
         let is_head = name.starts_with("classifier.");
         let tensor_seed = match (is_head, finetune) {
@@ -275,13 +282,15 @@ pub fn write_checkpoint(
                 .enumerate()
                 .for_each(|(b, out)| {
                     let block = (done / BLOCK + b) as u64;
-                    fill_normal(out, key(tensor_seed, t as u64, block), 0.02);
+                    fill_normal(out, key(tensor_seed, t, block), 0.02);
                     if *init == Init::OnePlusNormal {
-                        out.iter_mut().for_each(|v| *v += 1.0);
+                        for v in out.iter_mut() {
+                            *v += 1.0;
+                        }
                     }
                     if let (Some((ft, noise)), false) = (finetune, is_head) {
                         let mut rel = vec![0f32; out.len()];
-                        fill_normal(&mut rel, key(ft, t as u64, block), noise);
+                        fill_normal(&mut rel, key(ft, t, block), noise);
                         out.iter_mut().zip(&rel).for_each(|(v, r)| *v *= 1.0 + r);
                     }
                 });

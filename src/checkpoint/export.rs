@@ -71,7 +71,7 @@ pub fn shard_header(manifest: &Manifest, shard: &Shard) -> Vec<u8> {
         offset = end;
     }
     let mut text = serde_json::to_vec(&Value::Object(map)).expect("serializes");
-    while (text.len() + 8) % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = Vec::with_capacity(8 + text.len());

@@ -359,7 +359,7 @@ mod tests {
                 r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}"#,
                 "unknown field",
             ),
-            (r#"[1,2]"#, "not valid"),
+            ("[1,2]", "not valid"),
         ];
         for (json, expect) in cases {
             let err = parse(json, 12).unwrap_err().to_string();

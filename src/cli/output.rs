@@ -1,5 +1,6 @@
 //! Printers: aligned text tables and JSON on stdout.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -27,7 +28,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
             if i + 1 == cells.len() {
                 s.push_str(c);
             } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+                let _ = write!(s, "{c:<w$}  ", w = widths[i]);
             }
         }
         writeln!(out, "{}", s.trim_end())

@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Draws a byte bar on stderr for stages of at least `min_bytes`; hidden when stderr is not
 /// a terminal or `--quiet` is given.
 pub struct Bar {
-    bar: Mutex<Option<ProgressBar>>,
+    current: Mutex<Option<ProgressBar>>,
     enabled: bool,
     min_bytes: u64,
 }
@@ -16,7 +16,7 @@ pub struct Bar {
 impl Bar {
     pub fn new(quiet: bool) -> Self {
         Self {
-            bar: Mutex::new(None),
+            current: Mutex::new(None),
             enabled: !quiet,
             min_bytes: 64 << 20,
         }
@@ -37,17 +37,17 @@ impl Progress for Bar {
             .progress_chars("=> "),
         );
         bar.set_message(stage.to_owned());
-        *self.bar.lock().expect("not poisoned") = Some(bar);
+        *self.current.lock().expect("not poisoned") = Some(bar);
     }
 
     fn advance(&self, bytes: u64) {
-        if let Some(bar) = self.bar.lock().expect("not poisoned").as_ref() {
+        if let Some(bar) = self.current.lock().expect("not poisoned").as_ref() {
             bar.inc(bytes);
         }
     }
 
     fn finish(&self) {
-        if let Some(bar) = self.bar.lock().expect("not poisoned").take() {
+        if let Some(bar) = self.current.lock().expect("not poisoned").take() {
             bar.finish_and_clear();
         }
     }

@@ -1,10 +1,10 @@
 //! The on-disk encoding of one object (see `schemas/FORMAT.md`, "Object files").
 //!
 //! An object's payload (a tensor's raw little-endian bytes, a file's bytes, a manifest's
-//! canonical JSON) is cut into chunks of [`CHUNK_SIZE`] bytes. Each chunk is optionally XORed
-//! with the same chunk of a *delta base* object (a fine-tune against its base tensor), then
-//! byte-grouped (byte 0 of every element, then byte 1, … as ZipNN does, so that the sign and
-//! exponent bytes of floats sit together), then compressed as one independent zstd frame.
+//! canonical JSON) is cut into chunks of [`CHUNK_SIZE`] bytes. Each chunk is optionally taken
+//! relative to the same chunk of a *delta base* object (a fine-tune against its base tensor,
+//! see [`DeltaOp`]), then byte-grouped (byte 0 of every element, then byte 1, … as `ZipNN`
+//! does, so that the sign and exponent bytes of floats sit together), then compressed as one independent zstd frame.
 //! Independent frames let all cores compress and decompress, and let a reader stream.
 //!
 //! Ids never depend on this encoding: an id is the blake3 of the canonical *logical* content
@@ -17,7 +17,7 @@ use std::io;
 use rayon::prelude::*;
 
 use crate::id::{BLOB_CONTEXT, MANIFEST_CONTEXT, ObjectId, TENSOR_CONTEXT};
-use crate::store::{Backend, ObjectReader};
+use crate::store::{Backend, ObjectReader, ObjectWriter};
 
 pub const MAGIC: &[u8; 8] = b"CMOBJ1\0\n";
 pub const END_MAGIC: &[u8; 8] = b"CMOBJEND";
@@ -89,6 +89,8 @@ pub struct Header {
     /// Element width used for byte grouping (1 = no grouping).
     pub width: u8,
     pub delta_base: Option<ObjectId>,
+    /// How the payload relates to the delta base (ignored without one).
+    pub delta_op: DeltaOp,
     pub chunk_size: u32,
     pub raw_len: u64,
     /// The canonical prefix hashed before the payload (dtype, rank, dims for tensors).
@@ -101,6 +103,7 @@ impl Header {
             kind,
             width,
             delta_base: None,
+            delta_op: DeltaOp::SubZigzag,
             chunk_size: CHUNK_SIZE,
             raw_len,
             prefix,
@@ -116,7 +119,11 @@ impl Header {
         out.extend_from_slice(MAGIC);
         out.push(self.kind.code());
         out.push(self.width);
-        out.push(u8::from(self.delta_base.is_some()));
+        out.push(match (self.delta_base, self.delta_op) {
+            (None, _) => 0,
+            (Some(_), DeltaOp::Xor) => 1,
+            (Some(_), DeltaOp::SubZigzag) => 2,
+        });
         out.push(0);
         out.extend_from_slice(&self.chunk_size.to_le_bytes());
         out.extend_from_slice(&self.raw_len.to_le_bytes());
@@ -125,6 +132,85 @@ impl Header {
         out.extend_from_slice(self.delta_base.unwrap_or(ObjectId::zero()).as_bytes());
         out.extend_from_slice(&self.prefix);
         out
+    }
+}
+
+/// How a delta object's elements are derived from its base's.
+///
+/// `SubZigzag` (what the writer uses) stores, per element, the wrapping difference of the
+/// element bit patterns read as unsigned integers of the element's width, zigzag-encoded.
+/// Floats of one sign order like their bit patterns, so a fine-tune that moves a weight by a
+/// few thousand ulps leaves a small integer whose high bytes are zero; XOR of the same pair
+/// also sets every bit a carry ran through. On the synthetic xlm-roberta-base fine-tune
+/// (relative noise 1e-3) byte-grouped zstd stores XOR deltas in 54% of the raw bytes and
+/// these in 49%, near the 48% entropy of the noise itself. `Xor` (ZipLLM/BitX style) is
+/// read as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaOp {
+    Xor,
+    SubZigzag,
+}
+
+macro_rules! zigzag_delta {
+    ($u:ty, $i:ty, $raw:expr, $base:expr, $out:expr) => {{
+        const W: usize = std::mem::size_of::<$u>();
+        for ((o, r), b) in $out.chunks_exact_mut(W).zip($raw.chunks_exact(W)).zip($base.chunks_exact(W)) {
+            let r = <$u>::from_le_bytes(r.try_into().expect("element"));
+            let b = <$u>::from_le_bytes(b.try_into().expect("element"));
+            let d = r.wrapping_sub(b) as $i;
+            let z = ((d << 1) ^ (d >> (<$i>::BITS - 1))) as $u;
+            o.copy_from_slice(&z.to_le_bytes());
+        }
+    }};
+}
+
+macro_rules! zigzag_undo {
+    ($u:ty, $i:ty, $data:expr, $base:expr) => {{
+        const W: usize = std::mem::size_of::<$u>();
+        for (o, b) in $data.chunks_exact_mut(W).zip($base.chunks_exact(W)) {
+            let z = <$u>::from_le_bytes((&*o).try_into().expect("element"));
+            let d = ((z >> 1) as $i) ^ -((z & 1) as $i);
+            let b = <$u>::from_le_bytes(b.try_into().expect("element"));
+            o.copy_from_slice(&b.wrapping_add(d as $u).to_le_bytes());
+        }
+    }};
+}
+
+/// `out` = `raw` relative to `base`, element by element.
+fn apply_delta(raw: &[u8], base: &[u8], width: usize, op: DeltaOp, out: &mut [u8]) {
+    match (op, width) {
+        (DeltaOp::SubZigzag, 2) if raw.len().is_multiple_of(2) => {
+            zigzag_delta!(u16, i16, raw, base, out)
+        }
+        (DeltaOp::SubZigzag, 4) if raw.len().is_multiple_of(4) => {
+            zigzag_delta!(u32, i32, raw, base, out)
+        }
+        (DeltaOp::SubZigzag, 8) if raw.len().is_multiple_of(8) => {
+            zigzag_delta!(u64, i64, raw, base, out)
+        }
+        (DeltaOp::SubZigzag, _) => zigzag_delta!(u8, i8, raw, base, out),
+        (DeltaOp::Xor, _) => {
+            for ((o, r), b) in out.iter_mut().zip(raw).zip(base) {
+                *o = r ^ b;
+            }
+        }
+    }
+}
+
+/// Inverse of [`apply_delta`], in place.
+fn undo_delta(data: &mut [u8], base: &[u8], width: usize, op: DeltaOp) {
+    match (op, width) {
+        (DeltaOp::SubZigzag, 2) if data.len().is_multiple_of(2) => {
+            zigzag_undo!(u16, i16, data, base)
+        }
+        (DeltaOp::SubZigzag, 4) if data.len().is_multiple_of(4) => {
+            zigzag_undo!(u32, i32, data, base)
+        }
+        (DeltaOp::SubZigzag, 8) if data.len().is_multiple_of(8) => {
+            zigzag_undo!(u64, i64, data, base)
+        }
+        (DeltaOp::SubZigzag, _) => zigzag_undo!(u8, i8, data, base),
+        (DeltaOp::Xor, _) => data.iter_mut().zip(base).for_each(|(d, b)| *d ^= b),
     }
 }
 
@@ -198,6 +284,92 @@ impl DecodeError {
     }
 }
 
+/// Reused buffers. Freshly allocated memory costs a page fault per 4 KiB on first touch
+/// (about 1.6 GB/s here), more than compressing it, so window buffers come from a pool and
+/// per-chunk scratch is per thread.
+mod buffers {
+    use std::cell::RefCell;
+    use std::sync::Mutex;
+
+    /// Bytes the pool keeps at most; buffers beyond it are freed.
+    const POOL_LIMIT: usize = 512 << 20;
+    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    /// A pooled buffer of a given length (contents unspecified); back to the pool on drop.
+    pub struct Buf(Vec<u8>);
+
+    impl Buf {
+        pub fn take(len: usize) -> Self {
+            let mut pool = POOL
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let best = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            let mut v = best.map(|i| pool.swap_remove(i)).unwrap_or_default();
+            drop(pool);
+            v.resize(len, 0);
+            Buf(v)
+        }
+    }
+
+    impl std::ops::Deref for Buf {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl std::ops::DerefMut for Buf {
+        fn deref_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+    }
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            let v = std::mem::take(&mut self.0);
+            let mut pool = POOL
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let held: usize = pool.iter().map(Vec::capacity).sum();
+            if held + v.capacity() <= POOL_LIMIT {
+                pool.push(v);
+            }
+        }
+    }
+
+    /// Per-thread scratch for work on one chunk. Only leaf code (no rayon inside) may hold it.
+    #[derive(Default)]
+    pub struct Scratch {
+        pub a: Vec<u8>,
+        pub b: Vec<u8>,
+        pub compressor: Option<zstd::bulk::Compressor<'static>>,
+        pub decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    }
+
+    thread_local! {
+        static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    }
+
+    pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+        SCRATCH.with(|s| f(&mut s.borrow_mut()))
+    }
+
+    /// `v` grown to at least `len` and sliced to it.
+    pub fn sized(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
+        if v.len() < len {
+            v.resize(len, 0);
+        }
+        &mut v[..len]
+    }
+}
+
+use buffers::{Buf, sized, with_scratch};
+
 /// Writes `source` (of `header.raw_len` bytes) as object `id`, streaming window by window on
 /// all cores. The payload is hashed again as it is encoded and the object is committed only if
 /// the hash equals `id`, so an input that changes under us can never be stored under the
@@ -223,47 +395,104 @@ pub fn write_object(
     let mut hash = hasher(header.kind);
     hash.update(&header.prefix);
 
-    let window = chunk * WINDOW_CHUNKS;
-    let mut raw = vec![0u8; window.min(usize::try_from(header.raw_len).unwrap_or(usize::MAX))];
-    let mut base_raw = if base.is_some() {
-        vec![0u8; raw.len()]
-    } else {
-        Vec::new()
-    };
+    let windows = windows(header.raw_len, header.chunk_size);
+    let window_len = windows.first().map_or(0, |w| w.2);
+    let two = if windows.len() > 1 { window_len } else { 0 };
+    let bound = zstd::zstd_safe::compress_bound(chunk);
+    let arena_len = bound * window_len.div_ceil(chunk.max(1));
+    let mut raws = [Buf::take(window_len), Buf::take(two)];
+    let mut bases = [
+        Buf::take(if base.is_some() { window_len } else { 0 }),
+        Buf::take(if base.is_some() { two } else { 0 }),
+    ];
+    let mut arenas = [
+        Buf::take(arena_len),
+        Buf::take(if windows.len() > 1 { arena_len } else { 0 }),
+    ];
     let mut lengths = Vec::with_capacity(header.chunk_count());
-    let mut offset = 0u64;
-    while offset < header.raw_len {
-        let n = usize::try_from((header.raw_len - offset).min(window as u64)).unwrap_or(window);
-        let buf = &mut raw[..n];
-        source.read_at(offset, buf).map_err(EncodeError::Source)?;
-        let first_chunk = usize::try_from(offset / u64::from(header.chunk_size)).unwrap_or(0);
-        if let Some(base) = base {
-            base.decode_chunks(first_chunk, &mut base_raw[..n])
-                .map_err(EncodeError::Base)?;
-        }
-        let base_slice = base.map(|_| &base_raw[..n]);
+    let load =
+        |w: (usize, u64, usize), raw: &mut [u8], base_raw: &mut [u8]| -> Result<(), EncodeError> {
+            source
+                .read_at(w.1, &mut raw[..w.2])
+                .map_err(EncodeError::Source)?;
+            if let Some(base) = base {
+                base.decode_chunks(w.0, &mut base_raw[..w.2])
+                    .map_err(EncodeError::Base)?;
+            }
+            Ok(())
+        };
+    if let Some(&w) = windows.first() {
+        load(w, &mut raws[0], &mut bases[0])?;
+    }
+    // Pipeline: compress window k on the pool while window k is hashed, the frames of window
+    // k-1 are written and window k+1 is read.
+    let mut pending: Option<Vec<io::Result<usize>>> = None;
+    for (k, &(_, _, n)) in windows.iter().enumerate() {
+        let cur = k % 2;
+        let [raw0, raw1] = &mut raws;
+        let (raw, raw_next) = if cur == 0 {
+            (&*raw0, raw1)
+        } else {
+            (&*raw1, raw0)
+        };
+        let [base0, base1] = &mut bases;
+        let (base_cur, base_next) = if cur == 0 {
+            (&*base0, base1)
+        } else {
+            (&*base1, base0)
+        };
+        let [arena0, arena1] = &mut arenas;
+        let (arena, arena_prev) = if cur == 0 {
+            (arena0, &*arena1)
+        } else {
+            (arena1, &*arena0)
+        };
         let buf = &raw[..n];
-        let (frames, ()) = rayon::join(
+        let base_slice = base.map(|_| &base_cur[..n]);
+        let chunks = n.div_ceil(chunk);
+        let (sizes, io_side) = rayon::join(
             || {
-                buf.par_chunks(chunk)
+                arena[..chunks * bound]
+                    .par_chunks_mut(bound)
+                    .zip(buf.par_chunks(chunk))
                     .enumerate()
-                    .map(|(i, c)| {
+                    .map(|(i, (dst, c))| {
                         let b = base_slice.map(|b| &b[i * chunk..i * chunk + c.len()]);
-                        encode_chunk(c, b, width)
+                        encode_chunk(c, b, width, header.delta_op, dst)
                     })
                     .collect::<Vec<_>>()
             },
-            || {
+            || -> Result<(), EncodeError> {
                 hash.update(buf);
+                if let Some(sizes) = pending.take() {
+                    write_frames(
+                        writer.as_mut(),
+                        arena_prev,
+                        bound,
+                        sizes,
+                        &mut lengths,
+                        &mut stored,
+                    )?;
+                }
+                if let Some(&w) = windows.get(k + 1) {
+                    load(w, raw_next, base_next)?;
+                }
+                Ok(())
             },
         );
-        for frame in frames {
-            let frame = frame.map_err(EncodeError::Store)?;
-            writer.write_all(&frame).map_err(EncodeError::Store)?;
-            stored += frame.len() as u64;
-            lengths.push(frame.len() as u64);
-        }
-        offset += n as u64;
+        io_side?;
+        pending = Some(sizes);
+    }
+    if let Some(sizes) = pending.take() {
+        let last = &arenas[(windows.len() - 1) % 2];
+        write_frames(
+            writer.as_mut(),
+            last,
+            bound,
+            sizes,
+            &mut lengths,
+            &mut stored,
+        )?;
     }
     if ObjectId::from_bytes(*hash.finalize().as_bytes()) != *id {
         return Err(EncodeError::Changed);
@@ -280,55 +509,122 @@ pub fn write_object(
     Ok(stored)
 }
 
-fn encode_chunk(raw: &[u8], base: Option<&[u8]>, width: usize) -> io::Result<Vec<u8>> {
-    let mut grouped = vec![0u8; raw.len()];
-    group(raw, base, width, &mut grouped);
-    zstd::bulk::compress(&grouped, ZSTD_LEVEL)
+/// (first chunk, byte offset, byte length) of each window of a payload.
+fn windows(raw_len: u64, chunk_size: u32) -> Vec<(usize, u64, usize)> {
+    let window = u64::from(chunk_size) * WINDOW_CHUNKS as u64;
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    while offset < raw_len {
+        let n = (raw_len - offset).min(window);
+        let first = usize::try_from(offset / u64::from(chunk_size)).expect("chunk index fits");
+        out.push((first, offset, usize::try_from(n).expect("window fits")));
+        offset += n;
+    }
+    out
 }
 
-/// Byte grouping (with optional XOR against `base`): plane j holds byte j of every element.
-fn group(raw: &[u8], base: Option<&[u8]>, width: usize, out: &mut [u8]) {
-    let n = raw.len() / width;
-    if width == 1 || raw.len() % width != 0 {
+/// Writes the frames a window was compressed into, in order.
+fn write_frames(
+    writer: &mut dyn ObjectWriter,
+    arena: &[u8],
+    bound: usize,
+    sizes: Vec<io::Result<usize>>,
+    lengths: &mut Vec<u64>,
+    stored: &mut u64,
+) -> Result<(), EncodeError> {
+    for (i, size) in sizes.into_iter().enumerate() {
+        let size = size.map_err(EncodeError::Store)?;
+        writer
+            .write_all(&arena[i * bound..i * bound + size])
+            .map_err(EncodeError::Store)?;
+        *stored += size as u64;
+        lengths.push(size as u64);
+    }
+    Ok(())
+}
+
+/// Compresses one chunk into `dst` (at least `compress_bound` long); returns the frame size.
+fn encode_chunk(
+    raw: &[u8],
+    base: Option<&[u8]>,
+    width: usize,
+    op: DeltaOp,
+    dst: &mut [u8],
+) -> io::Result<usize> {
+    with_scratch(|s| {
+        let grouped = sized(&mut s.a, raw.len());
+        match base {
+            None => group(raw, width, grouped),
+            Some(b) => {
+                let delta = sized(&mut s.b, raw.len());
+                apply_delta(raw, b, width, op, delta);
+                group(delta, width, grouped);
+            }
+        }
+        if s.compressor.is_none() {
+            s.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        let compressor = s.compressor.as_mut().expect("just set");
+        compressor.compress_to_buffer(&s.a[..raw.len()], dst)
+    })
+}
+
+/// Byte grouping: plane j holds byte j of every element.
+fn group(raw: &[u8], width: usize, out: &mut [u8]) {
+    if width == 1 || !raw.len().is_multiple_of(width) {
         out.copy_from_slice(raw);
-        if let Some(b) = base {
-            out.iter_mut().zip(b).for_each(|(o, b)| *o ^= b);
+        return;
+    }
+    let n = raw.len() / width;
+    if width == 4 {
+        let (p0, rest) = out.split_at_mut(n);
+        let (p1, rest) = rest.split_at_mut(n);
+        let (p2, p3) = rest.split_at_mut(n);
+        for ((((e, a), b), c), d) in raw.chunks_exact(4).zip(p0).zip(p1).zip(p2).zip(p3) {
+            (*a, *b, *c, *d) = (e[0], e[1], e[2], e[3]);
         }
         return;
     }
-    let (planes, _) = out.split_at_mut(n * width);
-    match base {
-        None => {
-            for (i, e) in raw.chunks_exact(width).enumerate() {
-                for (j, &byte) in e.iter().enumerate() {
-                    planes[j * n + i] = byte;
-                }
-            }
+    if width == 2 {
+        let (p0, p1) = out.split_at_mut(n);
+        for ((e, a), b) in raw.chunks_exact(2).zip(p0).zip(p1) {
+            (*a, *b) = (e[0], e[1]);
         }
-        Some(b) => {
-            for (i, (e, be)) in raw
-                .chunks_exact(width)
-                .zip(b.chunks_exact(width))
-                .enumerate()
-            {
-                for j in 0..width {
-                    planes[j * n + i] = e[j] ^ be[j];
-                }
-            }
+        return;
+    }
+    for (j, plane) in out.chunks_exact_mut(n).enumerate() {
+        for (dst, e) in plane.iter_mut().zip(raw.chunks_exact(width)) {
+            *dst = e[j];
         }
     }
 }
 
-/// Inverse of [`group`]; XOR with `base` afterwards if given.
+/// Inverse of [`group`].
 fn ungroup(grouped: &[u8], width: usize, out: &mut [u8]) {
-    let n = grouped.len() / width;
-    if width == 1 || grouped.len() % width != 0 {
+    if width == 1 || !grouped.len().is_multiple_of(width) {
         out.copy_from_slice(grouped);
         return;
     }
-    for (i, e) in out.chunks_exact_mut(width).enumerate() {
-        for (j, byte) in e.iter_mut().enumerate() {
-            *byte = grouped[j * n + i];
+    let n = grouped.len() / width;
+    if width == 4 {
+        let (p0, rest) = grouped.split_at(n);
+        let (p1, rest) = rest.split_at(n);
+        let (p2, p3) = rest.split_at(n);
+        for ((((e, a), b), c), d) in out.chunks_exact_mut(4).zip(p0).zip(p1).zip(p2).zip(p3) {
+            e.copy_from_slice(&[*a, *b, *c, *d]);
+        }
+        return;
+    }
+    if width == 2 {
+        let (p0, p1) = grouped.split_at(n);
+        for ((e, a), b) in out.chunks_exact_mut(2).zip(p0).zip(p1) {
+            e.copy_from_slice(&[*a, *b]);
+        }
+        return;
+    }
+    for (j, plane) in grouped.chunks_exact(n).enumerate() {
+        for (e, &src) in out.chunks_exact_mut(width).zip(plane) {
+            e[j] = src;
         }
     }
 }
@@ -382,10 +678,11 @@ impl Decoder {
         if width == 0 || !matches!(width, 1 | 2 | 4 | 8) {
             return Err(bad("width"));
         }
-        if chunk_size == 0 || chunk_size > MAX_CHUNK || chunk_size % u32::from(width) != 0 {
+        if chunk_size == 0 || chunk_size > MAX_CHUNK || !chunk_size.is_multiple_of(u32::from(width))
+        {
             return Err(bad("chunk size"));
         }
-        if prefix_len > MAX_PREFIX || is_delta > 1 || (is_delta == 1) == delta_base.is_zero() {
+        if prefix_len > MAX_PREFIX || is_delta > 2 || (is_delta != 0) == delta_base.is_zero() {
             return Err(bad("prefix or delta flag"));
         }
         let mut prefix = vec![0u8; prefix_len];
@@ -395,7 +692,12 @@ impl Decoder {
         let header = Header {
             kind,
             width,
-            delta_base: (is_delta == 1).then_some(delta_base),
+            delta_base: (is_delta != 0).then_some(delta_base),
+            delta_op: if is_delta == 1 {
+                DeltaOp::Xor
+            } else {
+                DeltaOp::SubZigzag
+            },
             chunk_size,
             raw_len,
             prefix,
@@ -473,11 +775,12 @@ impl Decoder {
             .enumerate()
             .try_for_each(|(i, dst)| self.decode_chunk(first + i, dst, width))?;
         if let Some(base) = &self.base {
-            let mut b = vec![0u8; out.len()];
+            let mut b = Buf::take(out.len());
             base.decode_chunks(first, &mut b)?;
+            let op = self.header.delta_op;
             out.par_chunks_mut(1 << 16)
                 .zip(b.par_chunks(1 << 16))
-                .for_each(|(o, b)| o.iter_mut().zip(b).for_each(|(o, b)| *o ^= b));
+                .for_each(|(o, b)| undo_delta(o, b, width, op));
         }
         Ok(())
     }
@@ -487,22 +790,33 @@ impl Decoder {
             .frames
             .get(i)
             .ok_or_else(|| DecodeError::Corrupted(format!("no frame {i}")))?;
-        let mut frame = vec![0u8; usize::try_from(len).expect("checked on open")];
-        self.reader
-            .read_exact_at(&mut frame, at)
-            .map_err(DecodeError::Io)?;
-        let mut grouped = Vec::with_capacity(dst.len());
-        let got = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(&frame, &mut grouped))
-            .map_err(|e| DecodeError::Corrupted(format!("frame {i}: {e}")))?;
-        if got != dst.len() {
-            return Err(DecodeError::Corrupted(format!(
-                "frame {i} holds {got} bytes, expected {}",
-                dst.len()
-            )));
-        }
-        ungroup(&grouped, width, dst);
-        Ok(())
+        with_scratch(|s| {
+            let frame = sized(&mut s.b, usize::try_from(len).expect("checked on open"));
+            self.reader
+                .read_exact_at(frame, at)
+                .map_err(DecodeError::Io)?;
+            if s.decompressor.is_none() {
+                s.decompressor = Some(zstd::bulk::Decompressor::new().map_err(DecodeError::Io)?);
+            }
+            let grouped = sized(&mut s.a, dst.len());
+            let got = s
+                .decompressor
+                .as_mut()
+                .expect("just set")
+                .decompress_to_buffer(
+                    &s.b[..usize::try_from(len).expect("checked on open")],
+                    grouped,
+                )
+                .map_err(|e| DecodeError::Corrupted(format!("frame {i}: {e}")))?;
+            if got != dst.len() {
+                return Err(DecodeError::Corrupted(format!(
+                    "frame {i} holds {got} bytes, expected {}",
+                    dst.len()
+                )));
+            }
+            ungroup(&s.a[..dst.len()], width, dst);
+            Ok(())
+        })
     }
 
     /// Streams the payload window by window to `sink`, then checks the hash against `id`.
@@ -513,25 +827,38 @@ impl Decoder {
         id: &ObjectId,
         sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
     ) -> Result<(), StreamError> {
-        let window = self.header.chunk_size as usize * WINDOW_CHUNKS;
-        let total = self.header.raw_len;
-        let mut buf = vec![0u8; window.min(usize::try_from(total).unwrap_or(window))];
+        let windows = windows(self.header.raw_len, self.header.chunk_size);
+        let len = windows.first().map_or(0, |w| w.2);
+        let mut bufs = [
+            Buf::take(len),
+            Buf::take(if windows.len() > 1 { len } else { 0 }),
+        ];
         let mut hash = hasher(self.header.kind);
         hash.update(&self.header.prefix);
-        let mut offset = 0u64;
-        while offset < total {
-            let n = usize::try_from((total - offset).min(window as u64)).unwrap_or(window);
-            let first = usize::try_from(offset / u64::from(self.header.chunk_size)).unwrap_or(0);
-            self.decode_chunks(first, &mut buf[..n])?;
-            let data = &buf[..n];
-            let ((), sunk) = rayon::join(
-                || {
-                    hash.update_rayon(data);
+        if let Some(&(first, _, n)) = windows.first() {
+            self.decode_chunks(first, &mut bufs[0][..n])?;
+        }
+        // Pipeline: decode window k+1 on the pool while window k is hashed and handed on.
+        for (k, &(_, _, n)) in windows.iter().enumerate() {
+            let (a, b) = bufs.split_at_mut(1);
+            let (cur, next) = if k % 2 == 0 {
+                (&a[0], &mut b[0])
+            } else {
+                (&b[0], &mut a[0])
+            };
+            let data = &cur[..n];
+            let (decoded, sunk) = rayon::join(
+                || match windows.get(k + 1) {
+                    Some(&(first, _, m)) => self.decode_chunks(first, &mut next[..m]),
+                    None => Ok(()),
                 },
-                || sink(data),
+                || {
+                    hash.update(data);
+                    sink(data)
+                },
             );
             sunk.map_err(StreamError::Sink)?;
-            offset += n as u64;
+            decoded?;
         }
         if ObjectId::from_bytes(*hash.finalize().as_bytes()) == *id {
             Ok(())
@@ -569,6 +896,16 @@ mod tests {
     use crate::store::MemBackend;
 
     fn store(backend: &MemBackend, payload: &[u8], width: u8, base: Option<&ObjectId>) -> ObjectId {
+        store_op(backend, payload, width, base, DeltaOp::SubZigzag)
+    }
+
+    fn store_op(
+        backend: &MemBackend,
+        payload: &[u8],
+        width: u8,
+        base: Option<&ObjectId>,
+        op: DeltaOp,
+    ) -> ObjectId {
         let id = content_id(ObjectKind::Tensor, b"p", payload);
         let mut header = Header::new(
             ObjectKind::Tensor,
@@ -579,6 +916,7 @@ mod tests {
         header.chunk_size = 64;
         let base_dec = base.map(|b| Decoder::open(backend, b).unwrap());
         header.delta_base = base.copied();
+        header.delta_op = op;
         write_object(backend, &id, &header, &payload.to_vec(), base_dec.as_ref()).unwrap();
         id
     }
@@ -604,6 +942,59 @@ mod tests {
         let dec = Decoder::open(&backend, &idb).unwrap();
         assert_eq!(dec.header.delta_base, Some(ida));
         assert_eq!(dec.read_all(&idb).unwrap(), b);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn deltas_round_trip_for_every_width_and_op(
+            a in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            flips in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            width in proptest::sample::select(vec![1u8, 2, 4, 8]),
+            xor in proptest::bool::ANY,
+        ) {
+            let len = a.len() / 8 * 8;
+            let a = &a[..len];
+            let b: Vec<u8> = a.iter().zip(flips.iter().chain(std::iter::repeat(&0))).map(|(x, f)| x.wrapping_add(*f & 3)).collect();
+            let backend = MemBackend::new();
+            let op = if xor { DeltaOp::Xor } else { DeltaOp::SubZigzag };
+            let ida = store(&backend, a, width, None);
+            let idb = if a == b.as_slice() { ida } else { store_op(&backend, &b, width, Some(&ida), op) };
+            proptest::prop_assert_eq!(Decoder::open(&backend, &idb).unwrap().read_all(&idb).unwrap(), b);
+        }
+    }
+
+    #[test]
+    fn subtraction_keeps_high_bytes_zero_across_sign_and_exponent() {
+        let base: Vec<u8> = [1.0f32, -1.0, 0.5, 3.999_999_8]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let ft: Vec<u8> = [1.000_000_1f32, -0.999_999_94, 0.500_000_06, 4.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut d = vec![0u8; 16];
+        apply_delta(&ft, &base, 4, DeltaOp::SubZigzag, &mut d);
+        for e in d.chunks_exact(4) {
+            assert_eq!(&e[1..], &[0, 0, 0], "{d:?}");
+        }
+        undo_delta(&mut d, &base, 4, DeltaOp::SubZigzag);
+        assert_eq!(d, ft);
+    }
+
+    #[test]
+    fn grouping_is_inverted_for_every_width() {
+        let raw: Vec<u8> = (0..=255u8).cycle().take(8 * 37).collect();
+        for width in [1usize, 2, 4, 8] {
+            let mut g = vec![0u8; raw.len()];
+            let mut back = vec![0u8; raw.len()];
+            group(&raw, width, &mut g);
+            ungroup(&g, width, &mut back);
+            assert_eq!(back, raw, "width {width}");
+            if width > 1 {
+                assert_eq!(g[1], raw[width], "plane 0 holds byte 0 of each element");
+            }
+        }
     }
 
     #[test]
