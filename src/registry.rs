@@ -101,12 +101,20 @@ impl Registry {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("reading", &format, e)),
         }
-        let occupied = match fs::read_dir(root) {
-            Ok(mut entries) => entries.next().is_some(),
+        // Only what a registry (or one being created concurrently) holds may be there.
+        let ours = |name: &str| {
+            matches!(name, "objects" | "tmp" | "lock" | "FORMAT")
+                || name.starts_with("catalog.sqlite3")
+                || name.starts_with(".FORMAT.")
+        };
+        let foreign = match fs::read_dir(root) {
+            Ok(entries) => entries
+                .filter_map(std::result::Result::ok)
+                .any(|e| !e.file_name().to_str().is_some_and(ours)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(Error::io("reading", root, e)),
         };
-        if occupied {
+        if foreign {
             return Err(Error::NotARegistry {
                 path: root.to_path_buf(),
                 problem: "the folder has other files and no FORMAT file".to_owned(),
@@ -114,9 +122,7 @@ impl Registry {
         }
         fs::create_dir_all(root.join("tmp")).map_err(|e| Error::io("creating", root, e))?;
         fs::create_dir_all(root.join("objects")).map_err(|e| Error::io("creating", root, e))?;
-        let tmp = root
-            .join("tmp")
-            .join(format!("FORMAT.{}", std::process::id()));
+        let tmp = root.join(format!(".FORMAT.{}", std::process::id()));
         fs::write(&tmp, format!("{FORMAT_LINE}\n")).map_err(|e| Error::io("writing", &tmp, e))?;
         fs::rename(&tmp, &format).map_err(|e| Error::io("writing", &format, e))?;
         Ok(())
