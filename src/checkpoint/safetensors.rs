@@ -231,6 +231,33 @@ pub fn read_header(file: &File, len: u64) -> Result<Header, Problem> {
     })
 }
 
+/// Parses a whole safetensors file held in memory (what the fuzz target drives).
+pub fn parse_bytes(bytes: &[u8]) -> Result<Header, Problem> {
+    let len = bytes.len() as u64;
+    let n = header_len(bytes.get(..8).unwrap_or(&[]), len)?;
+    let raw = &bytes[8..8 + usize::try_from(n).expect("capped")];
+    parse_header(raw, len - 8 - n).map(|(tensors, metadata)| Header {
+        data_start: 8 + n,
+        tensors,
+        metadata,
+    })
+}
+
+/// Checks the 8-byte length prefix of a file of `len` bytes; returns the header length.
+fn header_len(prefix: &[u8], len: u64) -> Result<u64, Problem> {
+    let Ok(n) = <[u8; 8]>::try_from(prefix) else {
+        return Err(Problem::TooShort { len });
+    };
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER_SIZE {
+        return Err(Problem::HeaderTooLarge { n });
+    }
+    if n.checked_add(8).is_none_or(|end| end > len) {
+        return Err(Problem::HeaderPastEnd { n, len });
+    }
+    Ok(n)
+}
+
 /// Parses header JSON for a data section of `data_len` bytes. Tensors come back sorted by name.
 pub fn parse_header(
     raw: &[u8],
@@ -364,6 +391,18 @@ mod tests {
         for (json, expect) in cases {
             let err = parse(json, 12).unwrap_err().to_string();
             assert!(err.contains(expect), "{json}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = parse_bytes(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_headers_never_panic(json in "\\{(\"[a-z./]{0,6}\":\\{\"dtype\":\"(F32|BF16|U8)\",\"shape\":\\[[0-9]{0,3}(,[0-9]{1,2})?\\],\"data_offsets\":\\[[0-9]{1,3},[0-9]{1,3}\\]\\},?){0,3}\\}") {
+            let _ = parse_header(json.as_bytes(), 64);
         }
     }
 

@@ -180,13 +180,13 @@ macro_rules! zigzag_undo {
 fn apply_delta(raw: &[u8], base: &[u8], width: usize, op: DeltaOp, out: &mut [u8]) {
     match (op, width) {
         (DeltaOp::SubZigzag, 2) if raw.len().is_multiple_of(2) => {
-            zigzag_delta!(u16, i16, raw, base, out)
+            zigzag_delta!(u16, i16, raw, base, out);
         }
         (DeltaOp::SubZigzag, 4) if raw.len().is_multiple_of(4) => {
-            zigzag_delta!(u32, i32, raw, base, out)
+            zigzag_delta!(u32, i32, raw, base, out);
         }
         (DeltaOp::SubZigzag, 8) if raw.len().is_multiple_of(8) => {
-            zigzag_delta!(u64, i64, raw, base, out)
+            zigzag_delta!(u64, i64, raw, base, out);
         }
         (DeltaOp::SubZigzag, _) => zigzag_delta!(u8, i8, raw, base, out),
         (DeltaOp::Xor, _) => {
@@ -201,13 +201,13 @@ fn apply_delta(raw: &[u8], base: &[u8], width: usize, op: DeltaOp, out: &mut [u8
 fn undo_delta(data: &mut [u8], base: &[u8], width: usize, op: DeltaOp) {
     match (op, width) {
         (DeltaOp::SubZigzag, 2) if data.len().is_multiple_of(2) => {
-            zigzag_undo!(u16, i16, data, base)
+            zigzag_undo!(u16, i16, data, base);
         }
         (DeltaOp::SubZigzag, 4) if data.len().is_multiple_of(4) => {
-            zigzag_undo!(u32, i32, data, base)
+            zigzag_undo!(u32, i32, data, base);
         }
         (DeltaOp::SubZigzag, 8) if data.len().is_multiple_of(8) => {
-            zigzag_undo!(u64, i64, data, base)
+            zigzag_undo!(u64, i64, data, base);
         }
         (DeltaOp::SubZigzag, _) => zigzag_undo!(u8, i8, data, base),
         (DeltaOp::Xor, _) => data.iter_mut().zip(base).for_each(|(d, b)| *d ^= b),

@@ -17,14 +17,60 @@ fn references_resolve_by_name_version_and_prefix() {
     let reg = tmp.path().join("reg");
     let p = |i: usize| fam[i].to_str().unwrap().to_owned();
     cm(&reg, &["init"]).assert().success();
-    cm(&reg, &["register", &p(0), "--name", "xlmr-tiny", "--kind", "base", "--tag", "source=synth"]).assert().success();
-    let ner = cm(&reg, &["register", &p(1), "--name", "ner-en", "--kind", "task", "--task", "ner", "--language", "en", "--base", "xlmr-tiny"])
-        .assert()
-        .success();
+    cm(
+        &reg,
+        &[
+            "register",
+            &p(0),
+            "--name",
+            "xlmr-tiny",
+            "--kind",
+            "base",
+            "--tag",
+            "source=synth",
+        ],
+    )
+    .assert()
+    .success();
+    let ner = cm(
+        &reg,
+        &[
+            "register",
+            &p(1),
+            "--name",
+            "ner-en",
+            "--kind",
+            "task",
+            "--task",
+            "ner",
+            "--language",
+            "en",
+            "--base",
+            "xlmr-tiny",
+        ],
+    )
+    .assert()
+    .success();
     let line = stdout(&ner);
     let short = line.split_whitespace().nth(1).unwrap().to_owned();
     assert_eq!(short.len(), 12);
-    cm(&reg, &["register", &p(2), "--name", "ner-en", "--kind", "task", "--task", "ner", "--base", "xlmr-tiny"]).assert().success();
+    cm(
+        &reg,
+        &[
+            "register",
+            &p(2),
+            "--name",
+            "ner-en",
+            "--kind",
+            "task",
+            "--task",
+            "ner",
+            "--base",
+            "xlmr-tiny",
+        ],
+    )
+    .assert()
+    .success();
 
     // name → latest; name@1; a 6-character prefix.
     let latest = cm(&reg, &["show", "ner-en", "--json"]).assert().success();
@@ -32,7 +78,10 @@ fn references_resolve_by_name_version_and_prefix() {
     assert_eq!(v["checkpoint"]["version"], 2);
     let first = cm(&reg, &["show", "ner-en@1", "--json"]).assert().success();
     let v: serde_json::Value = serde_json::from_str(&stdout(&first)).unwrap();
-    assert_eq!(v["checkpoint"]["manifest_id"].as_str().unwrap()[..12], short);
+    assert_eq!(
+        v["checkpoint"]["manifest_id"].as_str().unwrap()[..12],
+        short
+    );
     assert_eq!(v["checkpoint"]["base"], "xlmr-tiny@1");
     assert_eq!(v["checkpoint"]["language"], "en");
     let by_prefix = cm(&reg, &["show", &short[..6]]).assert().success();
@@ -42,24 +91,56 @@ fn references_resolve_by_name_version_and_prefix() {
     let short_prefix = cm(&reg, &["show", &short[..5]]).assert().code(1);
     assert!(stderr(&short_prefix).contains("at least 6 hex"));
     cm(&reg, &["show", "ner-en@9"]).assert().code(1);
-    cm(&reg, &["register", &p(1), "--name", "ner-copy", "--kind", "task", "--task", "ner"]).assert().success();
+    cm(
+        &reg,
+        &[
+            "register",
+            &p(1),
+            "--name",
+            "ner-copy",
+            "--kind",
+            "task",
+            "--task",
+            "ner",
+        ],
+    )
+    .assert()
+    .success();
     let ambiguous = cm(&reg, &["show", &short[..6]]).assert().code(1);
     let e = stderr(&ambiguous);
-    assert!(e.contains("ambiguous") && e.contains("ner-en@1") && e.contains("ner-copy@1"), "{e}");
+    assert!(
+        e.contains("ambiguous") && e.contains("ner-en@1") && e.contains("ner-copy@1"),
+        "{e}"
+    );
 
     // list filters and JSON; show --tensors.
-    let list = cm(&reg, &["list", "--task", "ner", "--json"]).assert().success();
+    let list = cm(&reg, &["list", "--task", "ner", "--json"])
+        .assert()
+        .success();
     let rows: serde_json::Value = serde_json::from_str(&stdout(&list)).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 3);
     let list = cm(&reg, &["list", "--kind", "base"]).assert().success();
     let text = stdout(&list);
-    assert!(text.starts_with("CHECKPOINT") && text.contains("xlmr-tiny@1") && !text.contains("ner-en"), "{text}");
-    let tensors = cm(&reg, &["show", "ner-en@1", "--tensors"]).assert().success();
+    assert!(
+        text.starts_with("CHECKPOINT") && text.contains("xlmr-tiny@1") && !text.contains("ner-en"),
+        "{text}"
+    );
+    let tensors = cm(&reg, &["show", "ner-en@1", "--tensors"])
+        .assert()
+        .success();
     let text = stdout(&tensors);
-    assert!(text.contains("classifier.weight") && text.contains("delta"), "{text}");
-    let tags = cm(&reg, &["show", "xlmr-tiny", "--json"]).assert().success();
+    assert!(
+        text.contains("classifier.weight") && text.contains("delta"),
+        "{text}"
+    );
+    let tags = cm(&reg, &["show", "xlmr-tiny", "--json"])
+        .assert()
+        .success();
     let v: serde_json::Value = serde_json::from_str(&stdout(&tags)).unwrap();
-    assert_eq!(v["checkpoint"]["tags"][0], serde_json::json!(["source", "synth"]));
+    assert_eq!(
+        v["checkpoint"]["tags"][0],
+        serde_json::json!(["source", "synth"])
+    );
 
     // du, verify and gc speak JSON too.
     let du = cm(&reg, &["du", "--json"]).assert().success();
@@ -77,20 +158,50 @@ fn references_resolve_by_name_version_and_prefix() {
     let out = tmp.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "x").unwrap();
-    let refused = cm(&reg, &["export", "ner-en", "--out", out.to_str().unwrap()]).assert().code(1);
+    let refused = cm(&reg, &["export", "ner-en", "--out", out.to_str().unwrap()])
+        .assert()
+        .code(1);
     assert!(stderr(&refused).contains("hint: export into a new or empty folder"));
-    let bad_size = cm(&reg, &["export", "ner-en", "--out", "x", "--max-shard-size", "5XB"]).assert().code(1);
+    let bad_size = cm(
+        &reg,
+        &["export", "ner-en", "--out", "x", "--max-shard-size", "5XB"],
+    )
+    .assert()
+    .code(1);
     assert!(stderr(&bad_size).contains("is not a size"));
     let sharded = tmp.path().join("sharded");
-    cm(&reg, &["export", "ner-en", "--out", sharded.to_str().unwrap(), "--max-shard-size", "100kB"]).assert().success();
+    cm(
+        &reg,
+        &[
+            "export",
+            "ner-en",
+            "--out",
+            sharded.to_str().unwrap(),
+            "--max-shard-size",
+            "100kB",
+        ],
+    )
+    .assert()
+    .success();
     assert!(sharded.join("model.safetensors.index.json").is_file());
-    assert!(std::fs::read_to_string(sharded.join("model.safetensors.index.json")).unwrap().contains("model-00001-of-"));
+    assert!(
+        std::fs::read_to_string(sharded.join("model.safetensors.index.json"))
+            .unwrap()
+            .contains("model-00001-of-")
+    );
 }
 
 #[test]
 fn registry_comes_from_the_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let reg = tmp.path().join("env-reg");
-    common::bin().env("CROSSMERGE_REGISTRY", &reg).args(["--quiet", "init"]).assert().success();
-    assert_eq!(std::fs::read_to_string(reg.join("FORMAT")).unwrap(), "crossmerge registry v1\n");
+    common::bin()
+        .env("CROSSMERGE_REGISTRY", &reg)
+        .args(["--quiet", "init"])
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(reg.join("FORMAT")).unwrap(),
+        "crossmerge registry v1\n"
+    );
 }

@@ -10,7 +10,9 @@ use crossmerge::{CheckpointFilter, Dtype, NoProgress, Registry};
 /// `../shared` beside the crate, if present.
 pub fn shared() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if p.join("models/all-MiniLM-L6-v2/model.safetensors").is_file() {
+    if p.join("models/all-MiniLM-L6-v2/model.safetensors")
+        .is_file()
+    {
         Some(p)
     } else {
         eprintln!("skipping: ../shared (with models/all-MiniLM-L6-v2) is absent");
@@ -83,7 +85,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, Dtype, Vec<u64>, Vec<u8>
 /// Writes a safetensors file from literal header JSON and data (for hostile inputs).
 pub fn write_raw_safetensors(path: &Path, header: &str, data: &[u8]) {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -96,16 +98,32 @@ pub fn write_raw_safetensors(path: &Path, header: &str, data: &[u8]) {
 pub fn read_safetensors(path: &Path) -> BTreeMap<String, (String, Vec<u64>, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let data = &bytes[8 + n..];
     header
         .into_iter()
         .filter(|(k, _)| k != "__metadata__")
         .map(|(k, v)| {
             let off = v["data_offsets"].as_array().unwrap();
-            let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
-            let shape = v["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
-            (k, (v["dtype"].as_str().unwrap().to_owned(), shape, data[a..b].to_vec()))
+            let (a, b) = (
+                off[0].as_u64().unwrap() as usize,
+                off[1].as_u64().unwrap() as usize,
+            );
+            let shape = v["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            (
+                k,
+                (
+                    v["dtype"].as_str().unwrap().to_owned(),
+                    shape,
+                    data[a..b].to_vec(),
+                ),
+            )
         })
         .collect()
 }
@@ -144,12 +162,15 @@ pub fn snapshot(root: &Path) -> Snapshot {
         .all_objects()
         .unwrap()
         .iter()
-        .map(|o| format!("{:?}", o))
+        .map(|o| format!("{o:?}"))
         .collect();
     let mut files = BTreeMap::new();
     for dir in ["objects", "tmp"] {
         for e in walk(&root.join(dir)) {
-            files.insert(e.strip_prefix(root).unwrap().display().to_string(), blake3::hash(&std::fs::read(&e).unwrap()));
+            files.insert(
+                e.strip_prefix(root).unwrap().display().to_string(),
+                blake3::hash(&std::fs::read(&e).unwrap()),
+            );
         }
     }
     let du = reg.du().unwrap();
@@ -163,7 +184,9 @@ pub fn snapshot(root: &Path) -> Snapshot {
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries {
         let p = e.unwrap().path();
         if p.is_dir() {

@@ -7,9 +7,19 @@ use crossmerge::{CheckpointFilter, Registry};
 
 use crate::common::{self, assert_verify_clean};
 
-fn register(reg: &std::path::Path, path: &std::path::Path, name: &str, base: Option<&str>) -> Command {
+fn register(
+    reg: &std::path::Path,
+    path: &std::path::Path,
+    name: &str,
+    base: Option<&str>,
+) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_crossmerge"));
-    c.arg("--registry").arg(reg).arg("--quiet").arg("register").arg(path).args(["--name", name]);
+    c.arg("--registry")
+        .arg(reg)
+        .arg("--quiet")
+        .arg("register")
+        .arg(path)
+        .args(["--name", name]);
     match base {
         Some(b) => c.args(["--kind", "language", "--language", name, "--base", b]),
         None => c.args(["--kind", "base"]),
@@ -21,30 +31,58 @@ fn register(reg: &std::path::Path, path: &std::path::Path, name: &str, base: Opt
 #[test]
 fn four_processes_register_into_one_registry_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let fam = write_family(&tmp.path().join("fam"), &FamilySpec::new(common::medium_shape(), 4)).unwrap();
+    let fam = write_family(
+        &tmp.path().join("fam"),
+        &FamilySpec::new(common::medium_shape(), 4),
+    )
+    .unwrap();
     // The registry does not exist yet: the four race to create it too.
     let root = tmp.path().join("reg");
     let children: Vec<_> = (0..4)
-        .map(|i| register(&root, &fam[i + 1], &format!("plain-{i}"), None).spawn().unwrap())
+        .map(|i| {
+            register(&root, &fam[i + 1], &format!("plain-{i}"), None)
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_verify_clean(&root);
 
     // Then four fine-tunes stored against one base, at once.
-    assert!(register(&root, &fam[0], "base", None).status().unwrap().success());
+    assert!(
+        register(&root, &fam[0], "base", None)
+            .status()
+            .unwrap()
+            .success()
+    );
     let langs = ["es", "de", "hi", "zh"];
     let children: Vec<_> = (0..4)
-        .map(|i| register(&root, &fam[i + 1], langs[i], Some("base")).spawn().unwrap())
+        .map(|i| {
+            register(&root, &fam[i + 1], langs[i], Some("base"))
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_verify_clean(&root);
-    let rows = Registry::open(&root).unwrap().list(&CheckpointFilter::default()).unwrap();
+    let rows = Registry::open(&root)
+        .unwrap()
+        .list(&CheckpointFilter::default())
+        .unwrap();
     assert_eq!(rows.len(), 9);
     // Same content as plain-i: no new bytes beyond the delta objects' own.
     let du = Registry::open(&root).unwrap().du().unwrap();

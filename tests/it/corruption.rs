@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crossmerge::{CheckpointKind, Error, ExportOptions, NoProgress, ObjectId, RegisterOptions, Registry};
+use crossmerge::{
+    CheckpointKind, Error, ExportOptions, NoProgress, ObjectId, RegisterOptions, Registry,
+};
 
 use crate::common::{self, cm};
 
@@ -17,10 +19,18 @@ fn verify_reports_each_kind_of_damage_and_reads_refuse_wrong_bytes() {
     let fam = common::tiny_family(&tmp.path().join("fam"), 1, None);
     let root = tmp.path().join("reg");
     let mut reg = Registry::open(&root).unwrap();
-    reg.register(&fam[0], &RegisterOptions::new("base", CheckpointKind::Base), &NoProgress)
-        .unwrap();
-    reg.register(&fam[1], &RegisterOptions::new("lang-de", CheckpointKind::Language).language("de"), &NoProgress)
-        .unwrap();
+    reg.register(
+        &fam[0],
+        &RegisterOptions::new("base", CheckpointKind::Base),
+        &NoProgress,
+    )
+    .unwrap();
+    reg.register(
+        &fam[1],
+        &RegisterOptions::new("lang-de", CheckpointKind::Language).language("de"),
+        &NoProgress,
+    )
+    .unwrap();
     cm(&root, &["verify"]).assert().success();
 
     let manifest = reg.manifest(&reg.resolve("base").unwrap()).unwrap();
@@ -45,26 +55,49 @@ fn verify_reports_each_kind_of_damage_and_reads_refuse_wrong_bytes() {
     let out = cm(&root, &["verify"]).assert().code(1);
     let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
-    let line_for = |id: &ObjectId| lines.iter().find(|l| l.contains(&format!("`{id}`"))).copied().unwrap_or("");
+    let line_for = |id: &ObjectId| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!("`{id}`")))
+            .copied()
+            .unwrap_or("")
+    };
     assert!(line_for(&flipped).starts_with("corrupted: "), "{stdout}");
-    assert!(line_for(&flipped).contains("intermediate.dense.weight"), "{stdout}");
+    assert!(
+        line_for(&flipped).contains("intermediate.dense.weight"),
+        "{stdout}"
+    );
     assert!(line_for(&truncated).starts_with("truncated: "), "{stdout}");
     assert!(line_for(&deleted).starts_with("missing: "), "{stdout}");
-    assert!(line_for(&deleted).contains("pooler.dense.weight"), "{stdout}");
+    assert!(
+        line_for(&deleted).contains("pooler.dense.weight"),
+        "{stdout}"
+    );
     assert!(line_for(&orphan).starts_with("orphan: "), "{stdout}");
     let json = cm(&root, &["verify", "--json"]).assert().code(1);
     let report: serde_json::Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
-    let classes: Vec<&str> = report["findings"].as_array().unwrap().iter().map(|f| f["class"].as_str().unwrap()).collect();
+    let classes: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["class"].as_str().unwrap())
+        .collect();
     for class in ["corrupted", "truncated", "missing", "orphan"] {
         assert!(classes.contains(&class), "{classes:?}");
     }
 
     // Reads fail naming the tensor and the object; nothing wrong is ever returned.
     let reg = Registry::open(&root).unwrap();
-    match reg.read_tensor(&manifest, "roberta.encoder.layer.0.intermediate.dense.weight") {
+    match reg.read_tensor(
+        &manifest,
+        "roberta.encoder.layer.0.intermediate.dense.weight",
+    ) {
         Err(e @ Error::Corrupt { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains(&flipped.to_string()) && msg.contains("intermediate.dense.weight"), "{msg}");
+            assert!(
+                msg.contains(&flipped.to_string()) && msg.contains("intermediate.dense.weight"),
+                "{msg}"
+            );
         }
         other => panic!("expected a corruption error, got {other:?}"),
     }
@@ -73,12 +106,22 @@ fn verify_reports_each_kind_of_damage_and_reads_refuse_wrong_bytes() {
         Err(Error::MissingObject { .. })
     ));
     let out_dir = tmp.path().join("out");
-    let err = reg.export("base", &out_dir, &ExportOptions::default(), &NoProgress).unwrap_err();
+    let err = reg
+        .export("base", &out_dir, &ExportOptions::default(), &NoProgress)
+        .unwrap_err();
     assert!(!out_dir.exists(), "a failed export left a folder");
     assert!(err.hint().is_some());
-    let cli = cm(&root, &["export", "base", "--out", out_dir.to_str().unwrap()]).assert().code(1);
+    let cli = cm(
+        &root,
+        &["export", "base", "--out", out_dir.to_str().unwrap()],
+    )
+    .assert()
+    .code(1);
     let stderr = String::from_utf8(cli.get_output().stderr.clone()).unwrap();
-    assert!(stderr.lines().next().unwrap().starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.lines().next().unwrap().starts_with("error: "),
+        "{stderr}"
+    );
     assert!(stderr.contains("hint: "), "{stderr}");
 
     // The fine-tune stored against those tensors is unaffected where its bases are intact,

@@ -7,12 +7,16 @@ use std::time::Instant;
 
 use crossmerge::store::{FaultBackend, FsBackend};
 use crossmerge::synth::{FamilySpec, write_family};
-use crossmerge::{CheckpointFilter, CheckpointKind, ExportOptions, NoProgress, RegisterOptions, Registry};
+use crossmerge::{
+    CheckpointFilter, CheckpointKind, ExportOptions, NoProgress, RegisterOptions, Registry,
+};
 
 use crate::common::{self, assert_verify_clean, copy_dir, read_model_tensors};
 
 fn ft_options() -> RegisterOptions {
-    RegisterOptions::new("ner-en", CheckpointKind::Task).task("ner").base("base")
+    RegisterOptions::new("ner-en", CheckpointKind::Task)
+        .task("ner")
+        .base("base")
 }
 
 fn faulty(root: &Path, fail_at: usize) -> (Registry, Arc<FaultBackend>) {
@@ -33,9 +37,16 @@ fn check_recovers(root: &Path, ft: &Path, deep: bool) {
     reg.gc().unwrap();
     assert_verify_clean(root);
     let plan = reg.gc_plan().unwrap();
-    assert!(plan.unreferenced.is_empty() && plan.orphans.is_empty() && plan.temporary_files == 0, "{plan:?}");
-    let out = root.join("..").join(format!("{}-export", root.file_name().unwrap().to_str().unwrap()));
-    reg.export("ner-en", &out, &ExportOptions::default(), &NoProgress).unwrap();
+    assert!(
+        plan.unreferenced.is_empty() && plan.orphans.is_empty() && plan.temporary_files == 0,
+        "{plan:?}"
+    );
+    let out = root.join("..").join(format!(
+        "{}-export",
+        root.file_name().unwrap().to_str().unwrap()
+    ));
+    reg.export("ner-en", &out, &ExportOptions::default(), &NoProgress)
+        .unwrap();
     assert_eq!(read_model_tensors(&out), read_model_tensors(ft));
     std::fs::remove_dir_all(out).unwrap();
 }
@@ -47,7 +58,11 @@ fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
     let template = tmp.path().join("template");
     Registry::open(&template)
         .unwrap()
-        .register(&fam[0], &RegisterOptions::new("base", CheckpointKind::Base), &NoProgress)
+        .register(
+            &fam[0],
+            &RegisterOptions::new("base", CheckpointKind::Base),
+            &NoProgress,
+        )
         .unwrap();
     let mut k = 0;
     loop {
@@ -56,7 +71,10 @@ fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
         let (mut reg, backend) = faulty(&root, k);
         let result = reg.register(&fam[1], &ft_options(), &NoProgress);
         drop(reg);
-        let rows = Registry::open(&root).unwrap().list(&CheckpointFilter::default()).unwrap();
+        let rows = Registry::open(&root)
+            .unwrap()
+            .list(&CheckpointFilter::default())
+            .unwrap();
         match result {
             Ok(_) => {
                 assert_eq!(rows.len(), 2);
@@ -65,7 +83,11 @@ fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
                 break;
             }
             Err(e) => {
-                assert_eq!(rows.len(), 1, "a failed register added a checkpoint (step {k}: {e})");
+                assert_eq!(
+                    rows.len(),
+                    1,
+                    "a failed register added a checkpoint (step {k}: {e})"
+                );
                 check_recovers(&root, &fam[1], k % 9 == 0);
             }
         }
@@ -82,17 +104,25 @@ fn a_fault_at_every_io_step_of_gc_leaves_a_consistent_registry() {
     let template = tmp.path().join("template");
     Registry::open(&template)
         .unwrap()
-        .register(&fam[0], &RegisterOptions::new("base", CheckpointKind::Base), &NoProgress)
+        .register(
+            &fam[0],
+            &RegisterOptions::new("base", CheckpointKind::Base),
+            &NoProgress,
+        )
         .unwrap();
     // Garbage to collect: an interrupted register (pending rows, some files) and a temp file.
     {
         let (mut reg, _) = faulty(&template, 60);
-        reg.register(&fam[1], &ft_options(), &NoProgress).unwrap_err();
+        reg.register(&fam[1], &ft_options(), &NoProgress)
+            .unwrap_err();
     }
     std::fs::write(template.join("tmp/123-0-0.partial"), b"half an object").unwrap();
     assert_verify_clean(&template);
     let before = Registry::open(&template).unwrap().gc_plan().unwrap();
-    assert!(!before.unreferenced.is_empty() && before.temporary_files == 1, "{before:?}");
+    assert!(
+        !before.unreferenced.is_empty() && before.temporary_files == 1,
+        "{before:?}"
+    );
 
     let mut k = 0;
     loop {
@@ -110,7 +140,10 @@ fn a_fault_at_every_io_step_of_gc_leaves_a_consistent_registry() {
         std::fs::remove_dir_all(&root).unwrap();
         k += 1;
     }
-    assert!(k >= before.unreferenced.len(), "only {k} I/O steps were exercised");
+    assert!(
+        k >= before.unreferenced.len(),
+        "only {k} I/O steps were exercised"
+    );
 }
 
 fn splitmix(state: &mut u64) -> u64 {
@@ -124,17 +157,32 @@ fn splitmix(state: &mut u64) -> u64 {
 #[test]
 fn killing_register_at_random_moments_never_damages_the_registry() {
     let tmp = tempfile::tempdir().unwrap();
-    let fam = write_family(&tmp.path().join("fam"), &FamilySpec::new(common::medium_shape(), 1).head_labels(Some(9))).unwrap();
+    let fam = write_family(
+        &tmp.path().join("fam"),
+        &FamilySpec::new(common::medium_shape(), 1).head_labels(Some(9)),
+    )
+    .unwrap();
     let root = tmp.path().join("reg");
     Registry::open(&root)
         .unwrap()
-        .register(&fam[0], &RegisterOptions::new("base", CheckpointKind::Base), &NoProgress)
+        .register(
+            &fam[0],
+            &RegisterOptions::new("base", CheckpointKind::Base),
+            &NoProgress,
+        )
         .unwrap();
     let args = |reg: &Path| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_crossmerge"));
-        c.arg("--registry").arg(reg).arg("--quiet").arg("register").arg(&fam[1]);
-        c.args(["--name", "ner-en", "--kind", "task", "--task", "ner", "--base", "base"]);
-        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        c.arg("--registry")
+            .arg(reg)
+            .arg("--quiet")
+            .arg("register")
+            .arg(&fam[1]);
+        c.args([
+            "--name", "ner-en", "--kind", "task", "--task", "ner", "--base", "base",
+        ]);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         c
     };
     // How long an uninterrupted run takes, on a copy.
@@ -161,6 +209,7 @@ fn killing_register_at_random_moments_never_damages_the_registry() {
     reg.gc().unwrap();
     assert_verify_clean(&root);
     let out = tmp.path().join("out");
-    reg.export("ner-en", &out, &ExportOptions::default(), &NoProgress).unwrap();
+    reg.export("ner-en", &out, &ExportOptions::default(), &NoProgress)
+        .unwrap();
     assert_eq!(read_model_tensors(&out), read_model_tensors(&fam[1]));
 }

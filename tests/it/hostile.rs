@@ -13,15 +13,38 @@ fn f32s(n: usize) -> Vec<u8> {
 /// Runs `register PATH` and checks the error's shape and that nothing changed.
 fn refused(root: &Path, input: &Path, expect: &str) {
     let before = snapshot(root);
-    let out = cm(root, &["register", input.to_str().unwrap(), "--name", "bad", "--kind", "base"])
-        .assert()
-        .code(1);
+    let out = cm(
+        root,
+        &[
+            "register",
+            input.to_str().unwrap(),
+            "--name",
+            "bad",
+            "--kind",
+            "base",
+        ],
+    )
+    .assert()
+    .code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 2, "want an error line and a hint line, got:\n{stderr}");
-    assert!(lines[0].starts_with("error: ") && lines[0].contains(expect), "{expect:?} not in {:?}", lines[0]);
+    assert_eq!(
+        lines.len(),
+        2,
+        "want an error line and a hint line, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(expect),
+        "{expect:?} not in {:?}",
+        lines[0]
+    );
     assert!(lines[1].starts_with("hint: "), "{stderr}");
-    assert_eq!(snapshot(root), before, "the registry changed after refusing {input:?}");
+    assert_eq!(
+        snapshot(root),
+        before,
+        "the registry changed after refusing {}",
+        input.display()
+    );
 }
 
 #[test]
@@ -32,12 +55,22 @@ fn each_hostile_input_is_refused_cleanly() {
     let fam = common::tiny_family(&t.join("fam"), 0, None);
     Registry::open(&root)
         .unwrap()
-        .register(&fam[0], &RegisterOptions::new("base", CheckpointKind::Base), &NoProgress)
+        .register(
+            &fam[0],
+            &RegisterOptions::new("base", CheckpointKind::Base),
+            &NoProgress,
+        )
         .unwrap();
 
     // Truncated: a valid file cut inside its data.
     let good = t.join("good.safetensors");
-    write_safetensors(&good, &[("a", Dtype::F32, vec![64], f32s(64)), ("b", Dtype::F32, vec![64], f32s(64))]);
+    write_safetensors(
+        &good,
+        &[
+            ("a", Dtype::F32, vec![64], f32s(64)),
+            ("b", Dtype::F32, vec![64], f32s(64)),
+        ],
+    );
     let bytes = std::fs::read(&good).unwrap();
     let cut = t.join("truncated.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
@@ -55,7 +88,11 @@ fn each_hostile_input_is_refused_cleanly() {
     refused(&root, &overlap, "overlap");
 
     let past = t.join("past.safetensors");
-    write_raw_safetensors(&past, r#"{"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}}"#, &[0u8; 16]);
+    write_raw_safetensors(
+        &past,
+        r#"{"a":{"dtype":"F32","shape":[8],"data_offsets":[0,32]}}"#,
+        &[0u8; 16],
+    );
     refused(&root, &past, "run past the end");
 
     let huge = t.join("huge-header.safetensors");
@@ -65,11 +102,18 @@ fn each_hostile_input_is_refused_cleanly() {
     refused(&root, &huge, "exceeds the limit");
 
     let mismatch = t.join("mismatch.safetensors");
-    write_raw_safetensors(&mismatch, r#"{"a":{"dtype":"BF16","shape":[3,3],"data_offsets":[0,16]}}"#, &[0u8; 16]);
+    write_raw_safetensors(
+        &mismatch,
+        r#"{"a":{"dtype":"BF16","shape":[3,3],"data_offsets":[0,16]}}"#,
+        &[0u8; 16],
+    );
     refused(&root, &mismatch, "need 18 bytes");
 
     let dotdot = t.join("dotdot.safetensors");
-    write_safetensors(&dotdot, &[("encoder/../../etc/passwd", Dtype::U8, vec![1], vec![0])]);
+    write_safetensors(
+        &dotdot,
+        &[("encoder/../../etc/passwd", Dtype::U8, vec![1], vec![0])],
+    );
     refused(&root, &dotdot, "`..`");
 
     let not_json = t.join("garbage.safetensors");
@@ -79,8 +123,14 @@ fn each_hostile_input_is_refused_cleanly() {
     // Two shards holding the same tensor.
     let dup = t.join("dup");
     std::fs::create_dir(&dup).unwrap();
-    write_safetensors(&dup.join("model-00001-of-00002.safetensors"), &[("w", Dtype::F32, vec![2], f32s(2))]);
-    write_safetensors(&dup.join("model-00002-of-00002.safetensors"), &[("w", Dtype::F32, vec![2], f32s(2))]);
+    write_safetensors(
+        &dup.join("model-00001-of-00002.safetensors"),
+        &[("w", Dtype::F32, vec![2], f32s(2))],
+    );
+    write_safetensors(
+        &dup.join("model-00002-of-00002.safetensors"),
+        &[("w", Dtype::F32, vec![2], f32s(2))],
+    );
     std::fs::write(
         dup.join("model.safetensors.index.json"),
         r#"{"metadata":{},"weight_map":{"w":"model-00001-of-00002.safetensors","x":"model-00002-of-00002.safetensors"}}"#,
@@ -91,7 +141,10 @@ fn each_hostile_input_is_refused_cleanly() {
     // An index naming a shard that is not there.
     let missing = t.join("missing-shard");
     std::fs::create_dir(&missing).unwrap();
-    write_safetensors(&missing.join("model-00001-of-00002.safetensors"), &[("w", Dtype::F32, vec![2], f32s(2))]);
+    write_safetensors(
+        &missing.join("model-00001-of-00002.safetensors"),
+        &[("w", Dtype::F32, vec![2], f32s(2))],
+    );
     std::fs::write(
         missing.join("model.safetensors.index.json"),
         r#"{"metadata":{},"weight_map":{"w":"model-00001-of-00002.safetensors","v":"model-00002-of-00002.safetensors"}}"#,
@@ -101,7 +154,11 @@ fn each_hostile_input_is_refused_cleanly() {
 
     let escape = t.join("escape");
     std::fs::create_dir(&escape).unwrap();
-    std::fs::write(escape.join("model.safetensors.index.json"), r#"{"weight_map":{"w":"../good.safetensors"}}"#).unwrap();
+    std::fs::write(
+        escape.join("model.safetensors.index.json"),
+        r#"{"weight_map":{"w":"../good.safetensors"}}"#,
+    )
+    .unwrap();
     refused(&root, &escape, "not a plain file name");
 
     // A folder that is not a model.
@@ -125,19 +182,57 @@ fn bad_options_are_refused_before_anything_is_read() {
     let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
     let p = fam[0].to_str().unwrap();
     for (args, expect) in [
-        (vec!["register", p, "--name", "x", "--kind", "language"], "needs `--language`"),
-        (vec!["register", p, "--name", "x", "--kind", "task"], "needs `--task`"),
-        (vec!["register", p, "--name", "bad@name", "--kind", "base"], "not a valid checkpoint name"),
-        (vec!["register", p, "--name", "x", "--kind", "base", "--language", "e"], "not a BCP-47"),
-        (vec!["register", p, "--name", "x", "--kind", "base", "--base", "nothing"], "no checkpoint matches"),
-        (vec!["export", "nothing", "--out", "/tmp/never"], "no checkpoint matches"),
+        (
+            vec!["register", p, "--name", "x", "--kind", "language"],
+            "needs `--language`",
+        ),
+        (
+            vec!["register", p, "--name", "x", "--kind", "task"],
+            "needs `--task`",
+        ),
+        (
+            vec!["register", p, "--name", "bad@name", "--kind", "base"],
+            "not a valid checkpoint name",
+        ),
+        (
+            vec![
+                "register",
+                p,
+                "--name",
+                "x",
+                "--kind",
+                "base",
+                "--language",
+                "e",
+            ],
+            "not a BCP-47",
+        ),
+        (
+            vec![
+                "register", p, "--name", "x", "--kind", "base", "--base", "nothing",
+            ],
+            "no checkpoint matches",
+        ),
+        (
+            vec!["export", "nothing", "--out", "/tmp/never"],
+            "no checkpoint matches",
+        ),
     ] {
         let out = cm(&root, &args).assert().code(1);
         let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-        assert!(stderr.starts_with("error: ") && stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(expect),
+            "{args:?}: {stderr}"
+        );
         assert!(stderr.contains("\nhint: "), "{args:?}: {stderr}");
     }
-    assert!(Registry::open(&root).unwrap().list(&crossmerge::CheckpointFilter::default()).unwrap().is_empty());
+    assert!(
+        Registry::open(&root)
+            .unwrap()
+            .list(&crossmerge::CheckpointFilter::default())
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -146,6 +241,9 @@ fn a_folder_that_is_not_a_registry_is_left_alone() {
     std::fs::write(tmp.path().join("notes.txt"), "mine").unwrap();
     let out = cm(tmp.path(), &["list"]).assert().code(1);
     let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
-    assert!(stderr.contains("not a crossmerge registry") && stderr.contains("hint: "), "{stderr}");
+    assert!(
+        stderr.contains("not a crossmerge registry") && stderr.contains("hint: "),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per concern.
+#![allow(clippy::print_stderr)] // tests say why they skip
 
 mod common;
 

@@ -1,0 +1,943 @@
+//! The registry's operations: register, show, export, verify, gc, du.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{Progress, Registry, decode_error};
+use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, ObjectRow, serialize_hex};
+use crate::checkpoint::export::{index_json, plan_shards, shard_header};
+use crate::checkpoint::{InputTensor, Manifest, ManifestFile, ManifestTensor, read_model};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::store::codec::{self, Decoder, EncodeError, Header, ObjectKind, StreamError};
+use crate::tensor::canonical_prefix;
+
+/// What to register a checkpoint as.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RegisterOptions {
+    pub name: String,
+    pub kind: CheckpointKind,
+    /// The base checkpoint: fine-tuned tensors are stored as XOR-deltas against it.
+    pub base: Option<String>,
+    pub language: Option<String>,
+    pub task: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl RegisterOptions {
+    pub fn new(name: impl Into<String>, kind: CheckpointKind) -> Self {
+        Self {
+            name: name.into(),
+            kind,
+            base: None,
+            language: None,
+            task: None,
+            tags: Vec::new(),
+        }
+    }
+
+    #[must_use]
+    pub fn base(mut self, base: impl Into<String>) -> Self {
+        self.base = Some(base.into());
+        self
+    }
+
+    #[must_use]
+    pub fn language(mut self, language: impl Into<String>) -> Self {
+        self.language = Some(language.into());
+        self
+    }
+
+    #[must_use]
+    pub fn task(mut self, task: impl Into<String>) -> Self {
+        self.task = Some(task.into());
+        self
+    }
+
+    #[must_use]
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.push((key.into(), value.into()));
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        let n = &self.name;
+        let name_ok = !n.is_empty()
+            && n.len() <= 200
+            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+            && !n.contains("..");
+        if !name_ok {
+            return Err(Error::invalid(
+                format!("`{n}` is not a valid checkpoint name"),
+                "use letters, digits, `.`, `_`, `-` and `/`, starting with a letter or digit (no `@`)",
+            ));
+        }
+        if let Some(l) = &self.language {
+            let mut parts = l.split('-');
+            let first_ok = parts.next().is_some_and(|p| {
+                (2..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphabetic())
+            });
+            if !first_ok
+                || !parts.all(|p| {
+                    (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric())
+                })
+            {
+                return Err(Error::invalid(
+                    format!("`{l}` is not a BCP-47 language code"),
+                    "use codes such as `en`, `es`, `zh-Hans`, `hi`",
+                ));
+            }
+        }
+        if let Some(t) = &self.task
+            && (t.is_empty()
+                || t.len() > 64
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c)))
+        {
+            return Err(Error::invalid(
+                format!("`{t}` is not a valid task name"),
+                "use lowercase names such as `ner`, `pos`, `nli`, `dp`, `mlm`",
+            ));
+        }
+        match self.kind {
+            CheckpointKind::Language if self.language.is_none() => {
+                return Err(Error::invalid(
+                    "a language checkpoint needs `--language`",
+                    "add e.g. `--language es`",
+                ));
+            }
+            CheckpointKind::Task if self.task.is_none() => {
+                return Err(Error::invalid(
+                    "a task checkpoint needs `--task`",
+                    "add e.g. `--task pos`",
+                ));
+            }
+            _ => {}
+        }
+        for (k, _) in &self.tags {
+            if k.is_empty()
+                || !k
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                return Err(Error::invalid(
+                    format!("tag key `{k}` is not valid"),
+                    "write tags as `--tag key=value` with a key of letters, digits, `.`, `_`, `-`",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What `register` did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Registered {
+    pub checkpoint: CheckpointRow,
+    /// False when the latest version of the name already was this exact content.
+    pub created: bool,
+    pub objects_written: usize,
+    pub objects_reused: usize,
+    pub delta_objects: usize,
+    /// Bytes written to the store.
+    pub bytes_written: u64,
+}
+
+struct PlannedObject {
+    id: ObjectId,
+    header: Header,
+    source: ObjectSource,
+}
+
+enum ObjectSource {
+    Tensor(usize),
+    Bytes(Vec<u8>),
+}
+
+fn hash_tensor(t: &InputTensor) -> io::Result<ObjectId> {
+    const WINDOW: usize = 8 << 20;
+    let mut h = codec::hasher(ObjectKind::Tensor);
+    h.update(&canonical_prefix(t.dtype, &t.shape));
+    let mut buf = vec![0u8; usize::try_from(t.len).unwrap_or(WINDOW).min(WINDOW)];
+    let mut offset = 0u64;
+    while offset < t.len {
+        let n = usize::try_from((t.len - offset).min(WINDOW as u64)).unwrap_or(WINDOW);
+        codec::Source::read_at(t, offset, &mut buf[..n])?;
+        if n >= WINDOW {
+            h.update_rayon(&buf[..n]);
+        } else {
+            h.update(&buf[..n]);
+        }
+        offset += n as u64;
+    }
+    Ok(ObjectId::from_bytes(*h.finalize().as_bytes()))
+}
+
+impl Registry {
+    /// Registers a Hugging Face model folder or safetensors file. The input is validated
+    /// completely before anything is written; identical content stores no new bytes.
+    pub fn register(
+        &mut self,
+        path: &Path,
+        opts: &RegisterOptions,
+        progress: &dyn Progress,
+    ) -> Result<Registered> {
+        opts.validate()?;
+        let input = read_model(path)?;
+        let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
+        let base_manifest = base.as_ref().map(|b| self.manifest(b)).transpose()?;
+        let _lock = self.lock_shared()?;
+
+        // Pass 1: name every tensor and file by its content.
+        progress.start("hashing", input.tensor_bytes());
+        let tensor_ids: Vec<ObjectId> = input
+            .tensors
+            .par_iter()
+            .map(|t| {
+                let id = hash_tensor(t).map_err(|e| Error::io("reading", &t.file.path, e));
+                progress.advance(t.len);
+                id
+            })
+            .collect::<Result<_>>()?;
+        progress.finish();
+        let tensors: Vec<ManifestTensor> = input
+            .tensors
+            .iter()
+            .zip(&tensor_ids)
+            .map(|(t, id)| ManifestTensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                id: id.to_hex(),
+            })
+            .collect();
+        let files: Vec<ManifestFile> = input
+            .files
+            .iter()
+            .map(|f| ManifestFile {
+                path: f.path.clone(),
+                size: f.bytes.len() as u64,
+                id: codec::content_id(ObjectKind::Blob, &[], &f.bytes).to_hex(),
+            })
+            .collect();
+        let manifest = Manifest::new(tensors, files, input.metadata.clone());
+        let manifest_bytes = manifest.canonical_bytes();
+        let manifest_id = codec::content_id(ObjectKind::Manifest, &[], &manifest_bytes);
+
+        // Plan: which objects are new, and which can be stored as deltas against the base.
+        let mut all_ids: Vec<ObjectId> = tensor_ids.clone();
+        all_ids.extend(manifest.files.iter().map(ManifestFile::object));
+        all_ids.push(manifest_id);
+        if let Some(bm) = &base_manifest {
+            all_ids.extend(bm.tensors.iter().map(ManifestTensor::object));
+        }
+        let known = self.catalog.objects(&all_ids)?;
+        let is_stored = |id: &ObjectId| known.get(id).is_some_and(|r| r.stored);
+        let mut plan: Vec<PlannedObject> = Vec::new();
+        let mut planned: HashSet<ObjectId> = HashSet::new();
+        for (i, t) in input.tensors.iter().enumerate() {
+            let id = tensor_ids[i];
+            if is_stored(&id) || !planned.insert(id) {
+                continue;
+            }
+            let mut header = Header::new(
+                ObjectKind::Tensor,
+                t.dtype.size() as u8,
+                t.len,
+                canonical_prefix(t.dtype, &t.shape),
+            );
+            header.delta_base = base_manifest.as_ref().and_then(|bm| {
+                let b = bm.tensor(&t.name)?;
+                let row = known.get(&b.object())?;
+                let usable = b.dtype == t.dtype
+                    && b.shape == t.shape
+                    && row.stored
+                    && row.delta_base.is_none()
+                    && b.object() != id
+                    && t.len > 0;
+                usable.then(|| b.object())
+            });
+            plan.push(PlannedObject {
+                id,
+                header,
+                source: ObjectSource::Tensor(i),
+            });
+        }
+        for (f, mf) in input.files.iter().zip(&manifest.files) {
+            let id = mf.object();
+            if !is_stored(&id) && planned.insert(id) {
+                plan.push(PlannedObject {
+                    id,
+                    header: Header::new(ObjectKind::Blob, 1, f.bytes.len() as u64, Vec::new()),
+                    source: ObjectSource::Bytes(f.bytes.clone()),
+                });
+            }
+        }
+        if !is_stored(&manifest_id) {
+            plan.push(PlannedObject {
+                id: manifest_id,
+                header: Header::new(
+                    ObjectKind::Manifest,
+                    1,
+                    manifest_bytes.len() as u64,
+                    Vec::new(),
+                ),
+                source: ObjectSource::Bytes(manifest_bytes),
+            });
+        }
+
+        // Intent: the rows exist (pending) before any file does.
+        let pending: Vec<ObjectRow> = plan
+            .iter()
+            .map(|p| ObjectRow {
+                id: p.id,
+                kind: p.header.kind,
+                stored: false,
+                raw_size: p.header.raw_len,
+                stored_size: None,
+                delta_base: p.header.delta_base,
+            })
+            .collect();
+        self.catalog.insert_pending(&pending)?;
+
+        // Pass 2: write the new objects, tensors in parallel, each on all cores.
+        let total: u64 = plan.iter().map(|p| p.header.raw_len).sum();
+        progress.start("storing", total);
+        let backend = self.backend.as_ref();
+        let objects_dir = self.root.join("objects");
+        let stored: Vec<(ObjectId, u64)> = plan
+            .par_iter()
+            .map(|p| {
+                let base = p
+                    .header
+                    .delta_base
+                    .map(|b| {
+                        Decoder::open(backend, &b)
+                            .map_err(|e| decode_error(&b, Some("delta base"), e))
+                    })
+                    .transpose()?;
+                let written = match &p.source {
+                    ObjectSource::Tensor(i) => codec::write_object(
+                        backend,
+                        &p.id,
+                        &p.header,
+                        &input.tensors[*i],
+                        base.as_ref(),
+                    ),
+                    ObjectSource::Bytes(b) => {
+                        codec::write_object(backend, &p.id, &p.header, b, None)
+                    }
+                };
+                let size = written.map_err(|e| encode_error(&objects_dir, &input, p, e))?;
+                progress.advance(p.header.raw_len);
+                Ok((p.id, size))
+            })
+            .collect::<Result<_>>()?;
+        progress.finish();
+
+        // Commit: objects stored, references, checkpoint row, in one transaction.
+        let mut refs: Vec<(String, ObjectId)> = manifest
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.object()))
+            .collect();
+        refs.extend(
+            manifest
+                .files
+                .iter()
+                .map(|f| (format!("file:{}", f.path), f.object())),
+        );
+        let new = NewCheckpoint {
+            name: opts.name.clone(),
+            kind: opts.kind,
+            manifest_id,
+            architecture: input.architecture(),
+            base: base.as_ref().map(|b| b.rowid),
+            language: opts.language.clone(),
+            task: opts.task.clone(),
+            source_path: Some(
+                fs::canonicalize(path)
+                    .unwrap_or_else(|_| path.to_path_buf())
+                    .display()
+                    .to_string(),
+            ),
+            tensor_count: manifest.tensors.len() as u64,
+            parameters: manifest.parameters(),
+            logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
+            tags: opts.tags.clone(),
+        };
+        let (checkpoint, created) = self.catalog.commit_checkpoint(&stored, &refs, &new)?;
+        Ok(Registered {
+            checkpoint,
+            created,
+            objects_written: stored.len(),
+            objects_reused: refs.len() + 1 - stored.len(),
+            delta_objects: plan
+                .iter()
+                .filter(|p| p.header.delta_base.is_some())
+                .count(),
+            bytes_written: stored.iter().map(|(_, s)| s).sum(),
+        })
+    }
+}
+
+fn encode_error(
+    objects_dir: &Path,
+    input: &crate::checkpoint::ModelInput,
+    p: &PlannedObject,
+    e: EncodeError,
+) -> Error {
+    let (path, what) = match &p.source {
+        ObjectSource::Tensor(i) => (
+            input.tensors[*i].file.path.clone(),
+            format!("tensor `{}`", input.tensors[*i].name),
+        ),
+        ObjectSource::Bytes(_) => (
+            input.root.clone(),
+            format!("{} `{}`", p.header.kind.name(), p.id),
+        ),
+    };
+    match e {
+        EncodeError::Source(io) => Error::io("reading", path, io),
+        EncodeError::Store(io) => Error::io("writing an object into", objects_dir, io),
+        EncodeError::Base(d) => Error::Corrupt {
+            object: p.header.delta_base.unwrap_or(p.id),
+            tensor: Some(what),
+            problem: format!("delta base {d}"),
+        },
+        EncodeError::Changed => Error::bad_input(
+            path,
+            format!("{what} changed while it was being registered"),
+            "do not modify a checkpoint while registering it; run the command again",
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// A checkpoint with its manifest and per-tensor storage details.
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckpointDetails {
+    pub checkpoint: CheckpointRow,
+    pub files: Vec<ManifestFile>,
+    pub metadata: BTreeMap<String, String>,
+    pub stored_size: u64,
+    pub tensors: Vec<TensorDetails>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorDetails {
+    pub name: String,
+    pub dtype: crate::tensor::Dtype,
+    pub shape: Vec<u64>,
+    #[serde(serialize_with = "serialize_hex")]
+    pub id: ObjectId,
+    pub raw_size: u64,
+    pub stored_size: Option<u64>,
+    /// `plain` or `delta` (XOR against the base tensor).
+    pub encoding: &'static str,
+}
+
+impl Registry {
+    /// A checkpoint and what it holds.
+    pub fn show(&self, reference: &str) -> Result<CheckpointDetails> {
+        let checkpoint = self.resolve(reference)?;
+        let manifest = self.manifest(&checkpoint)?;
+        let ids: Vec<ObjectId> = manifest
+            .tensors
+            .iter()
+            .map(ManifestTensor::object)
+            .collect();
+        let rows = self.catalog.objects(&ids)?;
+        let tensors: Vec<TensorDetails> = manifest
+            .tensors
+            .iter()
+            .map(|t| {
+                let row = rows.get(&t.object());
+                TensorDetails {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    id: t.object(),
+                    raw_size: t.byte_len(),
+                    stored_size: row.and_then(|r| r.stored_size),
+                    encoding: if row.is_some_and(|r| r.delta_base.is_some()) {
+                        "delta"
+                    } else {
+                        "plain"
+                    },
+                }
+            })
+            .collect();
+        let stored_size = self.stored_size_of(&checkpoint)?;
+        Ok(CheckpointDetails {
+            checkpoint,
+            files: manifest.files,
+            metadata: manifest.metadata,
+            stored_size,
+            tensors,
+        })
+    }
+
+    /// Bytes on disk of the distinct objects a checkpoint references (not its delta bases).
+    fn stored_size_of(&self, row: &CheckpointRow) -> Result<u64> {
+        let mut ids: Vec<ObjectId> = self
+            .catalog
+            .manifest_refs(&row.manifest_id)?
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        ids.push(row.manifest_id);
+        ids.sort();
+        ids.dedup();
+        let rows = self.catalog.objects(&ids)?;
+        Ok(rows.values().filter_map(|r| r.stored_size).sum())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// How to export.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    /// Split weights into shards of at most this many bytes (`None`: one file).
+    pub max_shard_size: Option<u64>,
+}
+
+impl ExportOptions {
+    #[must_use]
+    pub fn max_shard_size(mut self, bytes: Option<u64>) -> Self {
+        self.max_shard_size = bytes;
+        self
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportReport {
+    pub checkpoint: String,
+    pub out: PathBuf,
+    pub files: Vec<String>,
+    pub tensor_bytes: u64,
+}
+
+impl Registry {
+    /// Writes a checkpoint as a Hugging Face folder at `out` (absent or empty). Every byte is
+    /// verified against its id before the folder appears: the export is built in a temporary
+    /// sibling folder and renamed into place, so a damaged object never yields a folder.
+    pub fn export(
+        &self,
+        reference: &str,
+        out: &Path,
+        opts: &ExportOptions,
+        progress: &dyn Progress,
+    ) -> Result<ExportReport> {
+        let checkpoint = self.resolve(reference)?;
+        let manifest = self.manifest(&checkpoint)?;
+        if let Ok(mut entries) = fs::read_dir(out) {
+            if entries.next().is_some() {
+                return Err(Error::invalid(
+                    format!("`{}` exists and is not empty", out.display()),
+                    "export into a new or empty folder",
+                ));
+            }
+        } else if out.exists() {
+            return Err(Error::invalid(
+                format!("`{}` exists and is not a folder", out.display()),
+                "export into a new or empty folder",
+            ));
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
+        let tmp = parent.join(format!(
+            ".{}.crossmerge-export-{}",
+            out.file_name().and_then(|n| n.to_str()).unwrap_or("export"),
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
+        let _lock = self.lock_shared()?;
+        let result = self.export_into(&checkpoint, &manifest, &tmp, opts, progress);
+        let files = match result {
+            Ok(files) => files,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        if out.exists() {
+            fs::remove_dir(out).map_err(|e| Error::io("replacing", out, e))?;
+        }
+        fs::rename(&tmp, out).map_err(|e| Error::io("renaming into", out, e))?;
+        Ok(ExportReport {
+            checkpoint: checkpoint.reference(),
+            out: out.to_path_buf(),
+            files,
+            tensor_bytes: manifest.tensor_bytes(),
+        })
+    }
+
+    fn export_into(
+        &self,
+        checkpoint: &CheckpointRow,
+        manifest: &Manifest,
+        dir: &Path,
+        opts: &ExportOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<String>> {
+        let _ = checkpoint;
+        let mut written = Vec::new();
+        for f in &manifest.files {
+            let bytes = self.read_object(&f.object(), Some(&f.path))?;
+            let path = dir.join(&f.path);
+            fs::write(&path, bytes).map_err(|e| Error::io("writing", &path, e))?;
+            written.push(f.path.clone());
+        }
+        let shards = plan_shards(manifest, opts.max_shard_size);
+        progress.start("exporting", manifest.tensor_bytes());
+        for shard in &shards {
+            let path = dir.join(&shard.file_name);
+            let file = fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            w.write_all(&shard_header(manifest, shard))
+                .map_err(|e| Error::io("writing", &path, e))?;
+            for &i in &shard.tensors {
+                let t = &manifest.tensors[i];
+                let id = t.object();
+                let dec = Decoder::open(self.backend.as_ref(), &id)
+                    .map_err(|e| decode_error(&id, Some(&t.name), e))?;
+                dec.stream(&id, &mut |bytes| {
+                    progress.advance(bytes.len() as u64);
+                    w.write_all(bytes)
+                })
+                .map_err(|e| match e {
+                    StreamError::Decode(d) => decode_error(&id, Some(&t.name), d),
+                    StreamError::Sink(io) => Error::io("writing", &path, io),
+                })?;
+            }
+            let file = w
+                .into_inner()
+                .map_err(|e| Error::io("writing", &path, e.into_error()))?;
+            file.sync_all()
+                .map_err(|e| Error::io("syncing", &path, e))?;
+            written.push(shard.file_name.clone());
+        }
+        if let Some((name, bytes)) = index_json(manifest, &shards) {
+            let path = dir.join(&name);
+            fs::write(&path, bytes).map_err(|e| Error::io("writing", &path, e))?;
+            written.push(name);
+        }
+        progress.finish();
+        written.sort();
+        Ok(written)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// One problem `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// `missing`, `truncated`, `corrupted`, `unreadable` or `orphan`.
+    pub class: &'static str,
+    #[serde(serialize_with = "serialize_opt_hex")]
+    pub object: Option<ObjectId>,
+    pub message: String,
+}
+
+#[allow(clippy::ref_option)] // serde hands fields by reference
+fn serialize_opt_hex<S: serde::Serializer>(id: &Option<ObjectId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => s.serialize_str(&id.to_hex()),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: usize,
+    pub bytes_checked: u64,
+    pub checkpoints: usize,
+    /// Objects recorded as pending whose write never finished: reclaimable, not damage.
+    pub interrupted_writes: usize,
+    /// Temporary files from interrupted writes: reclaimable, not damage.
+    pub temporary_files: usize,
+    pub findings: Vec<Finding>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+impl Registry {
+    /// Re-hashes every object and checks that every catalog row points at a complete object
+    /// and every object file is known to the catalog. Findings are data, not errors.
+    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let _lock = self.lock_shared()?;
+        let rows = self.catalog.all_objects()?;
+        let names = self.catalog.names_of_objects()?;
+        let files: HashSet<ObjectId> = self
+            .backend
+            .list()
+            .map_err(|e| Error::io("listing", self.root.join("objects"), e))?
+            .into_iter()
+            .collect();
+        let known: HashSet<ObjectId> = rows.iter().map(|r| r.id).collect();
+        let label = |id: &ObjectId| match names.get(id) {
+            Some(n) if n.starts_with("file:") => format!(" (file `{}`)", &n[5..]),
+            Some(n) => format!(" (tensor `{n}`)"),
+            None => String::new(),
+        };
+        let to_check: Vec<&ObjectRow> = rows
+            .iter()
+            .filter(|r| r.stored || files.contains(&r.id))
+            .collect();
+        progress.start("verifying", to_check.iter().map(|r| r.raw_size).sum());
+        let backend = self.backend.as_ref();
+        let mut findings: Vec<Finding> = to_check
+            .par_iter()
+            .filter_map(|row| {
+                let result = Decoder::open(backend, &row.id).and_then(|d| {
+                    if d.header.kind != row.kind {
+                        return Err(codec::DecodeError::Corrupted(format!(
+                            "holds a {} but the catalog says {}",
+                            d.header.kind.name(),
+                            row.kind.name()
+                        )));
+                    }
+                    d.stream(&row.id, &mut |_| Ok(())).map_err(|e| match e {
+                        StreamError::Decode(d) => d,
+                        StreamError::Sink(io) => codec::DecodeError::Io(io),
+                    })
+                });
+                progress.advance(row.raw_size);
+                let e = result.err()?;
+                let message = match &e {
+                    codec::DecodeError::Missing => format!(
+                        "missing: object `{}`{} is in the catalog but not in the store",
+                        row.id,
+                        label(&row.id)
+                    ),
+                    other => format!(
+                        "{}: object `{}`{}: {}",
+                        other.class(),
+                        row.id,
+                        label(&row.id),
+                        detail(other)
+                    ),
+                };
+                Some(Finding {
+                    class: e.class(),
+                    object: Some(row.id),
+                    message,
+                })
+            })
+            .collect();
+        progress.finish();
+        for id in files.difference(&known) {
+            findings.push(Finding {
+                class: "orphan",
+                object: Some(*id),
+                message: format!("orphan: object `{id}` is in the store but not in the catalog (`crossmerge gc` removes it)"),
+            });
+        }
+        for (reference, id) in self.catalog.checkpoints_without_manifest()? {
+            findings.push(Finding {
+                class: "missing",
+                object: Some(id),
+                message: format!(
+                    "missing: checkpoint `{reference}` names manifest `{id}`, which is not stored"
+                ),
+            });
+        }
+        for (name, id) in self.catalog.dangling_refs()? {
+            findings.push(Finding {
+                class: "missing",
+                object: Some(id),
+                message: format!("missing: `{name}` refers to object `{id}`, which is not stored"),
+            });
+        }
+        findings.sort_by(|a, b| (a.class, &a.message).cmp(&(b.class, &b.message)));
+        Ok(VerifyReport {
+            objects_checked: to_check.len(),
+            bytes_checked: to_check.iter().map(|r| r.raw_size).sum(),
+            checkpoints: self
+                .catalog
+                .checkpoints(&crate::catalog::CheckpointFilter::default())?
+                .len(),
+            interrupted_writes: rows
+                .iter()
+                .filter(|r| !r.stored && !files.contains(&r.id))
+                .count(),
+            temporary_files: self.backend.count_tmp().unwrap_or(0),
+            findings,
+        })
+    }
+}
+
+fn detail(e: &codec::DecodeError) -> String {
+    match e {
+        codec::DecodeError::Truncated(s) | codec::DecodeError::Corrupted(s) => s.clone(),
+        codec::DecodeError::Io(io) => io.to_string(),
+        codec::DecodeError::Missing => "missing".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// What `gc` would remove.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcPlan {
+    /// Catalogued objects no checkpoint needs.
+    #[serde(serialize_with = "serialize_ids")]
+    pub unreferenced: Vec<ObjectId>,
+    /// Object files the catalog does not know.
+    #[serde(serialize_with = "serialize_ids")]
+    pub orphans: Vec<ObjectId>,
+    pub temporary_files: usize,
+    /// Bytes on disk the objects take.
+    pub bytes: u64,
+}
+
+fn serialize_ids<S: serde::Serializer>(ids: &[ObjectId], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(ids.iter().map(ObjectId::to_hex))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GcReport {
+    pub objects_removed: usize,
+    pub temporary_files_removed: usize,
+    pub bytes_freed: u64,
+}
+
+impl Registry {
+    /// What `gc` would remove now.
+    pub fn gc_plan(&self) -> Result<GcPlan> {
+        let live = self.catalog.reachable()?;
+        let rows = self.catalog.all_objects()?;
+        let known: HashSet<ObjectId> = rows.iter().map(|r| r.id).collect();
+        let mut plan = GcPlan::default();
+        for r in &rows {
+            if !live.contains(&r.id) {
+                plan.unreferenced.push(r.id);
+                plan.bytes += r.stored_size.unwrap_or(0);
+            }
+        }
+        for id in self
+            .backend
+            .list()
+            .map_err(|e| Error::io("listing", self.root.join("objects"), e))?
+        {
+            if !known.contains(&id) {
+                plan.bytes += self.backend.open(&id).map_or(0, |r| r.len());
+                plan.orphans.push(id);
+            }
+        }
+        plan.temporary_files = self
+            .backend
+            .count_tmp()
+            .map_err(|e| Error::io("listing", self.root.join("tmp"), e))?;
+        Ok(plan)
+    }
+
+    /// Removes unreferenced objects, orphan files and temporary files, holding the registry
+    /// exclusively. The plan is recomputed under the lock, so it is never stale.
+    pub fn gc(&mut self) -> Result<GcReport> {
+        let _lock = self.lock_exclusive()?;
+        let plan = self.gc_plan()?;
+        let objects = self.root.join("objects");
+        self.catalog.mark_pending(&plan.unreferenced)?;
+        for id in plan.unreferenced.iter().chain(&plan.orphans) {
+            self.backend
+                .remove(id)
+                .map_err(|e| Error::io("removing an object from", &objects, e))?;
+        }
+        let tmp = self
+            .backend
+            .clean_tmp()
+            .map_err(|e| Error::io("cleaning", self.root.join("tmp"), e))?;
+        self.catalog.delete_objects(&plan.unreferenced)?;
+        Ok(GcReport {
+            objects_removed: plan.unreferenced.len() + plan.orphans.len(),
+            temporary_files_removed: tmp,
+            bytes_freed: plan.bytes,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DuRow {
+    pub checkpoint: String,
+    pub kind: CheckpointKind,
+    /// Bytes as exported (tensors and kept files).
+    pub logical: u64,
+    /// Bytes on disk of the objects it references (shared objects count for each user).
+    pub stored: u64,
+    pub ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DuReport {
+    pub checkpoints: Vec<DuRow>,
+    pub total_logical: u64,
+    /// Bytes on disk of all distinct objects.
+    pub total_stored: u64,
+    pub total_ratio: f64,
+}
+
+fn ratio(stored: u64, logical: u64) -> f64 {
+    if logical == 0 {
+        0.0
+    } else {
+        stored as f64 / logical as f64
+    }
+}
+
+impl Registry {
+    /// Logical versus stored bytes, per checkpoint and in total.
+    pub fn du(&self) -> Result<DuReport> {
+        let rows = self
+            .catalog
+            .checkpoints(&crate::catalog::CheckpointFilter::default())?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let stored = self.stored_size_of(r)?;
+            out.push(DuRow {
+                checkpoint: r.reference(),
+                kind: r.kind,
+                logical: r.logical_size,
+                stored,
+                ratio: ratio(stored, r.logical_size),
+            });
+        }
+        let total_logical = rows.iter().map(|r| r.logical_size).sum();
+        let total_stored = self
+            .catalog
+            .all_objects()?
+            .iter()
+            .filter_map(|o| o.stored_size)
+            .sum();
+        Ok(DuReport {
+            checkpoints: out,
+            total_logical,
+            total_stored,
+            total_ratio: ratio(total_stored, total_logical),
+        })
+    }
+}
