@@ -116,6 +116,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Reads `input` with plain reads and writes as many bytes to `out`, synced: the I/O bound.
 fn io_bound(input: &Path, out: &Path) -> anyhow::Result<f64> {
+    settle();
     let t = Instant::now();
     let mut src = fs::File::open(input)?;
     let mut dst = fs::File::create(out)?;
@@ -134,8 +135,14 @@ fn io_bound(input: &Path, out: &Path) -> anyhow::Result<f64> {
     Ok(s)
 }
 
+/// Flushes dirty pages so one step's write-back is not billed to the next.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
+
 /// Runs this binary with `args`, returning seconds and peak RSS in MiB.
 fn child(args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64)> {
+    settle();
     let exe = std::env::current_exe()?;
     let t = Instant::now();
     let out = Command::new(exe)

@@ -359,6 +359,15 @@ mod buffers {
         SCRATCH.with(|s| f(&mut s.borrow_mut()))
     }
 
+    thread_local! {
+        static BASE_CHUNK: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Per-thread room for one decoded chunk of a delta base (held around `with_scratch`).
+    pub fn with_base_chunk<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        BASE_CHUNK.with(|b| f(&mut b.borrow_mut()))
+    }
+
     /// `v` grown to at least `len` and sliced to it.
     pub fn sized(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
         if v.len() < len {
@@ -368,7 +377,7 @@ mod buffers {
     }
 }
 
-use buffers::{Buf, sized, with_scratch};
+use buffers::{Buf, sized, with_base_chunk, with_scratch};
 
 /// Writes `source` (of `header.raw_len` bytes) as object `id`, streaming window by window on
 /// all cores. The payload is hashed again as it is encoded and the object is committed only if
@@ -401,45 +410,29 @@ pub fn write_object(
     let bound = zstd::zstd_safe::compress_bound(chunk);
     let arena_len = bound * window_len.div_ceil(chunk.max(1));
     let mut raws = [Buf::take(window_len), Buf::take(two)];
-    let mut bases = [
-        Buf::take(if base.is_some() { window_len } else { 0 }),
-        Buf::take(if base.is_some() { two } else { 0 }),
-    ];
     let mut arenas = [
         Buf::take(arena_len),
         Buf::take(if windows.len() > 1 { arena_len } else { 0 }),
     ];
     let mut lengths = Vec::with_capacity(header.chunk_count());
-    let load =
-        |w: (usize, u64, usize), raw: &mut [u8], base_raw: &mut [u8]| -> Result<(), EncodeError> {
-            source
-                .read_at(w.1, &mut raw[..w.2])
-                .map_err(EncodeError::Source)?;
-            if let Some(base) = base {
-                base.decode_chunks(w.0, &mut base_raw[..w.2])
-                    .map_err(EncodeError::Base)?;
-            }
-            Ok(())
-        };
+    let load = |w: (usize, u64, usize), raw: &mut [u8]| {
+        source
+            .read_at(w.1, &mut raw[..w.2])
+            .map_err(EncodeError::Source)
+    };
     if let Some(&w) = windows.first() {
-        load(w, &mut raws[0], &mut bases[0])?;
+        load(w, &mut raws[0])?;
     }
     // Pipeline: compress window k on the pool while window k is hashed, the frames of window
     // k-1 are written and window k+1 is read.
-    let mut pending: Option<Vec<io::Result<usize>>> = None;
-    for (k, &(_, _, n)) in windows.iter().enumerate() {
+    let mut pending: Option<Vec<Result<usize, EncodeError>>> = None;
+    for (k, &(first_chunk, _, n)) in windows.iter().enumerate() {
         let cur = k % 2;
         let [raw0, raw1] = &mut raws;
         let (raw, raw_next) = if cur == 0 {
             (&*raw0, raw1)
         } else {
             (&*raw1, raw0)
-        };
-        let [base0, base1] = &mut bases;
-        let (base_cur, base_next) = if cur == 0 {
-            (&*base0, base1)
-        } else {
-            (&*base1, base0)
         };
         let [arena0, arena1] = &mut arenas;
         let (arena, arena_prev) = if cur == 0 {
@@ -448,7 +441,6 @@ pub fn write_object(
             (arena1, &*arena0)
         };
         let buf = &raw[..n];
-        let base_slice = base.map(|_| &base_cur[..n]);
         let chunks = n.div_ceil(chunk);
         let (sizes, io_side) = rayon::join(
             || {
@@ -457,7 +449,7 @@ pub fn write_object(
                     .zip(buf.par_chunks(chunk))
                     .enumerate()
                     .map(|(i, (dst, c))| {
-                        let b = base_slice.map(|b| &b[i * chunk..i * chunk + c.len()]);
+                        let b = base.map(|d| (d, first_chunk + i));
                         encode_chunk(c, b, width, header.delta_op, dst)
                     })
                     .collect::<Vec<_>>()
@@ -475,7 +467,7 @@ pub fn write_object(
                     )?;
                 }
                 if let Some(&w) = windows.get(k + 1) {
-                    load(w, raw_next, base_next)?;
+                    load(w, raw_next)?;
                 }
                 Ok(())
             },
@@ -528,12 +520,12 @@ fn write_frames(
     writer: &mut dyn ObjectWriter,
     arena: &[u8],
     bound: usize,
-    sizes: Vec<io::Result<usize>>,
+    sizes: Vec<Result<usize, EncodeError>>,
     lengths: &mut Vec<u64>,
     stored: &mut u64,
 ) -> Result<(), EncodeError> {
     for (i, size) in sizes.into_iter().enumerate() {
-        let size = size.map_err(EncodeError::Store)?;
+        let size = size?;
         writer
             .write_all(&arena[i * bound..i * bound + size])
             .map_err(EncodeError::Store)?;
@@ -544,28 +536,44 @@ fn write_frames(
 }
 
 /// Compresses one chunk into `dst` (at least `compress_bound` long); returns the frame size.
+/// With a delta base, its chunk `index` is decoded here, beside the chunk it serves.
 fn encode_chunk(
     raw: &[u8],
-    base: Option<&[u8]>,
+    base: Option<(&Decoder, usize)>,
     width: usize,
     op: DeltaOp,
     dst: &mut [u8],
-) -> io::Result<usize> {
-    with_scratch(|s| {
-        let grouped = sized(&mut s.a, raw.len());
-        match base {
-            None => group(raw, width, grouped),
-            Some(b) => {
-                let delta = sized(&mut s.b, raw.len());
-                apply_delta(raw, b, width, op, delta);
-                group(delta, width, grouped);
+) -> Result<usize, EncodeError> {
+    with_base_chunk(|base_chunk| {
+        let base_bytes = match base {
+            None => None,
+            Some((decoder, index)) => {
+                let b = sized(base_chunk, raw.len());
+                decoder
+                    .decode_chunk(index, b, usize::from(decoder.header.width))
+                    .map_err(EncodeError::Base)?;
+                Some(&*b)
             }
-        }
-        if s.compressor.is_none() {
-            s.compressor = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
-        }
-        let compressor = s.compressor.as_mut().expect("just set");
-        compressor.compress_to_buffer(&s.a[..raw.len()], dst)
+        };
+        with_scratch(|s| {
+            let grouped = sized(&mut s.a, raw.len());
+            match base_bytes {
+                None => group(raw, width, grouped),
+                Some(b) => {
+                    let delta = sized(&mut s.b, raw.len());
+                    apply_delta(raw, b, width, op, delta);
+                    group(delta, width, grouped);
+                }
+            }
+            if s.compressor.is_none() {
+                s.compressor =
+                    Some(zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(EncodeError::Store)?);
+            }
+            let compressor = s.compressor.as_mut().expect("just set");
+            compressor
+                .compress_to_buffer(&s.a[..raw.len()], dst)
+                .map_err(EncodeError::Store)
+        })
     })
 }
 
@@ -773,16 +781,18 @@ impl Decoder {
         let width = usize::from(self.header.width);
         out.par_chunks_mut(chunk)
             .enumerate()
-            .try_for_each(|(i, dst)| self.decode_chunk(first + i, dst, width))?;
-        if let Some(base) = &self.base {
-            let mut b = Buf::take(out.len());
-            base.decode_chunks(first, &mut b)?;
-            let op = self.header.delta_op;
-            out.par_chunks_mut(1 << 16)
-                .zip(b.par_chunks(1 << 16))
-                .for_each(|(o, b)| undo_delta(o, b, width, op));
-        }
-        Ok(())
+            .try_for_each(|(i, dst)| {
+                self.decode_chunk(first + i, dst, width)?;
+                match &self.base {
+                    None => Ok(()),
+                    Some(base) => with_base_chunk(|b| {
+                        let b = sized(b, dst.len());
+                        base.decode_chunk(first + i, b, usize::from(base.header.width))?;
+                        undo_delta(dst, b, width, self.header.delta_op);
+                        Ok(())
+                    }),
+                }
+            })
     }
 
     fn decode_chunk(&self, i: usize, dst: &mut [u8], width: usize) -> Result<(), DecodeError> {
