@@ -13,7 +13,10 @@ use crate::id::ObjectId;
 use crate::store::codec::ObjectKind;
 
 /// Migrations, oldest first. Never edit a released one: add the next.
-const MIGRATIONS: &[&str] = &[include_str!("../schemas/sql/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../schemas/sql/0001_init.sql"),
+    include_str!("../schemas/sql/0002_vectors.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -415,11 +418,6 @@ impl Catalog {
         rows.into_iter().map(|r| self.with_tags(r)).collect()
     }
 
-    /// The row id of a checkpoint named `name@version`.
-    pub fn rowid_of(&self, row: &CheckpointRow) -> i64 {
-        row.rowid
-    }
-
     /// What `manifest` references: (name, object id), by name.
     pub fn manifest_refs(&self, manifest: &ObjectId) -> Result<Vec<(String, ObjectId)>> {
         let mut stmt = self.conn.prepare_cached(
@@ -520,5 +518,176 @@ impl Catalog {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// A vector row, with its checkpoints' `name@version` resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VectorRow {
+    #[serde(skip)]
+    pub rowid: i64,
+    pub name: String,
+    pub version: u32,
+    pub kind: crate::vector::VectorKind,
+    pub from: String,
+    pub minus: String,
+    #[serde(skip)]
+    pub from_rowid: i64,
+    #[serde(skip)]
+    pub minus_rowid: i64,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    #[serde(serialize_with = "serialize_hex")]
+    pub definition: ObjectId,
+    pub tensor_count: u64,
+    pub parameters: u64,
+    pub l2_norm: f64,
+    pub created_at: String,
+}
+
+impl VectorRow {
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+/// What a new vector row holds.
+#[derive(Clone, Debug)]
+pub struct NewVector {
+    pub name: String,
+    pub kind: crate::vector::VectorKind,
+    pub from: i64,
+    pub minus: i64,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub definition: ObjectId,
+    pub l2_norm: f64,
+    /// (tensor name, parameters, L2 norm), one per tensor.
+    pub tensors: Vec<(String, u64, f64)>,
+}
+
+const VECTOR_COLUMNS: &str = "v.id, v.name, v.version, v.kind, \
+     (SELECT c.name || '@' || c.version FROM checkpoints c WHERE c.id = v.from_id), \
+     (SELECT c.name || '@' || c.version FROM checkpoints c WHERE c.id = v.minus_id), \
+     v.from_id, v.minus_id, v.include, v.exclude, v.definition, v.tensor_count, v.parameters, v.l2_norm, v.created_at";
+
+fn vector_from_row(row: &Row<'_>) -> rusqlite::Result<VectorRow> {
+    let kind: String = row.get(3)?;
+    let json = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let s: String = row.get(i)?;
+        serde_json::from_str(&s).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        })
+    };
+    let def: String = row.get(10)?;
+    Ok(VectorRow {
+        rowid: row.get(0)?,
+        name: row.get(1)?,
+        version: row.get(2)?,
+        kind: crate::vector::VectorKind::parse(&kind).unwrap_or(crate::vector::VectorKind::Task),
+        from: row.get(4)?,
+        minus: row.get(5)?,
+        from_rowid: row.get(6)?,
+        minus_rowid: row.get(7)?,
+        include: json(8)?,
+        exclude: json(9)?,
+        definition: parse_id(&def)?,
+        tensor_count: row.get(11)?,
+        parameters: row.get(12)?,
+        l2_norm: row.get(13)?,
+        created_at: row.get(14)?,
+    })
+}
+
+impl Catalog {
+    /// Inserts a vector unless the latest version of its name has the same definition.
+    /// Returns the row and whether it is new.
+    pub fn insert_vector(&mut self, new: &NewVector) -> Result<(VectorRow, bool)> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let latest = tx
+            .query_row(
+                &format!("SELECT {VECTOR_COLUMNS} FROM vectors v WHERE v.name = ?1 ORDER BY v.version DESC LIMIT 1"),
+                [&new.name],
+                vector_from_row,
+            )
+            .optional()?;
+        if let Some(l) = latest
+            && l.definition == new.definition
+        {
+            tx.commit()?;
+            return Ok((l, false));
+        }
+        let version: u32 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM vectors WHERE name = ?1",
+            [&new.name],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO vectors (name, version, kind, from_id, minus_id, include, exclude, definition, \
+             tensor_count, parameters, l2_norm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                new.name,
+                version,
+                new.kind.as_str(),
+                new.from,
+                new.minus,
+                serde_json::to_string(&new.include).expect("serializes"),
+                serde_json::to_string(&new.exclude).expect("serializes"),
+                new.definition.to_hex(),
+                new.tensors.len() as u64,
+                new.tensors.iter().map(|t| t.1).sum::<u64>(),
+                new.l2_norm
+            ],
+        )?;
+        let rowid = tx.last_insert_rowid();
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO vector_tensors (vector_id, name, parameters, l2_norm) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (name, params, norm) in &new.tensors {
+                stmt.execute(params![rowid, name, params, norm])?;
+            }
+        }
+        let row = tx.query_row(
+            &format!("SELECT {VECTOR_COLUMNS} FROM vectors v WHERE v.id = ?1"),
+            [rowid],
+            vector_from_row,
+        )?;
+        tx.commit()?;
+        Ok((row, true))
+    }
+
+    /// `name` at `version`, or its latest version.
+    pub fn vector_by_name(&self, name: &str, version: Option<u32>) -> Result<Option<VectorRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {VECTOR_COLUMNS} FROM vectors v WHERE v.name = ?1 AND (?2 IS NULL OR v.version = ?2) \
+                     ORDER BY v.version DESC LIMIT 1"
+                ),
+                params![name, version],
+                vector_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn vectors(&self) -> Result<Vec<VectorRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {VECTOR_COLUMNS} FROM vectors v ORDER BY v.name, v.version"
+        ))?;
+        let rows = stmt.query_map([], vector_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Per-tensor (name, parameters, L2 norm) of a vector, by name.
+    pub fn vector_tensors(&self, vector: i64) -> Result<Vec<(String, u64, f64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, parameters, l2_norm FROM vector_tensors WHERE vector_id = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([vector], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

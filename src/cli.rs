@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod output;
 mod progress;
+mod vectors;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -43,9 +44,9 @@ enum Command {
     Init,
     /// Register a Hugging Face model folder or a .safetensors file.
     Register(commands::RegisterArgs),
-    /// List registered checkpoints.
+    /// List registered checkpoints (or vectors, with `--vectors`).
     List(commands::ListArgs),
-    /// Show one checkpoint: lineage, sizes, optionally every tensor.
+    /// Show one checkpoint or vector: lineage, sizes or norms, optionally every tensor.
     Show(commands::ShowArgs),
     /// Write a checkpoint as a Hugging Face folder that `transformers` loads unchanged.
     Export(commands::ExportArgs),
@@ -55,6 +56,12 @@ enum Command {
     Gc(commands::GcArgs),
     /// Logical versus stored bytes, per checkpoint and in total.
     Du(commands::JsonArgs),
+    /// Derive a task or language vector: a fine-tuned checkpoint minus its base.
+    Derive(vectors::DeriveArgs),
+    /// Cosine similarity, norms and sign agreement of vectors, by model, layer, module or tensor.
+    Compare(vectors::CompareArgs),
+    /// Tensors added, removed, retyped and changed between two checkpoints.
+    Diff(vectors::DiffArgs),
     /// Write a synthetic checkpoint family (base + fine-tunes) with real encoder shapes.
     Synth(bench::SynthArgs),
     /// Measure register and export throughput against plain file I/O.
@@ -113,6 +120,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(a) => commands::verify(&ctx, &a),
         Command::Gc(a) => commands::gc(&ctx, &a),
         Command::Du(a) => commands::du(&ctx, &a),
+        Command::Derive(a) => vectors::derive(&ctx, &a),
+        Command::Compare(a) => vectors::compare(&ctx, &a),
+        Command::Diff(a) => vectors::diff(&ctx, &a),
         Command::Synth(a) => bench::synth(&a),
         Command::Bench(a) => bench::bench(&a),
     }

@@ -29,12 +29,18 @@ pub mod checkpoint;
 pub mod error;
 pub mod id;
 pub mod registry;
+pub mod report;
 pub mod store;
 pub mod synth;
 pub mod tensor;
+pub mod vector;
 
 pub use catalog::{CheckpointFilter, CheckpointKind, CheckpointRow};
 pub use error::{Error, Result};
 pub use id::{ManifestId, ObjectId, TensorId};
-pub use registry::{ExportOptions, NoProgress, Progress, RegisterOptions, Registry};
+pub use registry::{
+    CompareOptions, DeriveOptions, ExportOptions, NoProgress, Progress, RegisterOptions, Registry,
+};
 pub use tensor::Dtype;
+pub use vector::VectorKind;
+pub use vector::group::GroupBy;

@@ -9,6 +9,7 @@
 //! `registry/lock`; writers and readers take it shared, so gc never races a register.
 
 mod ops;
+mod vectors;
 
 use std::fs::{self, File};
 use std::io;
@@ -18,6 +19,9 @@ use std::sync::Arc;
 pub use self::ops::{
     CheckpointDetails, DuReport, DuRow, ExportOptions, ExportReport, Finding, GcPlan, GcReport,
     RegisterOptions, Registered, TensorDetails, VerifyReport,
+};
+pub use self::vectors::{
+    ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,
 };
 use crate::catalog::{Catalog, CheckpointFilter, CheckpointRow};
 use crate::checkpoint::Manifest;

@@ -18,7 +18,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn open(&self) -> anyhow::Result<Registry> {
+    pub fn open(&self) -> anyhow::Result<Registry> {
         Ok(Registry::open(&self.registry)?)
     }
 }
@@ -120,11 +120,17 @@ pub struct ListArgs {
     language: Option<String>,
     #[arg(long)]
     task: Option<String>,
+    /// List vectors instead of checkpoints.
+    #[arg(long)]
+    vectors: bool,
     #[arg(long)]
     json: bool,
 }
 
 pub fn list(ctx: &Context, a: &ListArgs) -> anyhow::Result<ExitCode> {
+    if a.vectors {
+        return super::vectors::list_vectors(ctx, a.json);
+    }
     let reg = ctx.open()?;
     let mut filter = CheckpointFilter::default();
     filter.kind = a.kind.map(Into::into);
@@ -181,7 +187,22 @@ pub struct ShowArgs {
 
 pub fn show(ctx: &Context, a: &ShowArgs) -> anyhow::Result<ExitCode> {
     let reg = ctx.open()?;
-    let mut d = reg.show(&a.reference)?;
+    let vector = reg.show_vector(&a.reference);
+    let checkpoint = reg.show(&a.reference);
+    let mut d = match (checkpoint, vector) {
+        (Ok(_), Ok(_)) => {
+            return Err(crossmerge::Error::invalid_public(
+                format!("`{}` names both a checkpoint and a vector", a.reference),
+                "add `@version` or use an id prefix for the checkpoint",
+            )
+            .into());
+        }
+        (Err(_), Ok(v)) => {
+            super::vectors::print_vector(&v, a.tensors, a.json)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        (c, Err(_)) => c?,
+    };
     if a.json {
         if !a.tensors {
             d.tensors.clear();

@@ -217,7 +217,11 @@ fn a_registry_written_by_format_v1_still_opens_and_verifies() {
     copy_dir(&fixtures().join("registry-v1"), &root);
     let reg = Registry::open(&root).unwrap();
     assert!(reg.verify(&NoProgress).unwrap().is_clean());
-    assert_eq!(reg.catalog().schema_version().unwrap(), 1);
+    assert_eq!(
+        reg.catalog().schema_version().unwrap(),
+        crossmerge::catalog::SCHEMA_VERSION,
+        "opening migrates"
+    );
     let out = tmp.path().join("out");
     reg.export("golden-ft", &out, &ExportOptions::default(), &NoProgress)
         .unwrap();

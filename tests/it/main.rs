@@ -11,3 +11,4 @@ mod crash;
 mod format;
 mod hostile;
 mod roundtrip;
+mod vectors;

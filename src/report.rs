@@ -1,0 +1,426 @@
+//! Tables (CSV) and plots (PNG or SVG, by the file's extension) of comparison results.
+//!
+//! Plots: the vector × vector cosine matrix, vectors × groups (layers or modules) against the
+//! reference, and a per-group line chart against the reference. Each has a title, axis
+//! labels, its values printed in the cells (heatmaps) and a colour bar or legend. Text is set
+//! in a font embedded in the binary (Ubuntu Light, from `epaint_default_fonts`), so plots look
+//! the same on every machine and need no system fonts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::error::{Error, Result};
+use crate::vector::compare::CompareReport;
+
+const FONT: &str = "sans-serif";
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT)
+            .map_err(|_| ())
+            .expect("the embedded font parses");
+    });
+}
+
+/// The comparison as CSV, one row per group and ordered pair.
+pub fn compare_csv(r: &CompareReport) -> String {
+    let mut out =
+        String::from("group,vector_a,vector_b,cosine,sign_agreement,norm_a,norm_b,parameters\n");
+    let opt = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.9}"));
+    for g in &r.groups {
+        for (i, a) in r.vectors.iter().enumerate() {
+            for (j, b) in r.vectors.iter().enumerate() {
+                if r.reference.is_some_and(|k| k != i) {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{:.9},{:.9},{}",
+                    csv_field(&g.group),
+                    csv_field(a),
+                    csv_field(b),
+                    opt(g.cosine[i][j]),
+                    opt(g.sign_agreement[i][j]),
+                    g.norms[i],
+                    g.norms[j],
+                    g.parameters
+                );
+            }
+        }
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// A heatmap: `values[row][col]`, labelled rows and columns.
+#[derive(Clone, Debug, Default)]
+pub struct Heatmap {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub rows: Vec<String>,
+    pub cols: Vec<String>,
+    pub values: Vec<Vec<Option<f64>>>,
+    /// A similarity matrix of a set with itself: its diagonal (all 1) is printed but left out
+    /// of the colour scale, which then spans the off-diagonal values.
+    pub self_similarity: bool,
+}
+
+/// The matrix plot for `report`: vectors × vectors when there is one group (`--by model`),
+/// else vectors × groups against the reference (the first vector when none was named).
+pub fn heatmap_for(report: &CompareReport) -> Heatmap {
+    let names = report.vectors.clone();
+    if let [g] = report.groups.as_slice() {
+        return Heatmap {
+            title: format!("cosine similarity ({})", g.group),
+            x_label: "vector".to_owned(),
+            y_label: "vector".to_owned(),
+            rows: names.clone(),
+            cols: names,
+            values: g.cosine.clone(),
+            self_similarity: true,
+        };
+    }
+    let r = report.reference.unwrap_or(0);
+    let others: Vec<usize> = (0..names.len()).filter(|&i| i != r).collect();
+    Heatmap {
+        title: format!("cosine similarity with {}", names[r]),
+        x_label: format!("{:?}", report.by).to_lowercase(),
+        y_label: "vector".to_owned(),
+        rows: others.iter().map(|&i| names[i].clone()).collect(),
+        cols: report.groups.iter().map(|g| g.group.clone()).collect(),
+        values: others
+            .iter()
+            .map(|&i| report.groups.iter().map(|g| g.cosine[i][r]).collect())
+            .collect(),
+        self_similarity: false,
+    }
+}
+
+/// Pixel layout of a heatmap.
+struct HeatmapLayout {
+    cell_w: u32,
+    cell_h: u32,
+    left: u32,
+    top: u32,
+    width: u32,
+    height: u32,
+}
+
+impl Heatmap {
+    fn layout(&self) -> HeatmapLayout {
+        let (cell_w, cell_h, top, bar) = (96, 40, 90, 130);
+        let left = 20
+            + 8 * self
+                .rows
+                .iter()
+                .map(|r| r.chars().count() as u32)
+                .max()
+                .unwrap_or(4)
+                .min(40);
+        HeatmapLayout {
+            cell_w,
+            cell_h,
+            left,
+            top,
+            width: left + cell_w * self.cols.len() as u32 + bar,
+            height: top + cell_h * (self.rows.len().max(3) as u32) + 70,
+        }
+    }
+
+    /// The image size a plot of this heatmap has, in pixels.
+    pub fn size(&self) -> (u32, u32) {
+        let l = self.layout();
+        (l.width, l.height)
+    }
+}
+
+/// Writes a heatmap as PNG or SVG (by extension).
+pub fn plot_heatmap(path: &Path, h: &Heatmap) -> Result<()> {
+    register_font();
+    render(path, h.size(), h)
+}
+
+impl Drawer for Heatmap {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let h = self;
+        let HeatmapLayout {
+            cell_w,
+            cell_h,
+            left,
+            top,
+            width,
+            ..
+        } = self.layout();
+        root.fill(&WHITE)?;
+        let flat: Vec<f64> = h
+            .values
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| {
+                row.iter()
+                    .enumerate()
+                    .filter(move |(c, _)| !h.self_similarity || *c != r)
+                    .map(|(_, v)| v)
+            })
+            .filter_map(|v| *v)
+            .collect();
+        let (mut lo, mut hi) = flat
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        if !lo.is_finite() {
+            (lo, hi) = (0.0, 1.0);
+        }
+        if (hi - lo).abs() < 1e-12 {
+            (lo, hi) = (lo - 0.5, hi + 0.5);
+        }
+        let colour = |v: f64| ViridisRGB::get_color_normalized(v.clamp(lo, hi), lo, hi);
+        let title = TextStyle::from((FONT, 22)).pos(Pos::new(HPos::Center, VPos::Top));
+        root.draw(&Text::new(h.title.clone(), (width as i32 / 2, 12), title))?;
+        let label = TextStyle::from((FONT, 15));
+        let small = TextStyle::from((FONT, 14));
+        // Column labels above the cells, axis label above them.
+        let col_axis = label.clone().pos(Pos::new(HPos::Center, VPos::Bottom));
+        root.draw(&Text::new(
+            h.x_label.clone(),
+            (
+                (left + cell_w * h.cols.len() as u32 / 2) as i32,
+                (top - 30) as i32,
+            ),
+            col_axis,
+        ))?;
+        for (c, name) in h.cols.iter().enumerate() {
+            let x = (left + cell_w * c as u32 + cell_w / 2) as i32;
+            let style = small.clone().pos(Pos::new(HPos::Center, VPos::Bottom));
+            root.draw(&Text::new(truncate(name, 13), (x, (top - 6) as i32), style))?;
+        }
+        for (r, name) in h.rows.iter().enumerate() {
+            let y = (top + cell_h * r as u32 + cell_h / 2) as i32;
+            let style = label.clone().pos(Pos::new(HPos::Right, VPos::Center));
+            root.draw(&Text::new(name.clone(), ((left - 8) as i32, y), style))?;
+            for (c, v) in h.values[r].iter().enumerate() {
+                let (x0, y0) = (
+                    (left + cell_w * c as u32) as i32,
+                    (top + cell_h * r as u32) as i32,
+                );
+                let fill = v.map_or(RGBColor(220, 220, 220), colour);
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell_w as i32, y0 + cell_h as i32)],
+                    fill.filled(),
+                ))?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell_w as i32, y0 + cell_h as i32)],
+                    WHITE.stroke_width(1),
+                ))?;
+                let text = v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+                let ink = if v.is_some_and(|v| (v - lo) / (hi - lo) > 0.55) {
+                    BLACK
+                } else {
+                    WHITE
+                };
+                let style = small
+                    .clone()
+                    .color(&ink)
+                    .pos(Pos::new(HPos::Center, VPos::Center));
+                root.draw(&Text::new(
+                    text,
+                    (x0 + cell_w as i32 / 2, y0 + cell_h as i32 / 2),
+                    style,
+                ))?;
+            }
+        }
+        let y_axis = label.clone().pos(Pos::new(HPos::Right, VPos::Bottom));
+        root.draw(&Text::new(
+            format!("{} ↓", h.y_label),
+            ((left - 8) as i32, (top - 6) as i32),
+            y_axis,
+        ))?;
+        // Colour bar.
+        let bx = (left + cell_w * h.cols.len() as u32 + 30) as i32;
+        let (by0, by1) = (
+            top as i32,
+            (top + cell_h * h.rows.len().max(3) as u32) as i32,
+        );
+        let steps = 64;
+        for s in 0..steps {
+            let t = f64::from(s) / f64::from(steps);
+            let y = by1 - (f64::from(by1 - by0) * (t + 1.0 / f64::from(steps))) as i32;
+            let y_next = by1 - (f64::from(by1 - by0) * t) as i32;
+            root.draw(&Rectangle::new(
+                [(bx, y), (bx + 18, y_next)],
+                colour(lo + t * (hi - lo)).filled(),
+            ))?;
+        }
+        for (t, v) in [(0.0, lo), (0.5, f64::midpoint(lo, hi)), (1.0, hi)] {
+            let y = by1 - (f64::from(by1 - by0) * t) as i32;
+            let style = small.clone().pos(Pos::new(HPos::Left, VPos::Center));
+            root.draw(&Text::new(format!("{v:.3}"), (bx + 24, y), style))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a line chart (one line per vector against the reference, over the groups).
+pub fn plot_lines(path: &Path, report: &CompareReport) -> Result<()> {
+    register_font();
+    let width = (140 + 70 * report.groups.len() as u32).max(640);
+    render(path, (width, 480), &Lines(report))
+}
+
+struct Lines<'a>(&'a CompareReport);
+
+impl Drawer for Lines<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let report = self.0;
+        let r = report.reference.unwrap_or(0);
+        let groups: Vec<String> = report.groups.iter().map(|g| g.group.clone()).collect();
+        let series: Vec<(String, Vec<Option<f64>>)> = (0..report.vectors.len())
+            .filter(|&i| i != r)
+            .map(|i| {
+                (
+                    report.vectors[i].clone(),
+                    report.groups.iter().map(|g| g.cosine[i][r]).collect(),
+                )
+            })
+            .collect();
+        let all: Vec<f64> = series
+            .iter()
+            .flat_map(|(_, v)| v.iter().filter_map(|x| *x))
+            .collect();
+        let lo = all.iter().copied().fold(f64::INFINITY, f64::min).min(0.0);
+        let hi = all
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+            .max(lo + 0.1);
+        {
+            root.fill(&WHITE)?;
+            let n = groups.len().max(2);
+            let mut chart = ChartBuilder::on(root)
+                .caption(
+                    format!(
+                        "cosine similarity with {} by {:?}",
+                        report.vectors[r], report.by
+                    )
+                    .to_lowercase(),
+                    (FONT, 22),
+                )
+                .margin(16)
+                .x_label_area_size(48)
+                .y_label_area_size(64)
+                .build_cartesian_2d(-0.3f64..(n as f64 - 0.7), lo..hi * 1.05)?;
+            let labels = groups.clone();
+            chart
+                .configure_mesh()
+                .x_labels(groups.len())
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 {
+                        labels.get(i as usize).cloned().unwrap_or_default()
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_desc(format!("{:?}", report.by).to_lowercase())
+                .y_desc("cosine similarity")
+                .label_style((FONT, 13))
+                .axis_desc_style((FONT, 15))
+                .draw()?;
+            for (k, (name, values)) in series.iter().enumerate() {
+                let colour = Palette99::pick(k).to_rgba();
+                let points: Vec<(f64, f64)> = values
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| v.map(|v| (i as f64, v)))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))?
+                    .label(name.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+                    });
+                chart.draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, colour.filled())),
+                )?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .label_font((FONT, 14))
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()?;
+            Ok(())
+        }
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Something drawable on any plotters backend.
+trait Drawer {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws on a PNG or SVG backend chosen by `path`'s extension, then writes the file.
+fn render(path: &Path, size: (u32, u32), drawer: &impl Drawer) -> Result<()> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let failed = |e: Box<dyn std::error::Error>| {
+        Error::invalid(
+            format!("drawing `{}`: {e}", path.display()),
+            "check that the folder exists and is writable",
+        )
+    };
+    match ext.as_deref() {
+        Some("png") => {
+            let root = BitMapBackend::new(path, size).into_drawing_area();
+            drawer.draw(&root).map_err(failed)?;
+            root.present().map_err(|e| failed(Box::new(e)))
+        }
+        Some("svg") => {
+            let root = SVGBackend::new(path, size).into_drawing_area();
+            drawer.draw(&root).map_err(failed)?;
+            root.present().map_err(|e| failed(Box::new(e)))
+        }
+        _ => Err(Error::invalid(
+            format!("`{}` is neither .png nor .svg", path.display()),
+            "name the plot file with a .png or .svg extension",
+        )),
+    }
+}
