@@ -64,8 +64,21 @@ pub fn synth(a: &SynthArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Suite {
+    /// register and export against plain file I/O (issue: registry).
+    Registry,
+    /// compare of 7 vectors against reading them once (issue: vectors).
+    Compare,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "registry")]
+    suite: Suite,
+    /// Vectors for the compare suite.
+    #[arg(long, default_value_t = 7)]
+    vectors: usize,
     /// `xlmr-base` (about 1.1 GB of F32) or `tiny`.
     #[arg(long, default_value = "xlmr-base")]
     shape: String,
@@ -163,6 +176,9 @@ fn child(args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64)> {
 }
 
 pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if matches!(a.suite, Suite::Compare) {
+        return bench_compare(a);
+    }
     let spec = FamilySpec::new(shape(&a.shape)?, 1).head_labels(Some(9));
     let family_dir = a.workdir.join(format!("family-{}", a.shape));
     eprintln!(
@@ -341,4 +357,144 @@ fn print_markdown(s: &Summary) -> std::io::Result<()> {
         m.reregister_added_bytes
     )?;
     Ok(())
+}
+
+/// `compare` of k vectors (fine-tune − base, the synthetic family) against the time to read
+/// the same vectors' bytes once from the registry: every object decoded and re-hashed exactly
+/// as `compare` reads it, nothing computed.
+fn bench_compare(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let k = a.vectors.max(2);
+    let spec = FamilySpec::new(shape(&a.shape)?, k);
+    let family_dir = a.workdir.join(format!("family-{}-{k}", a.shape));
+    eprintln!(
+        "generating (or reusing) the synthetic family in {}",
+        family_dir.display()
+    );
+    let paths = write_family(&family_dir, &spec)?;
+    let reg_dir = a.workdir.join("registry-compare");
+    let _ = fs::remove_dir_all(&reg_dir);
+    let q = std::ffi::OsStr::new;
+    let regs = reg_dir.as_os_str();
+    child(&[
+        q("--registry"),
+        regs,
+        q("--quiet"),
+        q("register"),
+        paths[0].as_os_str(),
+        q("--name"),
+        q("base"),
+        q("--kind"),
+        q("base"),
+    ])?;
+    let mut names = Vec::new();
+    for (i, p) in paths.iter().enumerate().skip(1) {
+        let ft = format!("lm-{i}");
+        child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("register"),
+            p.as_os_str(),
+            q("--name"),
+            q(&ft),
+            q("--kind"),
+            q("language"),
+            q("--language"),
+            q("xx"),
+            q("--base"),
+            q("base"),
+        ])?;
+        let v = format!("lang-{i}");
+        child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("derive"),
+            q("language"),
+            q("--from"),
+            q(&ft),
+            q("--name"),
+            q(&v),
+        ])?;
+        names.push(v);
+    }
+    let input_bytes: u64 = paths
+        .iter()
+        .map(|p| fs::metadata(p.join("model.safetensors")).map(|m| m.len()))
+        .sum::<std::io::Result<u64>>()?;
+    let mut rows = Vec::new();
+    for i in 0..a.runs.max(1) {
+        settle();
+        let reg = Registry::open(&reg_dir)?;
+        let t = Instant::now();
+        let elements = reg.read_vectors(
+            &names,
+            &crossmerge::CompareOptions::default(),
+            &crossmerge::NoProgress,
+        )?;
+        let bound = t.elapsed().as_secs_f64();
+        drop(reg);
+        settle();
+        let t = Instant::now();
+        let raw = raw_read(&paths)?;
+        let raw_s = t.elapsed().as_secs_f64();
+        let mut args = vec![q("--registry"), regs, q("--quiet"), q("compare")];
+        args.extend(names.iter().map(|n| q(n.as_str())));
+        args.push(q("--json"));
+        let (secs, rss) = child(&args)?;
+        eprintln!(
+            "run {}: read bound {bound:.2}s, compare {secs:.2}s ({:.2}×), raw file read {raw_s:.2}s ({raw} bytes)",
+            i + 1,
+            secs / bound
+        );
+        rows.push((bound, secs, rss, raw_s, elements));
+    }
+    let med = |f: fn(&(f64, f64, f64, f64, u64)) -> f64| median(rows.iter().map(f).collect());
+    let (bound, secs, rss, raw_s) = (med(|r| r.0), med(|r| r.1), med(|r| r.2), med(|r| r.3));
+    let elements = rows.first().map_or(0, |r| r.4);
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "compare of {k} vectors of shape `{}` ({elements} parameters each), median of {} runs",
+        a.shape,
+        rows.len()
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| step | seconds | ÷ read bound | peak RSS |")?;
+    writeln!(out, "| --- | --- | --- | --- |")?;
+    writeln!(
+        out,
+        "| read bound: decode + verify every object the vectors need, once | {bound:.2} | 1.00 | - |"
+    )?;
+    writeln!(
+        out,
+        "| `crossmerge compare` ({} pairs, f64) | {secs:.2} | {:.2} | {rss:.0} MiB |",
+        k * (k + 1) / 2,
+        secs / bound
+    )?;
+    writeln!(
+        out,
+        "| for scale: plain read of the {} input safetensors files ({:.1} GB) | {raw_s:.2} | {:.2} | - |",
+        paths.len(),
+        input_bytes as f64 / 1e9,
+        raw_s / bound
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads every input file once with plain reads; returns the bytes read.
+fn raw_read(paths: &[PathBuf]) -> anyhow::Result<u64> {
+    let mut buf = vec![0u8; 16 << 20];
+    let mut total = 0u64;
+    for p in paths {
+        let mut f = fs::File::open(p.join("model.safetensors"))?;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+    }
+    Ok(total)
 }

@@ -154,6 +154,15 @@ impl DiffReport {
     }
 }
 
+/// Vectors lined up tensor by tensor, ready to stream.
+struct LinedUp {
+    names: Vec<String>,
+    reference: Option<usize>,
+    jobs: Vec<Job>,
+    tied: Vec<String>,
+    not_shared: Vec<String>,
+}
+
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
@@ -327,6 +336,33 @@ impl Registry {
         opts: &CompareOptions,
         progress: &dyn Progress,
     ) -> Result<CompareReport> {
+        let lined = self.line_up(references, opts)?;
+        let stats = stream::run(self.backend.as_ref(), &lined.jobs, progress)?;
+        Ok(CompareReport {
+            vectors: lined.names,
+            by: opts.by,
+            reference: lined.reference,
+            groups: compare::summarize(&lined.jobs, &stats, opts.by),
+            tied: lined.tied,
+            not_shared: lined.not_shared,
+        })
+    }
+
+    /// Reads (decodes and verifies) everything `compare` would read for these vectors and
+    /// computes nothing: the bound `compare` is benchmarked against. Returns the elements read
+    /// per vector.
+    pub fn read_vectors(
+        &self,
+        references: &[String],
+        opts: &CompareOptions,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let lined = self.line_up(references, opts)?;
+        stream::read_only(self.backend.as_ref(), &lined.jobs, progress)?;
+        Ok(lined.jobs.iter().map(|j| j.elements).sum())
+    }
+
+    fn line_up(&self, references: &[String], opts: &CompareOptions) -> Result<LinedUp> {
         let mut refs: Vec<String> = references.to_vec();
         let mut reference = None;
         if let Some(r) = &opts.reference {
@@ -356,12 +392,10 @@ impl Registry {
             vectors.push((v.reference(), plan.tensors));
         }
         let (jobs, tied, not_shared) = compare::jobs(&vectors, opts.count_tied)?;
-        let stats = stream::run(self.backend.as_ref(), &jobs, progress)?;
-        Ok(CompareReport {
-            vectors: vectors.into_iter().map(|(n, _)| n).collect(),
-            by: opts.by,
+        Ok(LinedUp {
+            names: vectors.into_iter().map(|(n, _)| n).collect(),
             reference,
-            groups: compare::summarize(&jobs, &stats, opts.by),
+            jobs,
             tied,
             not_shared,
         })

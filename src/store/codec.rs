@@ -795,6 +795,31 @@ impl Decoder {
             })
     }
 
+    /// Like [`Decoder::decode_chunks`], but for a delta object whose base's bytes for the same
+    /// range the caller already holds (`base`): the base is not decoded again. Without a delta
+    /// base this is `decode_chunks`.
+    pub fn decode_chunks_over(
+        &self,
+        first: usize,
+        out: &mut [u8],
+        base: &[u8],
+    ) -> Result<(), DecodeError> {
+        if self.base.is_none() {
+            return self.decode_chunks(first, out);
+        }
+        debug_assert_eq!(out.len(), base.len());
+        let chunk = self.header.chunk_size as usize;
+        let width = usize::from(self.header.width);
+        out.par_chunks_mut(chunk)
+            .zip(base.par_chunks(chunk))
+            .enumerate()
+            .try_for_each(|(i, (dst, b))| {
+                self.decode_chunk(first + i, dst, width)?;
+                undo_delta(dst, b, width, self.header.delta_op);
+                Ok(())
+            })
+    }
+
     fn decode_chunk(&self, i: usize, dst: &mut [u8], width: usize) -> Result<(), DecodeError> {
         let &(at, len) = self
             .frames

@@ -98,11 +98,26 @@ impl PairStats {
 
 /// Runs every job (in parallel) and returns one [`PairStats`] per job, in order.
 pub fn run(backend: &dyn Backend, jobs: &[Job], progress: &dyn Progress) -> Result<Vec<PairStats>> {
+    run_all(backend, jobs, progress, true)
+}
+
+/// Reads (decodes and verifies) everything the jobs need exactly as [`run`] does, and
+/// computes nothing: the read bound `compare` is measured against.
+pub fn read_only(backend: &dyn Backend, jobs: &[Job], progress: &dyn Progress) -> Result<()> {
+    run_all(backend, jobs, progress, false).map(|_| ())
+}
+
+fn run_all(
+    backend: &dyn Backend,
+    jobs: &[Job],
+    progress: &dyn Progress,
+    compute: bool,
+) -> Result<Vec<PairStats>> {
     progress.start("streaming", jobs.iter().map(|j| j.elements).sum());
     let out = jobs
         .par_iter()
         .map(|job| {
-            let stats = run_job(backend, job);
+            let stats = run_job(backend, job, compute);
             progress.advance(job.elements);
             stats
         })
@@ -118,9 +133,35 @@ struct Input {
     hash: blake3::Hasher,
     bytes: Vec<u8>,
     values: Vec<f32>,
+    /// Index of this delta object's base among the job's inputs, when it is one.
+    over: Option<usize>,
+    /// The payload is decoded into `values` itself (f32 on a little-endian machine).
+    direct: bool,
 }
 
-fn run_job(backend: &dyn Backend, job: &Job) -> Result<PairStats> {
+/// The payload bytes of an input's window: its own buffer, or its values viewed as bytes.
+fn raw<'a>(direct: bool, values: &'a [f32], bytes: &'a [u8], len: usize) -> &'a [u8] {
+    if direct {
+        &bytemuck::cast_slice(values)[..len]
+    } else {
+        &bytes[..len]
+    }
+}
+
+fn raw_mut<'a>(
+    direct: bool,
+    values: &'a mut [f32],
+    bytes: &'a mut [u8],
+    len: usize,
+) -> &'a mut [u8] {
+    if direct {
+        &mut bytemuck::cast_slice_mut(values)[..len]
+    } else {
+        &mut bytes[..len]
+    }
+}
+
+fn run_job(backend: &dyn Backend, job: &Job, compute: bool) -> Result<PairStats> {
     let k = job.operands.len();
     let elements = usize::try_from(job.elements).expect("tensor fits in memory addressing");
     let window = WINDOW_ELEMENTS.min(elements.max(1));
@@ -142,13 +183,25 @@ fn run_job(backend: &dyn Backend, job: &Job) -> Result<PairStats> {
         }
         let mut hash = codec::hasher(ObjectKind::Tensor);
         hash.update(&decoder.header.prefix);
+        // Little-endian f32 is decoded straight into the values: no conversion pass.
+        let direct = compute && dtype == Dtype::F32 && cfg!(target_endian = "little");
         inputs.push(Input {
             id,
             dtype,
             decoder,
             hash,
-            bytes: vec![0; window * dtype.size()],
-            values: vec![0.0; window],
+            bytes: if direct {
+                Vec::new()
+            } else {
+                pool::take(&pool::BYTES, window * dtype.size())
+            },
+            direct,
+            values: if compute {
+                pool::take(&pool::FLOATS, window)
+            } else {
+                Vec::new()
+            },
+            over: None,
         });
         index.insert(id, inputs.len() - 1);
         Ok(inputs.len() - 1)
@@ -159,39 +212,86 @@ fn run_job(backend: &dyn Backend, job: &Job) -> Result<PairStats> {
         let minus = op.minus.map(|(id, d)| slot(id, d)).transpose()?;
         wiring.push((plus, minus));
     }
-    let mut operands: Vec<Vec<f32>> = vec![vec![0.0; window]; k];
+    // A fine-tune stored as a delta against a base that is itself an input is decoded over the
+    // base's already-decoded bytes instead of decoding the base a second time. Plain inputs
+    // first, then those deltas.
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    let base_of = |i: &Input| {
+        i.decoder
+            .header
+            .delta_base
+            .and_then(|b| index.get(&b).copied())
+    };
+    order.sort_by_key(|&i| base_of(&inputs[i]).is_some());
+    let mut position = vec![0; inputs.len()];
+    for (new, &old) in order.iter().enumerate() {
+        position[old] = new;
+    }
+    for input in &mut inputs {
+        input.over = base_of(input).map(|b| position[b]);
+    }
+    let mut slots: Vec<Option<Input>> = inputs.into_iter().map(Some).collect();
+    let mut inputs: Vec<Input> = order
+        .iter()
+        .map(|&i| slots[i].take().expect("each once"))
+        .collect();
+    let wiring: Vec<(usize, Option<usize>)> = wiring
+        .iter()
+        .map(|&(p, m)| (position[p], m.map(|m| position[m])))
+        .collect();
+    let plain = inputs.iter().take_while(|i| i.over.is_none()).count();
+
     let mut stats = PairStats::new(k);
     let mut start = 0usize;
     while start < elements {
         let n = window.min(elements - start);
-        inputs.par_iter_mut().try_for_each(|input| -> Result<()> {
+        let (bases, deltas) = inputs.split_at_mut(plain);
+        let finish = |input: &mut Input| {
+            let len = n * input.dtype.size();
+            input
+                .hash
+                .update(raw(input.direct, &input.values, &input.bytes, len));
+            if compute && !input.direct {
+                to_f32(input.dtype, &input.bytes[..len], &mut input.values[..n]);
+            }
+        };
+        bases.par_iter_mut().try_for_each(|input| -> Result<()> {
             let w = input.dtype.size();
-            let bytes = &mut input.bytes[..n * w];
-            decode_range(&input.decoder, (start * w) as u64, bytes)
-                .map_err(|e| decode_error(&input.id, Some(&job.name), e))?;
-            input.hash.update(bytes);
-            to_f32(input.dtype, bytes, &mut input.values[..n]);
+            decode_range(
+                &input.decoder,
+                (start * w) as u64,
+                raw_mut(input.direct, &mut input.values, &mut input.bytes, n * w),
+            )
+            .map_err(|e| decode_error(&input.id, Some(&job.name), e))?;
+            finish(input);
             Ok(())
         })?;
-        operands
-            .par_iter_mut()
-            .zip(&wiring)
-            .for_each(|(out, &(plus, minus))| {
-                let p = &inputs[plus].values[..n];
-                match minus {
-                    None => out[..n].copy_from_slice(p),
-                    Some(m) => {
-                        let m = &inputs[m].values[..n];
-                        for ((o, a), b) in out[..n].iter_mut().zip(p).zip(m) {
-                            *o = a - b;
-                        }
-                    }
-                }
-            });
-        stats.add(&accumulate(&operands, n));
+        let bases = &*bases;
+        deltas.par_iter_mut().try_for_each(|input| -> Result<()> {
+            let w = input.dtype.size();
+            let b = &bases[input.over.expect("deltas come last")];
+            let base = raw(b.direct, &b.values, &b.bytes, n * w);
+            decode_range_over(
+                &input.decoder,
+                (start * w) as u64,
+                raw_mut(input.direct, &mut input.values, &mut input.bytes, n * w),
+                base,
+            )
+            .map_err(|e| decode_error(&input.id, Some(&job.name), e))?;
+            finish(input);
+            Ok(())
+        })?;
+        if compute {
+            let values: Vec<&[f32]> = inputs.iter().map(|i| &i.values[..n]).collect();
+            stats.add(&accumulate(&values, &wiring, n));
+        } else {
+            stats.elements += n as u64;
+        }
         start += n;
     }
     for input in inputs {
+        pool::give(&pool::BYTES, input.bytes);
+        pool::give(&pool::FLOATS, input.values);
         if ObjectId::from_bytes(*input.hash.finalize().as_bytes()) != input.id {
             return Err(decode_error(
                 &input.id,
@@ -201,6 +301,65 @@ fn run_job(backend: &dyn Backend, job: &Job) -> Result<PairStats> {
         }
     }
     Ok(stats)
+}
+
+/// Like [`decode_range`] for a delta object whose base's bytes for the same range are given.
+fn decode_range_over(
+    d: &Decoder,
+    offset: u64,
+    out: &mut [u8],
+    base: &[u8],
+) -> Result<(), DecodeError> {
+    let chunk = u64::from(d.header.chunk_size);
+    let end = offset + out.len() as u64;
+    let aligned =
+        offset.is_multiple_of(chunk) && (end.is_multiple_of(chunk) || end == d.header.raw_len);
+    if aligned {
+        d.decode_chunks_over(usize::try_from(offset / chunk).expect("fits"), out, base)
+    } else {
+        decode_range(d, offset, out)
+    }
+}
+
+/// Window buffers of finished jobs, reused by the next: freshly allocated memory costs a page
+/// fault per 4 KiB on first touch, more than the arithmetic done in it.
+mod pool {
+    use std::sync::Mutex;
+
+    /// Bytes each pool keeps at most.
+    const LIMIT: usize = 256 << 20;
+    pub static BYTES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    pub static FLOATS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
+
+    /// A buffer of `len` elements (contents unspecified).
+    pub fn take<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
+        let mut p = pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let best = p
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        let mut v = best.map(|i| p.swap_remove(i)).unwrap_or_default();
+        drop(p);
+        v.resize(len, T::default());
+        v
+    }
+
+    pub fn give<T>(pool: &Mutex<Vec<Vec<T>>>, v: Vec<T>) {
+        let mut p = pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held: usize = p
+            .iter()
+            .map(|b| b.capacity() * std::mem::size_of::<T>())
+            .sum();
+        if held + v.capacity() * std::mem::size_of::<T>() <= LIMIT {
+            p.push(v);
+        }
+    }
 }
 
 /// Decodes bytes `[offset, offset + out.len())` of an object's payload.
@@ -255,12 +414,7 @@ pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
                 *o = f8_e4m3(b);
             }
         }
-        other => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(other.size())) {
-                let _ = b;
-                *o = 0.0;
-            }
-        }
+        _ => out.fill(0.0),
     }
 }
 
@@ -281,26 +435,80 @@ fn f8_e4m3(b: u8) -> f32 {
 }
 
 /// Pairwise statistics of the first `n` values of each operand.
-fn accumulate(operands: &[Vec<f32>], n: usize) -> PairStats {
-    let k = operands.len();
+///
+/// Per block of [`BLOCK`] elements each operand's signs and non-zeros are packed into bit
+/// masks once (O(k·n)); then every pair costs one f64 dot product, which the compiler
+/// vectorises, and popcounts over the masks (O(k²·n/64)).
+fn accumulate(values: &[&[f32]], wiring: &[(usize, Option<usize>)], n: usize) -> PairStats {
+    let k = wiring.len();
     (0..n.div_ceil(BLOCK))
         .into_par_iter()
         .map(|b| {
             let range = b * BLOCK..((b + 1) * BLOCK).min(n);
-            let mut s = PairStats::new(k);
-            s.elements = range.len() as u64;
-            for i in 0..k {
-                for j in i..k {
-                    let (dot, agree, both) =
-                        pair(&operands[i][range.clone()], &operands[j][range.clone()]);
-                    for (x, y) in [(i, j), (j, i)] {
-                        s.dot[x * k + y] = dot;
-                        s.agree[x * k + y] = agree;
-                        s.both_nonzero[x * k + y] = both;
+            let len = range.len();
+            let words = len.div_ceil(64);
+            SCRATCH.with(|scratch| {
+                let (wide, sign, nonzero, flags) = &mut *scratch.borrow_mut();
+                wide.resize(k * BLOCK, 0.0);
+                sign.resize(k * words, 0);
+                nonzero.resize(k * words, 0);
+                flags.resize(2 * BLOCK.next_multiple_of(64), 0);
+                for (i, &(plus, minus)) in wiring.iter().enumerate() {
+                    let (fs, fz) = flags.split_at_mut(BLOCK.next_multiple_of(64));
+                    let padded = len.next_multiple_of(64);
+                    let dst = &mut wide[i * BLOCK..i * BLOCK + len];
+                    let p = &values[plus][range.clone()];
+                    // The operand (in f32, as vectors are defined), widened for the sums.
+                    match minus {
+                        Some(m) => {
+                            for ((d, a), b) in dst.iter_mut().zip(p).zip(&values[m][range.clone()])
+                            {
+                                *d = f64::from(a - b);
+                            }
+                        }
+                        None => {
+                            for (d, a) in dst.iter_mut().zip(p) {
+                                *d = f64::from(*a);
+                            }
+                        }
+                    }
+                    for ((s, z), x) in fs.iter_mut().zip(fz.iter_mut()).zip(dst.iter()) {
+                        *s = (x.to_bits() >> 63) as u8;
+                        *z = u8::from(*x != 0.0);
+                    }
+                    fs[len..padded].fill(0);
+                    fz[len..padded].fill(0);
+                    pack(&fs[..padded], &mut sign[i * words..(i + 1) * words]);
+                    pack(&fz[..padded], &mut nonzero[i * words..(i + 1) * words]);
+                }
+                let mut s = PairStats::new(k);
+                s.elements = len as u64;
+                for i in 0..k {
+                    let vi = &wide[i * BLOCK..i * BLOCK + len];
+                    let (a0, a1) = (i * words, (i + 1) * words);
+                    for j in i..k {
+                        let vj = &wide[j * BLOCK..j * BLOCK + len];
+                        let (b0, b1) = (j * words, (j + 1) * words);
+                        let dot = dot_f64(vi, vj);
+                        let (mut agree, mut both) = (0u64, 0u64);
+                        for ((sa, sb), (za, zb)) in sign[a0..a1]
+                            .iter()
+                            .zip(&sign[b0..b1])
+                            .zip(nonzero[a0..a1].iter().zip(&nonzero[b0..b1]))
+                        {
+                            let nz = za & zb;
+                            both += u64::from(nz.count_ones());
+                            agree += u64::from((!(sa ^ sb) & nz).count_ones());
+                        }
+                        for (x, y) in [(i, j), (j, i)] {
+                            s.dot[x * k + y] = dot;
+                            s.agree[x * k + y] = agree;
+                            s.both_nonzero[x * k + y] = both;
+                        }
                     }
                 }
-            }
-            s
+                s
+            })
         })
         .reduce(
             || PairStats::new(k),
@@ -311,31 +519,43 @@ fn accumulate(operands: &[Vec<f32>], n: usize) -> PairStats {
         )
 }
 
-/// (Σ a·b in f64, #same sign among both non-zero, #both non-zero).
-fn pair(a: &[f32], b: &[f32]) -> (f64, u64, u64) {
+/// Packs 0/1 bytes into bits, 64 to a word. The bit order within a word is the multiply
+/// trick's, not positional, but it is the same for every operand, which is all the pairwise
+/// popcounts need.
+fn pack(flags: &[u8], out: &mut [u64]) {
+    for (word, group) in out.iter_mut().zip(flags.chunks_exact(64)) {
+        let mut bytes = [0u8; 8];
+        for (b, eight) in bytes.iter_mut().zip(group.chunks_exact(8)) {
+            let v = u64::from_le_bytes(eight.try_into().expect("8 bytes"));
+            *b = (v.wrapping_mul(0x0102_0408_1020_4080) >> 56) as u8;
+        }
+        *word = u64::from_le_bytes(bytes);
+    }
+}
+
+thread_local! {
+    /// Per-thread block scratch of [`accumulate`]: widened values, sign and non-zero masks, flags.
+    #[allow(clippy::type_complexity)]
+    static SCRATCH: std::cell::RefCell<(Vec<f64>, Vec<u64>, Vec<u64>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new(), Vec::new(), Vec::new())) };
+}
+
+/// Σ a·b over equal-length f64 slices, with independent lanes the compiler vectorises.
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0f64; 8];
-    let mut agree = [0u32; 8];
-    let mut both = [0u32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += f64::from(x[l]) * f64::from(y[l]);
-            let nz = u32::from(x[l] != 0.0) & u32::from(y[l] != 0.0);
-            both[l] += nz;
-            agree[l] += nz & u32::from((x[l].to_bits() ^ y[l].to_bits()) >> 31 == 0);
+            acc[l] += x[l] * y[l];
         }
     }
-    let mut dot: f64 = acc.iter().sum();
-    let mut agree: u64 = agree.iter().map(|&v| u64::from(v)).sum();
-    let mut both: u64 = both.iter().map(|&v| u64::from(v)).sum();
-    for (x, y) in ra.iter().zip(rb) {
-        dot += f64::from(*x) * f64::from(*y);
-        let nz = *x != 0.0 && *y != 0.0;
-        both += u64::from(nz);
-        agree += u64::from(nz && (x.to_bits() ^ y.to_bits()) >> 31 == 0);
-    }
-    (dot, agree, both)
+    acc.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]
@@ -344,13 +564,14 @@ mod tests {
 
     #[test]
     fn pairs_match_a_plain_loop() {
-        let a: Vec<f32> = (0..1003)
+        let a: Vec<f32> = (0..10_003)
             .map(|i| ((i * 7919) % 201) as f32 - 100.0)
             .collect();
-        let b: Vec<f32> = (0..1003)
+        let b: Vec<f32> = (0..10_003)
             .map(|i| ((i * 104_729) % 53) as f32 - 26.0)
             .collect();
-        let (dot, agree, both) = pair(&a, &b);
+        let s = accumulate(&[&a, &b], &[(0, None), (1, None)], a.len());
+        let (dot, agree, both) = (s.dot[1], s.agree[1], s.both_nonzero[1]);
         let want: f64 = a
             .iter()
             .zip(&b)
@@ -373,8 +594,8 @@ mod tests {
 
     #[test]
     fn accumulate_is_symmetric_and_blockwise_exact() {
-        let ops = vec![vec![1.0f32, 2.0, 0.0, -1.0], vec![1.0, -2.0, 3.0, -1.0]];
-        let s = accumulate(&ops, 4);
+        let ops = [[1.0f32, 2.0, 0.0, -1.0], [1.0, -2.0, 3.0, -1.0]];
+        let s = accumulate(&[&ops[0], &ops[1]], &[(0, None), (1, None)], 4);
         assert_eq!(s.dot, vec![6.0, -2.0, -2.0, 15.0]);
         assert_eq!(s.agree[1], 2);
         assert_eq!(s.both_nonzero[1], 3);

@@ -864,3 +864,33 @@ fn diff_reports_added_removed_retyped_and_changed() {
         "{text}"
     );
 }
+
+#[test]
+fn a_damaged_input_fails_the_comparison_instead_of_skewing_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let reg = exact_registry(&root, tmp.path());
+    let ft = reg.manifest(&reg.resolve("ft2").unwrap()).unwrap();
+    let id = ft
+        .tensor("encoder.layer.1.attention.self.query.weight")
+        .unwrap()
+        .object();
+    let hex = id.to_hex();
+    let path = root.join("objects").join(&hex[..2]).join(&hex);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last_frame_byte = bytes.len() - 40;
+    bytes[last_frame_byte] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    drop(reg);
+    let out = cm(&root, &["compare", "v1", "v2", "v3"]).assert().code(1);
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("encoder.layer.1.attention.self.query.weight")
+            && stderr.contains(&id.to_string()),
+        "{stderr}"
+    );
+    assert!(
+        out.get_output().stdout.is_empty(),
+        "no statistics from damaged bytes"
+    );
+}
