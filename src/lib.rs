@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod error;
 pub mod id;
+mod pool;
 pub mod registry;
 pub mod report;
 pub mod store;

@@ -236,6 +236,26 @@ impl Registry {
     }
 }
 
+/// Names of checkpoints and vectors: letters, digits, `.`, `_`, `-`, `/`, starting with a
+/// letter or digit, no `..`, at most 200 bytes (so `@version` and id prefixes stay unambiguous).
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            format!("`{name}` is not a valid {what} name"),
+            "use letters, digits, `.`, `_`, `-` and `/`, starting with a letter or digit (no `@`)",
+        ))
+    }
+}
+
 /// The library error for a failed read of object `id` (`what` names it: a tensor, a file).
 pub(crate) fn decode_error(id: &ObjectId, what: Option<&str>, e: DecodeError) -> Error {
     match e {

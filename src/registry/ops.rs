@@ -67,19 +67,7 @@ impl RegisterOptions {
     }
 
     fn validate(&self) -> Result<()> {
-        let n = &self.name;
-        let name_ok = !n.is_empty()
-            && n.len() <= 200
-            && n.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-            && !n.contains("..");
-        if !name_ok {
-            return Err(Error::invalid(
-                format!("`{n}` is not a valid checkpoint name"),
-                "use letters, digits, `.`, `_`, `-` and `/`, starting with a letter or digit (no `@`)",
-            ));
-        }
+        super::check_name("checkpoint", &self.name)?;
         if let Some(l) = &self.language {
             let mut parts = l.split('-');
             let first_ok = parts.next().is_some_and(|p| {

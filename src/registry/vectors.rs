@@ -163,24 +163,6 @@ struct LinedUp {
     not_shared: Vec<String>,
 }
 
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
-        && !name.contains("..");
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            format!("`{name}` is not a valid vector name"),
-            "use letters, digits, `.`, `_`, `-` and `/`, starting with a letter or digit (no `@`)",
-        ))
-    }
-}
-
 impl Registry {
     /// Derives (or finds) the vector `from − minus` under `opts.name`.
     pub fn derive(
@@ -188,7 +170,7 @@ impl Registry {
         opts: &DeriveOptions,
         progress: &dyn Progress,
     ) -> Result<VectorDetails> {
-        check_name(&opts.name)?;
+        super::check_name("vector", &opts.name)?;
         let from = self.resolve(&opts.from)?;
         let minus = if let Some(m) = &opts.minus {
             self.resolve(m)?

@@ -284,35 +284,18 @@ impl DecodeError {
     }
 }
 
-/// Reused buffers. Freshly allocated memory costs a page fault per 4 KiB on first touch
-/// (about 1.6 GB/s here), more than compressing it, so window buffers come from a pool and
-/// per-chunk scratch is per thread.
+/// Window buffers from the crate's pool (see `crate::pool`) and per-thread chunk scratch.
 mod buffers {
     use std::cell::RefCell;
-    use std::sync::Mutex;
 
-    /// Bytes the pool keeps at most; buffers beyond it are freed.
-    const POOL_LIMIT: usize = 512 << 20;
-    static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    use crate::pool;
 
     /// A pooled buffer of a given length (contents unspecified); back to the pool on drop.
     pub struct Buf(Vec<u8>);
 
     impl Buf {
         pub fn take(len: usize) -> Self {
-            let mut pool = POOL
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let best = pool
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            let mut v = best.map(|i| pool.swap_remove(i)).unwrap_or_default();
-            drop(pool);
-            v.resize(len, 0);
-            Buf(v)
+            Buf(pool::take(&pool::BYTES, len))
         }
     }
 
@@ -331,14 +314,7 @@ mod buffers {
 
     impl Drop for Buf {
         fn drop(&mut self) {
-            let v = std::mem::take(&mut self.0);
-            let mut pool = POOL
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let held: usize = pool.iter().map(Vec::capacity).sum();
-            if held + v.capacity() <= POOL_LIMIT {
-                pool.push(v);
-            }
+            pool::give(&pool::BYTES, std::mem::take(&mut self.0));
         }
     }
 

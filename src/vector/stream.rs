@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::id::ObjectId;
+use crate::pool;
 use crate::registry::{Progress, decode_error};
 use crate::store::Backend;
 use crate::store::codec::{self, DecodeError, Decoder, ObjectKind};
@@ -318,47 +319,6 @@ fn decode_range_over(
         d.decode_chunks_over(usize::try_from(offset / chunk).expect("fits"), out, base)
     } else {
         decode_range(d, offset, out)
-    }
-}
-
-/// Window buffers of finished jobs, reused by the next: freshly allocated memory costs a page
-/// fault per 4 KiB on first touch, more than the arithmetic done in it.
-mod pool {
-    use std::sync::Mutex;
-
-    /// Bytes each pool keeps at most.
-    const LIMIT: usize = 256 << 20;
-    pub static BYTES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-    pub static FLOATS: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
-
-    /// A buffer of `len` elements (contents unspecified).
-    pub fn take<T: Copy + Default>(pool: &Mutex<Vec<Vec<T>>>, len: usize) -> Vec<T> {
-        let mut p = pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let best = p
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.capacity() >= len)
-            .min_by_key(|(_, v)| v.capacity())
-            .map(|(i, _)| i);
-        let mut v = best.map(|i| p.swap_remove(i)).unwrap_or_default();
-        drop(p);
-        v.resize(len, T::default());
-        v
-    }
-
-    pub fn give<T>(pool: &Mutex<Vec<Vec<T>>>, v: Vec<T>) {
-        let mut p = pool
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held: usize = p
-            .iter()
-            .map(|b| b.capacity() * std::mem::size_of::<T>())
-            .sum();
-        if held + v.capacity() * std::mem::size_of::<T>() <= LIMIT {
-            p.push(v);
-        }
     }
 }
 
