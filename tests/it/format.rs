@@ -208,6 +208,17 @@ fn an_independent_python_implementation_agrees() {
     .unwrap();
     assert_eq!(ours.len(), 104);
     assert_eq!(ours, theirs);
+    // The Python safetensors package reads our export and finds the same tensors.
+    let out = tmp.path().join("export");
+    cm(&reg, &["export", "minilm", "--out", out.to_str().unwrap()])
+        .assert()
+        .success();
+    let exported: BTreeMap<String, String> = serde_json::from_value(python(&[
+        "ids",
+        out.join("model.safetensors").to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(ours, exported);
 }
 
 #[test]
