@@ -10,6 +10,8 @@
 //! bytes     the elements, little-endian, row-major (exactly as safetensors stores them)
 //! ```
 
+pub mod merge;
+
 use serde::{Deserialize, Serialize};
 
 /// Element types, named as safetensors names them.
