@@ -35,6 +35,7 @@ pub mod store;
 pub mod synth;
 pub mod tensor;
 pub mod vector;
+mod write_behind;
 
 pub use catalog::{CheckpointFilter, CheckpointKind, CheckpointRow};
 pub use error::{Error, Result};

@@ -100,18 +100,24 @@ struct FsWriter {
     file: Option<File>,
     tmp: PathBuf,
     objects: PathBuf,
+    behind: Option<crate::write_behind::WriteBehind>,
 }
 
 impl ObjectWriter for FsWriter {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file
-            .as_mut()
-            .expect("open until commit")
-            .write_all(buf)
+        let file = self.file.as_mut().expect("open until commit");
+        file.write_all(buf)?;
+        if self.behind.is_none() {
+            self.behind = Some(crate::write_behind::WriteBehind::new(file)?);
+        }
+        self.behind.as_mut().expect("just set").wrote(buf.len())
     }
 
     fn commit(mut self: Box<Self>, id: &ObjectId) -> io::Result<()> {
         let file = self.file.take().expect("open until commit");
+        if let Some(b) = self.behind.take() {
+            b.finish()?;
+        }
         file.sync_all()?;
         drop(file);
         let hex = id.to_hex();
@@ -158,6 +164,7 @@ impl Backend for FsBackend {
             file: Some(file),
             tmp,
             objects: self.root.join("objects"),
+            behind: None,
         }))
     }
 

@@ -598,6 +598,8 @@ impl Registry {
         for shard in &shards {
             let path = dir.join(&shard.file_name);
             let file = fs::File::create(&path).map_err(|e| Error::io("creating", &path, e))?;
+            let mut behind = crate::write_behind::WriteBehind::new(&file)
+                .map_err(|e| Error::io("opening", &path, e))?;
             let mut w = BufWriter::with_capacity(1 << 20, file);
             w.write_all(&shard_header(manifest, shard))
                 .map_err(|e| Error::io("writing", &path, e))?;
@@ -608,7 +610,8 @@ impl Registry {
                     .map_err(|e| decode_error(&id, Some(&t.name), e))?;
                 dec.stream(&id, &mut |bytes| {
                     progress.advance(bytes.len() as u64);
-                    w.write_all(bytes)
+                    w.write_all(bytes)?;
+                    behind.wrote(bytes.len())
                 })
                 .map_err(|e| match e {
                     StreamError::Decode(d) => decode_error(&id, Some(&t.name), d),
@@ -618,6 +621,9 @@ impl Registry {
             let file = w
                 .into_inner()
                 .map_err(|e| Error::io("writing", &path, e.into_error()))?;
+            behind
+                .finish()
+                .map_err(|e| Error::io("syncing", &path, e))?;
             file.sync_all()
                 .map_err(|e| Error::io("syncing", &path, e))?;
             written.push(shard.file_name.clone());
