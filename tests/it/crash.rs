@@ -51,11 +51,10 @@ fn check_recovers(root: &Path, ft: &Path, deep: bool) {
     std::fs::remove_dir_all(out).unwrap();
 }
 
-#[test]
-fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
-    let tmp = tempfile::tempdir().unwrap();
-    let fam = common::tiny_family(&tmp.path().join("fam"), 1, Some(3));
-    let template = tmp.path().join("template");
+/// A tiny family and a registry holding its base, to copy before each injected fault.
+fn template_with_base(dir: &Path) -> (Vec<std::path::PathBuf>, std::path::PathBuf) {
+    let fam = common::tiny_family(&dir.join("fam"), 1, Some(3));
+    let template = dir.join("template");
     Registry::open(&template)
         .unwrap()
         .register(
@@ -64,6 +63,13 @@ fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
             &NoProgress,
         )
         .unwrap();
+    (fam, template)
+}
+
+#[test]
+fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fam, template) = template_with_base(tmp.path());
     let mut k = 0;
     loop {
         let root = tmp.path().join(format!("r{k}"));
@@ -100,16 +106,7 @@ fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
 #[test]
 fn a_fault_at_every_io_step_of_gc_leaves_a_consistent_registry() {
     let tmp = tempfile::tempdir().unwrap();
-    let fam = common::tiny_family(&tmp.path().join("fam"), 1, Some(3));
-    let template = tmp.path().join("template");
-    Registry::open(&template)
-        .unwrap()
-        .register(
-            &fam[0],
-            &RegisterOptions::new("base", CheckpointKind::Base),
-            &NoProgress,
-        )
-        .unwrap();
+    let (fam, template) = template_with_base(tmp.path());
     // Garbage to collect: an interrupted register (pending rows, some files) and a temp file.
     {
         let (mut reg, _) = faulty(&template, 60);

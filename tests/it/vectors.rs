@@ -706,54 +706,28 @@ fn bad_vector_input_gets_one_line_and_a_hint() {
     .assert()
     .success();
     // Same names as the hand-built model but other shapes: a foreign architecture.
-    let other = tmp.path().join("other");
-    std::fs::create_dir_all(&other).unwrap();
-    write_safetensors(
-        &other.join("model.safetensors"),
-        &[(
-            TENSORS[1].0,
-            Dtype::F32,
-            vec![4],
-            f32_bytes((0..4).map(|i| i as f32)),
-        )],
-    );
-    cm(
-        &root,
-        &[
-            "register",
-            other.to_str().unwrap(),
-            "--name",
-            "other",
-            "--kind",
-            "base",
-        ],
-    )
-    .assert()
-    .success();
-    let other2 = tmp.path().join("other2");
-    std::fs::create_dir_all(&other2).unwrap();
-    write_safetensors(
-        &other2.join("model.safetensors"),
-        &[(
-            TENSORS[1].0,
-            Dtype::F32,
-            vec![4],
-            f32_bytes((0..4).map(|i| i as f32 * 2.0)),
-        )],
-    );
-    cm(
-        &root,
-        &[
-            "register",
-            other2.to_str().unwrap(),
-            "--name",
-            "other2",
-            "--kind",
-            "base",
-        ],
-    )
-    .assert()
-    .success();
+    for (name, scale) in [("other", 1.0f32), ("other2", 2.0)] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let values = f32_bytes((0..4).map(|i| i as f32 * scale));
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            &[(TENSORS[1].0, Dtype::F32, vec![4], values)],
+        );
+        cm(
+            &root,
+            &[
+                "register",
+                dir.to_str().unwrap(),
+                "--name",
+                name,
+                "--kind",
+                "base",
+            ],
+        )
+        .assert()
+        .success();
+    }
     cm(
         &root,
         &[
