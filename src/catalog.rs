@@ -136,6 +136,20 @@ fn parse_id(s: &str) -> rusqlite::Result<ObjectId> {
     })
 }
 
+/// The version the next row named `name` in `table` (checkpoints or vectors) gets: one past the
+/// highest, 1 for a new name. Call inside the immediate transaction that inserts it.
+fn next_version(
+    tx: &rusqlite::Transaction<'_>,
+    table: &'static str,
+    name: &str,
+) -> rusqlite::Result<u32> {
+    tx.query_row(
+        &format!("SELECT COALESCE(MAX(version), 0) + 1 FROM {table} WHERE name = ?1"),
+        [name],
+        |r| r.get(0),
+    )
+}
+
 fn checkpoint_from_row(row: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
     let kind: String = row.get(3)?;
     let manifest: String = row.get(4)?;
@@ -313,11 +327,7 @@ impl Catalog {
                 return Ok((row, false));
             }
         }
-        let version: u32 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM checkpoints WHERE name = ?1",
-            [&new.name],
-            |r| r.get(0),
-        )?;
+        let version = next_version(&tx, "checkpoints", &new.name)?;
         tx.execute(
             "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
              source_path, tensor_count, parameters, logical_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
@@ -619,11 +629,7 @@ impl Catalog {
             tx.commit()?;
             return Ok((l, false));
         }
-        let version: u32 = tx.query_row(
-            "SELECT COALESCE(MAX(version), 0) + 1 FROM vectors WHERE name = ?1",
-            [&new.name],
-            |r| r.get(0),
-        )?;
+        let version = next_version(&tx, "vectors", &new.name)?;
         tx.execute(
             "INSERT INTO vectors (name, version, kind, from_id, minus_id, include, exclude, definition, \
              tensor_count, parameters, l2_norm) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
