@@ -16,6 +16,7 @@ use crate::store::codec::ObjectKind;
 const MIGRATIONS: &[&str] = &[
     include_str!("../schemas/sql/0001_init.sql"),
     include_str!("../schemas/sql/0002_vectors.sql"),
+    include_str!("../schemas/sql/0003_merges.sql"),
 ];
 
 /// The schema version this build writes.
@@ -279,6 +280,28 @@ impl Catalog {
         refs: &[(String, ObjectId)],
         new: &NewCheckpoint,
     ) -> Result<(CheckpointRow, bool)> {
+        self.commit_checkpoint_with(stored, refs, new, None)
+    }
+
+    /// [`Catalog::commit_checkpoint`] for a merge: its provenance row goes in the same
+    /// transaction, so a merged checkpoint never exists without it.
+    pub fn commit_merged(
+        &mut self,
+        stored: &[(ObjectId, u64)],
+        refs: &[(String, ObjectId)],
+        new: &NewCheckpoint,
+        merge: &NewMerge,
+    ) -> Result<(CheckpointRow, bool)> {
+        self.commit_checkpoint_with(stored, refs, new, Some(merge))
+    }
+
+    fn commit_checkpoint_with(
+        &mut self,
+        stored: &[(ObjectId, u64)],
+        refs: &[(String, ObjectId)],
+        new: &NewCheckpoint,
+        merge: Option<&NewMerge>,
+    ) -> Result<(CheckpointRow, bool)> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -322,6 +345,9 @@ impl Catalog {
                 && l.language == new.language
                 && l.task == new.task;
             if same {
+                if let Some(m) = merge {
+                    insert_merge(&tx, l.rowid, m)?;
+                }
                 tx.commit()?;
                 let row = self.checkpoint_by_rowid(l.rowid)?;
                 return Ok((row, false));
@@ -354,8 +380,41 @@ impl Catalog {
                 params![rowid, k, v],
             )?;
         }
+        if let Some(m) = merge {
+            insert_merge(&tx, rowid, m)?;
+        }
         tx.commit()?;
         Ok((self.checkpoint_by_rowid(rowid)?, true))
+    }
+
+    /// Checkpoints an identical recipe produced (newest first).
+    pub fn merges_by_hash(&self, recipe_hash: &str) -> Result<Vec<(MergeRow, CheckpointRow)>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MERGE_COLUMNS} FROM merges m WHERE m.recipe_hash = ?1 ORDER BY m.id DESC"
+        ))?;
+        let rows: Vec<MergeRow> = stmt
+            .query_map([recipe_hash], merge_from_row)?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|m| {
+                let c = self.checkpoint_by_rowid(m.checkpoint_rowid)?;
+                Ok((m, c))
+            })
+            .collect()
+    }
+
+    /// The provenance of a merged checkpoint, if it has one.
+    pub fn merge_of(&self, checkpoint_rowid: i64) -> Result<Option<MergeRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {MERGE_COLUMNS} FROM merges m WHERE m.checkpoint_id = ?1 ORDER BY m.id DESC LIMIT 1"
+                ),
+                [checkpoint_rowid],
+                merge_from_row,
+            )
+            .optional()?)
     }
 
     fn with_tags(&self, mut row: CheckpointRow) -> Result<CheckpointRow> {
@@ -696,4 +755,70 @@ impl Catalog {
         let rows = stmt.query_map([vector], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merges.
+
+/// The provenance of a merged checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MergeRow {
+    #[serde(skip)]
+    pub checkpoint_rowid: i64,
+    pub recipe_hash: String,
+    pub method: String,
+    pub recipe_canonical: String,
+    pub recipe_source: String,
+    pub recipe_path: Option<String>,
+    pub inputs: Vec<String>,
+    pub crossmerge_version: String,
+    pub created_at: String,
+}
+
+/// What a new merge row holds.
+#[derive(Clone, Debug)]
+pub struct NewMerge {
+    pub recipe_hash: String,
+    pub method: String,
+    pub recipe_canonical: String,
+    pub recipe_source: String,
+    pub recipe_path: Option<String>,
+    pub inputs: Vec<String>,
+}
+
+const MERGE_COLUMNS: &str = "m.checkpoint_id, m.recipe_hash, m.method, m.recipe_canonical, \
+     m.recipe_source, m.recipe_path, m.inputs, m.crossmerge_version, m.created_at";
+
+fn merge_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MergeRow> {
+    let inputs: String = r.get(6)?;
+    Ok(MergeRow {
+        checkpoint_rowid: r.get(0)?,
+        recipe_hash: r.get(1)?,
+        method: r.get(2)?,
+        recipe_canonical: r.get(3)?,
+        recipe_source: r.get(4)?,
+        recipe_path: r.get(5)?,
+        inputs: serde_json::from_str(&inputs).unwrap_or_default(),
+        crossmerge_version: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+fn insert_merge(tx: &rusqlite::Transaction<'_>, checkpoint: i64, m: &NewMerge) -> Result<()> {
+    tx.execute(
+        "INSERT INTO merges (recipe_hash, checkpoint_id, method, recipe_canonical, recipe_source, \
+         recipe_path, inputs, crossmerge_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+         ON CONFLICT (recipe_hash, checkpoint_id) DO NOTHING",
+        params![
+            m.recipe_hash,
+            checkpoint,
+            m.method,
+            m.recipe_canonical,
+            m.recipe_source,
+            m.recipe_path,
+            serde_json::to_string(&m.inputs).expect("strings serialise"),
+            env!("CARGO_PKG_VERSION"),
+        ],
+    )?;
+    Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod commands;
+mod merge;
 mod output;
 mod progress;
 mod vectors;
@@ -62,6 +63,8 @@ enum Command {
     Compare(vectors::CompareArgs),
     /// Tensors added, removed, retyped and changed between two checkpoints.
     Diff(vectors::DiffArgs),
+    /// Merge checkpoints and vectors by a recipe (TOML, or mergekit YAML) and register the result.
+    Merge(merge::MergeArgs),
     /// Write a synthetic checkpoint family (base + fine-tunes) with real encoder shapes.
     Synth(bench::SynthArgs),
     /// Measure register and export throughput against plain file I/O.
@@ -123,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Derive(a) => vectors::derive(&ctx, &a),
         Command::Compare(a) => vectors::compare(&ctx, &a),
         Command::Diff(a) => vectors::diff(&ctx, &a),
+        Command::Merge(a) => merge::merge(&ctx, &a),
         Command::Synth(a) => bench::synth(&a),
         Command::Bench(a) => bench::bench(&a),
     }

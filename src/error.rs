@@ -33,6 +33,15 @@ pub enum Error {
         candidates: Vec<String>,
     },
 
+    /// A recipe that cannot be carried out: its file, the line when known, what and why.
+    #[error("`{}{}`: {problem}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Recipe {
+        path: PathBuf,
+        line: Option<usize>,
+        problem: String,
+        hint: String,
+    },
+
     /// A request that cannot be carried out as given (bad option value, conflicting flags).
     #[error("{message}")]
     Invalid { message: String, hint: String },
@@ -74,6 +83,7 @@ impl Error {
         match self {
             Error::BadInput { hint, .. }
             | Error::NotFound { hint, .. }
+            | Error::Recipe { hint, .. }
             | Error::Invalid { hint, .. } => Some(hint.clone()),
             Error::Ambiguous { .. } => {
                 Some("give more hex characters, or use `name@version`".to_owned())

@@ -26,15 +26,18 @@
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod engine;
 pub mod error;
 pub mod id;
 mod pool;
+pub mod recipe;
 pub mod registry;
 pub mod report;
 pub mod store;
 pub mod synth;
 pub mod tensor;
 pub mod vector;
+mod window;
 mod write_behind;
 
 pub use catalog::{CheckpointFilter, CheckpointKind, CheckpointRow};

@@ -8,6 +8,7 @@
 //! never an object file the catalog does not know. `gc` takes an exclusive lock on
 //! `registry/lock`; writers and readers take it shared, so gc never races a register.
 
+mod merge;
 mod ops;
 mod vectors;
 
@@ -16,6 +17,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use self::merge::{MERGE_CONTEXT, MergeOptions, MergedPoint};
 pub use self::ops::{
     CheckpointDetails, DuReport, DuRow, ExportOptions, ExportReport, Finding, GcPlan, GcReport,
     RegisterOptions, Registered, TensorDetails, VerifyReport,
@@ -244,14 +246,14 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "._-/+=".contains(c))
         && !name.contains("..");
     if ok {
         Ok(())
     } else {
         Err(Error::invalid(
             format!("`{name}` is not a valid {what} name"),
-            "use letters, digits, `.`, `_`, `-` and `/`, starting with a letter or digit (no `@`)",
+            "use letters, digits and `.`, `_`, `-`, `/`, `+`, `=`, starting with a letter or digit (no `@`)",
         ))
     }
 }

@@ -5,6 +5,7 @@
 //! with plain `write` + `fsync`. Each operation runs as a child `crossmerge` process so that
 //! its peak resident memory is its own.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -70,6 +71,9 @@ pub enum Suite {
     Registry,
     /// compare of 7 vectors against reading them once (issue: vectors).
     Compare,
+    /// `task_arithmetic` and `ties` merges of base + 3 fine-tunes against the I/O bound and
+    /// mergekit (issue: recipes).
+    Merge,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +89,9 @@ pub struct BenchArgs {
     /// Runs per figure; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// mergekit's `mergekit-yaml` for the merge suite (skipped when absent).
+    #[arg(long, default_value = "mergekit-yaml")]
+    mergekit: PathBuf,
     /// Scratch folder for the family, registries and exports.
     #[arg(long, default_value = "target/bench")]
     workdir: PathBuf,
@@ -176,6 +183,9 @@ fn child(args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64)> {
 }
 
 pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    if matches!(a.suite, Suite::Merge) {
+        return bench_merge(a);
+    }
     if matches!(a.suite, Suite::Compare) {
         return bench_compare(a);
     }
@@ -511,4 +521,285 @@ fn raw_read(paths: &[PathBuf]) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Writes `bytes` zeros to `out` and syncs: the output side of the merge bound.
+fn write_bound(out: &Path, bytes: u64) -> anyhow::Result<f64> {
+    settle();
+    let t = Instant::now();
+    let mut dst = fs::File::create(out)?;
+    let buf = vec![1u8; 16 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64))?;
+        dst.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    dst.sync_all()?;
+    let s = t.elapsed().as_secs_f64();
+    drop(dst);
+    fs::remove_file(out)?;
+    Ok(s)
+}
+
+/// Runs `mergekit-yaml` on a config; seconds and peak RSS (MiB) from GNU time when present.
+fn mergekit(exe: &Path, config: &Path, out: &Path) -> anyhow::Result<(f64, f64)> {
+    let _ = fs::remove_dir_all(out);
+    settle();
+    let t = Instant::now();
+    let res = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("peak_rss_kib: %M")
+        .arg(exe)
+        .arg(config)
+        .arg(out)
+        .arg("--allow-crimes")
+        .output()
+        .or_else(|_| {
+            Command::new(exe)
+                .arg(config)
+                .arg(out)
+                .arg("--allow-crimes")
+                .output()
+        })?;
+    let s = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    if !res.status.success() || !out.join("model.safetensors").is_file() {
+        bail!("mergekit failed: {}", stderr.lines().last().unwrap_or(""));
+    }
+    let kib: f64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak_rss_kib: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let _ = fs::remove_dir_all(out);
+    Ok((s, kib / 1024.0))
+}
+
+#[derive(Default, Clone)]
+struct MergeRun {
+    read_s: f64,
+    raw_read_s: f64,
+    write_s: f64,
+    secs: Vec<(f64, f64, f64, f64)>, // crossmerge s, rss, mergekit s, rss
+}
+
+fn bench_merge(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let spec = FamilySpec::new(shape(&a.shape)?, 3);
+    let family_dir = a.workdir.join(format!("family-{}-3", a.shape));
+    eprintln!(
+        "generating (or reusing) the synthetic family in {}",
+        family_dir.display()
+    );
+    let paths = write_family(&family_dir, &spec)?;
+    // mergekit infers tensor names from the architecture: with `XLMRobertaForMaskedLM` it
+    // expects the `roberta.`-prefixed names the family has.
+    for p in &paths {
+        let c = p.join("config.json");
+        let text =
+            fs::read_to_string(&c)?.replace("\"XLMRobertaModel\"", "\"XLMRobertaForMaskedLM\"");
+        fs::write(&c, text)?;
+    }
+    let reg_dir = a.workdir.join("registry-merge");
+    let _ = fs::remove_dir_all(&reg_dir);
+    let q = std::ffi::OsStr::new;
+    let regs = reg_dir.as_os_str();
+    child(&[
+        q("--registry"),
+        regs,
+        q("--quiet"),
+        q("register"),
+        paths[0].as_os_str(),
+        q("--name"),
+        q("base"),
+        q("--kind"),
+        q("base"),
+    ])?;
+    let mut vectors = Vec::new();
+    for (i, p) in paths.iter().enumerate().skip(1) {
+        let ft = format!("ft-{i}");
+        child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("register"),
+            p.as_os_str(),
+            q("--name"),
+            q(&ft),
+            q("--kind"),
+            q("task"),
+            q("--task"),
+            q("pos"),
+            q("--base"),
+            q("base"),
+        ])?;
+        let v = format!("task-{i}");
+        child(&[
+            q("--registry"),
+            regs,
+            q("--quiet"),
+            q("derive"),
+            q("task"),
+            q("--from"),
+            q(&ft),
+            q("--name"),
+            q(&v),
+        ])?;
+        vectors.push(v);
+    }
+    let weights = [1.0, 0.5, 0.3];
+    let mut toml = std::collections::BTreeMap::new();
+    let mut yaml = std::collections::BTreeMap::new();
+    for (method, extra_toml, extra_yaml) in [
+        ("task_arithmetic", "", ""),
+        ("ties", "density = 0.2\n", "      density: 0.2\n"),
+    ] {
+        let mut t = format!(
+            "name = \"bench-{method}\"\nmethod = \"{method}\"\nbase = \"base\"\n{extra_toml}"
+        );
+        let mut y = String::from("models:\n");
+        for (i, w) in weights.iter().enumerate() {
+            // RUN is replaced per run: an identical recipe would be found already merged.
+            let tw = if i == 0 {
+                "RUN".to_owned()
+            } else {
+                w.to_string()
+            };
+            let _ = write!(
+                t,
+                "[[inputs]]\ncheckpoint = \"ft-{}\"\nweight = {tw}\n",
+                i + 1
+            );
+            let _ = write!(
+                y,
+                "  - model: {}\n    parameters:\n      weight: {w}\n{extra_yaml}",
+                fs::canonicalize(&paths[i + 1])?.display()
+            );
+        }
+        let _ = write!(
+            y,
+            "merge_method: {method}\nbase_model: {}\ndtype: float32\n",
+            fs::canonicalize(&paths[0])?.display()
+        );
+        if method == "ties" {
+            y.push_str("parameters:\n  normalize: true\n");
+        }
+        let tp = a.workdir.join(format!("bench-{method}.toml"));
+        let yp = a.workdir.join(format!("bench-{method}.yml"));
+        fs::write(&tp, t)?;
+        fs::write(&yp, y)?;
+        toml.insert(method, tp);
+        yaml.insert(method, yp);
+    }
+    let output_bytes = fs::metadata(paths[0].join("model.safetensors"))?.len();
+    let have_mergekit = Command::new(&a.mergekit)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_mergekit {
+        eprintln!(
+            "{} not found: mergekit columns are skipped (pip install mergekit)",
+            a.mergekit.display()
+        );
+    }
+    // Per run: bound, then each method with crossmerge and mergekit.
+    let methods = ["task_arithmetic", "ties"];
+    let mut runs = Vec::new();
+    for i in 0..a.runs.max(1) {
+        settle();
+        let reg = Registry::open(&reg_dir)?;
+        let t = Instant::now();
+        reg.read_vectors(
+            &vectors,
+            &crossmerge::CompareOptions::default(),
+            &crossmerge::NoProgress,
+        )?;
+        let read_s = t.elapsed().as_secs_f64();
+        drop(reg);
+        settle();
+        let t = Instant::now();
+        raw_read(&paths)?;
+        let raw_read_s = t.elapsed().as_secs_f64();
+        let write_s = write_bound(&a.workdir.join("write-bound.tmp"), output_bytes)?;
+        let mut run = MergeRun {
+            read_s,
+            raw_read_s,
+            write_s,
+            secs: Vec::new(),
+        };
+        for m in methods {
+            // A fresh registry state each run: the previous result would be reused at once.
+            let name = format!("bench-{m}-{i}");
+            let text =
+                fs::read_to_string(&toml[m])?.replace("RUN", &format!("{}", 1.0 + i as f64 * 1e-3));
+            let run_toml = a.workdir.join(format!("bench-{m}-run.toml"));
+            fs::write(&run_toml, text)?;
+            let (s, rss) = child(&[
+                q("--registry"),
+                regs,
+                q("--quiet"),
+                q("merge"),
+                run_toml.as_os_str(),
+                q("--name"),
+                q(&name),
+            ])?;
+            let (ms, mrss) = if have_mergekit {
+                mergekit(&a.mergekit, &yaml[m], &a.workdir.join("mergekit-out"))?
+            } else {
+                (f64::NAN, f64::NAN)
+            };
+            eprintln!(
+                "run {}: {m}: crossmerge {s:.2}s ({rss:.0} MiB), mergekit {ms:.2}s ({mrss:.0} MiB); bound {:.2}s (registry read {read_s:.2}s + write {write_s:.2}s), raw bound {:.2}s",
+                i + 1,
+                read_s + write_s,
+                raw_read_s + write_s
+            );
+            run.secs.push((s, rss, ms, mrss));
+        }
+        runs.push(run);
+    }
+    let med = |f: &dyn Fn(&MergeRun) -> f64| median(runs.iter().map(f).collect());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "merge of base + 3 fine-tunes, shape `{}` (F32, {:.2} GB per model), median of {} runs",
+        a.shape,
+        output_bytes as f64 / 1e9,
+        runs.len()
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "bound = decode + verify the 4 inputs from the registry once + write one output-sized file, synced; raw bound = plain read of the 4 input files + the same write. Ratios are medians of per-run ratios."
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "| method | crossmerge s | ÷ bound | ÷ raw bound | peak RSS | mergekit s | mergekit ÷ crossmerge | mergekit peak RSS |"
+    )?;
+    writeln!(out, "| --- | --- | --- | --- | --- | --- | --- | --- |")?;
+    for (k, m) in methods.iter().enumerate() {
+        writeln!(
+            out,
+            "| {m} | {:.2} | {:.2} | {:.2} | {:.0} MiB | {:.2} | {:.1}× | {:.0} MiB |",
+            med(&|r| r.secs[k].0),
+            med(&|r| r.secs[k].0 / (r.read_s + r.write_s)),
+            med(&|r| r.secs[k].0 / (r.raw_read_s + r.write_s)),
+            med(&|r| r.secs[k].1),
+            med(&|r| r.secs[k].2),
+            med(&|r| r.secs[k].2 / r.secs[k].0),
+            med(&|r| r.secs[k].3),
+        )?;
+    }
+    writeln!(
+        out,
+        "| bound (registry read + write) | {:.2} | 1.00 | | | | | |",
+        med(&|r| r.read_s + r.write_s)
+    )?;
+    writeln!(
+        out,
+        "| raw bound (file read + write) | {:.2} | | 1.00 | | | | |",
+        med(&|r| r.raw_read_s + r.write_s)
+    )?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -223,6 +223,17 @@ pub fn show(ctx: &Context, a: &ShowArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "tag:          {k}={v}")?;
     }
     writeln!(out, "source:       {}", opt(c.source_path.as_ref()))?;
+    if let Some(m) = &d.merge {
+        writeln!(
+            out,
+            "recipe:       {} ({}, {}, crossmerge {})",
+            m.recipe_hash,
+            m.method,
+            opt(m.recipe_path.as_ref()),
+            m.crossmerge_version
+        )?;
+        writeln!(out, "inputs:       {}", m.inputs.join(", "))?;
+    }
     writeln!(out, "created:      {}", c.created_at)?;
     writeln!(
         out,

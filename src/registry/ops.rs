@@ -420,6 +420,9 @@ pub struct CheckpointDetails {
     pub metadata: BTreeMap<String, String>,
     pub stored_size: u64,
     pub tensors: Vec<TensorDetails>,
+    /// How a merged checkpoint was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge: Option<crate::catalog::MergeRow>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -467,7 +470,9 @@ impl Registry {
             })
             .collect();
         let stored_size = self.stored_size_of(&checkpoint)?;
+        let merge = self.catalog.merge_of(checkpoint.rowid)?;
         Ok(CheckpointDetails {
+            merge,
             checkpoint,
             files: manifest.files,
             metadata: manifest.metadata,

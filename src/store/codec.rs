@@ -425,7 +425,7 @@ pub fn write_object(
                     .zip(buf.par_chunks(chunk))
                     .enumerate()
                     .map(|(i, (dst, c))| {
-                        let b = base.map(|d| (d, first_chunk + i));
+                        let b = base.map(|d| BaseChunk::Decode(d, first_chunk + i));
                         encode_chunk(c, b, width, header.delta_op, dst)
                     })
                     .collect::<Vec<_>>()
@@ -477,6 +477,151 @@ pub fn write_object(
     Ok(stored)
 }
 
+/// The delta base of a chunk being encoded: decoded here, or already in memory.
+#[derive(Clone, Copy)]
+enum BaseChunk<'a> {
+    Decode(&'a Decoder, usize),
+    Bytes(&'a [u8]),
+}
+
+/// A new object whose id is not known in advance (a merge computes its tensors): the payload
+/// arrives window by window, is hashed, compressed on all cores and written as it comes;
+/// [`Sink::finish`] returns the id and the still uncommitted writer, so the caller can record
+/// its intent in the catalog before the object becomes visible.
+pub struct Sink {
+    writer: Box<dyn ObjectWriter>,
+    header: Header,
+    hash: blake3::Hasher,
+    lengths: Vec<u64>,
+    stored: u64,
+    written: u64,
+    /// Bytes of an unfinished chunk (and the base's bytes beside them).
+    tail: Vec<u8>,
+    tail_base: Vec<u8>,
+}
+
+/// A finished [`Sink`]: the object's id, its stored size and the writer to commit (or drop).
+pub struct Finished {
+    pub id: ObjectId,
+    pub stored: u64,
+    pub writer: Box<dyn ObjectWriter>,
+}
+
+impl Sink {
+    pub fn new(backend: &dyn Backend, header: Header) -> Result<Self, EncodeError> {
+        let mut writer = backend.create().map_err(EncodeError::Store)?;
+        let head = header.encode();
+        writer.write_all(&head).map_err(EncodeError::Store)?;
+        let mut hash = hasher(header.kind);
+        hash.update(&header.prefix);
+        Ok(Self {
+            writer,
+            stored: head.len() as u64,
+            header,
+            hash,
+            lengths: Vec::new(),
+            written: 0,
+            tail: Vec::new(),
+            tail_base: Vec::new(),
+        })
+    }
+
+    /// Appends the next `raw` bytes of the payload (any length). With a delta base in the
+    /// header, `base` holds the base's bytes of the same range.
+    pub fn push(&mut self, raw: &[u8], base: Option<&[u8]>) -> Result<(), EncodeError> {
+        debug_assert_eq!(base.is_some(), self.header.delta_base.is_some());
+        let chunk = self.header.chunk_size as usize;
+        self.hash.update(raw);
+        self.written += raw.len() as u64;
+        let (mut raw, mut base) = (raw, base);
+        if !self.tail.is_empty() {
+            let take = (chunk - self.tail.len()).min(raw.len());
+            self.tail.extend_from_slice(&raw[..take]);
+            if let Some(b) = base {
+                self.tail_base.extend_from_slice(&b[..take]);
+            }
+            raw = &raw[take..];
+            base = base.map(|b| &b[take..]);
+            if self.tail.len() == chunk || self.written == self.header.raw_len {
+                let (t, tb) = (
+                    std::mem::take(&mut self.tail),
+                    std::mem::take(&mut self.tail_base),
+                );
+                let b = self.header.delta_base.is_some().then_some(tb.as_slice());
+                self.encode_chunks(&t, b)?;
+            }
+        }
+        let whole = if self.written == self.header.raw_len {
+            raw.len()
+        } else {
+            raw.len() / chunk * chunk
+        };
+        if whole > 0 {
+            self.encode_chunks(&raw[..whole], base.map(|b| &b[..whole]))?;
+        }
+        self.tail.extend_from_slice(&raw[whole..]);
+        if let Some(b) = base {
+            self.tail_base.extend_from_slice(&b[whole..]);
+        }
+        Ok(())
+    }
+
+    /// Compresses and writes whole chunks (the last may be short at the payload's end).
+    fn encode_chunks(&mut self, raw: &[u8], base: Option<&[u8]>) -> Result<(), EncodeError> {
+        let chunk = self.header.chunk_size as usize;
+        let width = usize::from(self.header.width.max(1));
+        let bound = zstd::zstd_safe::compress_bound(chunk);
+        let chunks = raw.len().div_ceil(chunk);
+        let mut arena = Buf::take(bound * chunks);
+        let op = self.header.delta_op;
+        let sizes = arena[..chunks * bound]
+            .par_chunks_mut(bound)
+            .zip(raw.par_chunks(chunk))
+            .enumerate()
+            .map(|(i, (dst, c))| {
+                let b = base.map(|b| BaseChunk::Bytes(&b[i * chunk..i * chunk + c.len()]));
+                encode_chunk(c, b, width, op, dst)
+            })
+            .collect::<Vec<_>>();
+        write_frames(
+            self.writer.as_mut(),
+            &arena,
+            bound,
+            sizes,
+            &mut self.lengths,
+            &mut self.stored,
+        )
+    }
+
+    /// Ends the object: writes the frame table and returns its id with the uncommitted writer.
+    pub fn finish(mut self) -> Result<Finished, EncodeError> {
+        assert_eq!(
+            self.written, self.header.raw_len,
+            "the whole payload was pushed"
+        );
+        if !self.tail.is_empty() {
+            let (t, tb) = (
+                std::mem::take(&mut self.tail),
+                std::mem::take(&mut self.tail_base),
+            );
+            let b = self.header.delta_base.is_some().then_some(tb.as_slice());
+            self.encode_chunks(&t, b)?;
+        }
+        let mut footer = Vec::with_capacity(self.lengths.len() * 8 + FOOTER_FIXED);
+        for l in &self.lengths {
+            footer.extend_from_slice(&l.to_le_bytes());
+        }
+        footer.extend_from_slice(&(self.lengths.len() as u64).to_le_bytes());
+        footer.extend_from_slice(END_MAGIC);
+        self.writer.write_all(&footer).map_err(EncodeError::Store)?;
+        Ok(Finished {
+            id: ObjectId::from_bytes(*self.hash.finalize().as_bytes()),
+            stored: self.stored + footer.len() as u64,
+            writer: self.writer,
+        })
+    }
+}
+
 /// (first chunk, byte offset, byte length) of each window of a payload.
 fn windows(raw_len: u64, chunk_size: u32) -> Vec<(usize, u64, usize)> {
     let window = u64::from(chunk_size) * WINDOW_CHUNKS as u64;
@@ -515,7 +660,7 @@ fn write_frames(
 /// With a delta base, its chunk `index` is decoded here, beside the chunk it serves.
 fn encode_chunk(
     raw: &[u8],
-    base: Option<(&Decoder, usize)>,
+    base: Option<BaseChunk<'_>>,
     width: usize,
     op: DeltaOp,
     dst: &mut [u8],
@@ -523,7 +668,8 @@ fn encode_chunk(
     with_base_chunk(|base_chunk| {
         let base_bytes = match base {
             None => None,
-            Some((decoder, index)) => {
+            Some(BaseChunk::Bytes(b)) => Some(b),
+            Some(BaseChunk::Decode(decoder, index)) => {
                 let b = sized(base_chunk, raw.len());
                 decoder
                     .decode_chunk(index, b, usize::from(decoder.header.width))

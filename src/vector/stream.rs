@@ -9,20 +9,17 @@
 //! agreement and count, block by block so the operands stay in cache. Jobs run in parallel;
 //! memory is a few windows per job in flight, never a whole model.
 
-use std::collections::HashMap;
-
 use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::id::ObjectId;
-use crate::pool;
-use crate::registry::{Progress, decode_error};
+use crate::registry::Progress;
 use crate::store::Backend;
-use crate::store::codec::{self, DecodeError, Decoder, ObjectKind};
 use crate::tensor::Dtype;
+use crate::window::Windows;
+pub use crate::window::to_f32;
 
-/// Elements per window: a whole number of 4 MiB chunks for 2-, 4- and 8-byte dtypes.
-pub const WINDOW_ELEMENTS: usize = 2 << 20;
+pub use crate::window::WINDOW_ELEMENTS;
 /// Elements per block of the pairwise loop (k blocks of f32 stay in L2).
 const BLOCK: usize = 4096;
 
@@ -127,271 +124,40 @@ fn run_all(
     out
 }
 
-struct Input {
-    id: ObjectId,
-    dtype: Dtype,
-    decoder: Decoder,
-    hash: blake3::Hasher,
-    bytes: Vec<u8>,
-    values: Vec<f32>,
-    /// Index of this delta object's base among the job's inputs, when it is one.
-    over: Option<usize>,
-    /// The payload is decoded into `values` itself (f32 on a little-endian machine).
-    direct: bool,
-}
-
-/// The payload bytes of an input's window: its own buffer, or its values viewed as bytes.
-fn raw<'a>(direct: bool, values: &'a [f32], bytes: &'a [u8], len: usize) -> &'a [u8] {
-    if direct {
-        &bytemuck::cast_slice(values)[..len]
-    } else {
-        &bytes[..len]
-    }
-}
-
-fn raw_mut<'a>(
-    direct: bool,
-    values: &'a mut [f32],
-    bytes: &'a mut [u8],
-    len: usize,
-) -> &'a mut [u8] {
-    if direct {
-        &mut bytemuck::cast_slice_mut(values)[..len]
-    } else {
-        &mut bytes[..len]
-    }
-}
-
 fn run_job(backend: &dyn Backend, job: &Job, compute: bool) -> Result<PairStats> {
     let k = job.operands.len();
     let elements = usize::try_from(job.elements).expect("tensor fits in memory addressing");
     let window = WINDOW_ELEMENTS.min(elements.max(1));
-    // Distinct objects, each decoded once per window.
-    let mut index: HashMap<ObjectId, usize> = HashMap::new();
-    let mut inputs: Vec<Input> = Vec::new();
-    let mut slot = |id: ObjectId, dtype: Dtype| -> Result<usize> {
-        if let Some(&i) = index.get(&id) {
-            return Ok(i);
-        }
-        let fail = |e| decode_error(&id, Some(&job.name), e);
-        let decoder = Decoder::open(backend, &id).map_err(fail)?;
-        let expected = job.elements * dtype.size() as u64;
-        if decoder.header.kind != ObjectKind::Tensor || decoder.header.raw_len != expected {
-            return Err(fail(DecodeError::Corrupted(format!(
-                "holds {} bytes, the manifest says {expected}",
-                decoder.header.raw_len
-            ))));
-        }
-        let mut hash = codec::hasher(ObjectKind::Tensor);
-        hash.update(&decoder.header.prefix);
-        // Little-endian f32 is decoded straight into the values: no conversion pass.
-        let direct = compute && dtype == Dtype::F32 && cfg!(target_endian = "little");
-        inputs.push(Input {
-            id,
-            dtype,
-            decoder,
-            hash,
-            bytes: if direct {
-                Vec::new()
-            } else {
-                pool::take(&pool::BYTES, window * dtype.size())
-            },
-            direct,
-            values: if compute {
-                pool::take(&pool::FLOATS, window)
-            } else {
-                Vec::new()
-            },
-            over: None,
-        });
-        index.insert(id, inputs.len() - 1);
-        Ok(inputs.len() - 1)
-    };
-    let mut wiring = Vec::with_capacity(k);
+    let mut objects = Vec::with_capacity(2 * k);
     for op in &job.operands {
-        let plus = slot(op.plus.0, op.plus.1)?;
-        let minus = op.minus.map(|(id, d)| slot(id, d)).transpose()?;
+        objects.push(op.plus);
+        objects.extend(op.minus);
+    }
+    let mut windows = Windows::open(backend, &job.name, job.elements, &objects, compute, window)?;
+    let mut wiring = Vec::with_capacity(k);
+    let mut requested = 0..objects.len();
+    for op in &job.operands {
+        let plus = windows.slot(requested.next().expect("one per plus"));
+        let minus = op
+            .minus
+            .map(|_| windows.slot(requested.next().expect("one per minus")));
         wiring.push((plus, minus));
     }
-    // A fine-tune stored as a delta against a base that is itself an input is decoded over the
-    // base's already-decoded bytes instead of decoding the base a second time. Plain inputs
-    // first, then those deltas.
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    let base_of = |i: &Input| {
-        i.decoder
-            .header
-            .delta_base
-            .and_then(|b| index.get(&b).copied())
-    };
-    order.sort_by_key(|&i| base_of(&inputs[i]).is_some());
-    let mut position = vec![0; inputs.len()];
-    for (new, &old) in order.iter().enumerate() {
-        position[old] = new;
-    }
-    for input in &mut inputs {
-        input.over = base_of(input).map(|b| position[b]);
-    }
-    let mut slots: Vec<Option<Input>> = inputs.into_iter().map(Some).collect();
-    let mut inputs: Vec<Input> = order
-        .iter()
-        .map(|&i| slots[i].take().expect("each once"))
-        .collect();
-    let wiring: Vec<(usize, Option<usize>)> = wiring
-        .iter()
-        .map(|&(p, m)| (position[p], m.map(|m| position[m])))
-        .collect();
-    let plain = inputs.iter().take_while(|i| i.over.is_none()).count();
-
     let mut stats = PairStats::new(k);
     let mut start = 0usize;
     while start < elements {
         let n = window.min(elements - start);
-        let (bases, deltas) = inputs.split_at_mut(plain);
-        let finish = |input: &mut Input| {
-            let len = n * input.dtype.size();
-            input
-                .hash
-                .update(raw(input.direct, &input.values, &input.bytes, len));
-            if compute && !input.direct {
-                to_f32(input.dtype, &input.bytes[..len], &mut input.values[..n]);
-            }
-        };
-        bases.par_iter_mut().try_for_each(|input| -> Result<()> {
-            let w = input.dtype.size();
-            decode_range(
-                &input.decoder,
-                (start * w) as u64,
-                raw_mut(input.direct, &mut input.values, &mut input.bytes, n * w),
-            )
-            .map_err(|e| decode_error(&input.id, Some(&job.name), e))?;
-            finish(input);
-            Ok(())
-        })?;
-        let bases = &*bases;
-        deltas.par_iter_mut().try_for_each(|input| -> Result<()> {
-            let w = input.dtype.size();
-            let b = &bases[input.over.expect("deltas come last")];
-            let base = raw(b.direct, &b.values, &b.bytes, n * w);
-            decode_range_over(
-                &input.decoder,
-                (start * w) as u64,
-                raw_mut(input.direct, &mut input.values, &mut input.bytes, n * w),
-                base,
-            )
-            .map_err(|e| decode_error(&input.id, Some(&job.name), e))?;
-            finish(input);
-            Ok(())
-        })?;
+        windows.load(start, n)?;
         if compute {
-            let values: Vec<&[f32]> = inputs.iter().map(|i| &i.values[..n]).collect();
+            let values: Vec<&[f32]> = (0..windows.len()).map(|i| windows.values(i, n)).collect();
             stats.add(&accumulate(&values, &wiring, n));
         } else {
             stats.elements += n as u64;
         }
         start += n;
     }
-    for input in inputs {
-        pool::give(&pool::BYTES, input.bytes);
-        pool::give(&pool::FLOATS, input.values);
-        if ObjectId::from_bytes(*input.hash.finalize().as_bytes()) != input.id {
-            return Err(decode_error(
-                &input.id,
-                Some(&job.name),
-                DecodeError::Corrupted("content does not match its id".into()),
-            ));
-        }
-    }
+    windows.finish()?;
     Ok(stats)
-}
-
-/// Like [`decode_range`] for a delta object whose base's bytes for the same range are given.
-fn decode_range_over(
-    d: &Decoder,
-    offset: u64,
-    out: &mut [u8],
-    base: &[u8],
-) -> Result<(), DecodeError> {
-    let chunk = u64::from(d.header.chunk_size);
-    let end = offset + out.len() as u64;
-    let aligned =
-        offset.is_multiple_of(chunk) && (end.is_multiple_of(chunk) || end == d.header.raw_len);
-    if aligned {
-        d.decode_chunks_over(usize::try_from(offset / chunk).expect("fits"), out, base)
-    } else {
-        decode_range(d, offset, out)
-    }
-}
-
-/// Decodes bytes `[offset, offset + out.len())` of an object's payload.
-fn decode_range(d: &Decoder, offset: u64, out: &mut [u8]) -> Result<(), DecodeError> {
-    let chunk = u64::from(d.header.chunk_size);
-    let end = offset + out.len() as u64;
-    let aligned =
-        offset.is_multiple_of(chunk) && (end.is_multiple_of(chunk) || end == d.header.raw_len);
-    if aligned {
-        return d.decode_chunks(usize::try_from(offset / chunk).expect("fits"), out);
-    }
-    let first = offset / chunk;
-    let last = end.div_ceil(chunk).min(d.header.raw_len.div_ceil(chunk));
-    let span_end = (last * chunk).min(d.header.raw_len);
-    let mut tmp = vec![0u8; usize::try_from(span_end - first * chunk).expect("fits")];
-    d.decode_chunks(usize::try_from(first).expect("fits"), &mut tmp)?;
-    let skip = usize::try_from(offset - first * chunk).expect("fits");
-    out.copy_from_slice(&tmp[skip..skip + out.len()]);
-    Ok(())
-}
-
-/// Little-endian elements of any float dtype to f32.
-pub fn to_f32(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
-    match dtype {
-        Dtype::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-            }
-        }
-        Dtype::F64 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
-                *o = f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32;
-            }
-        }
-        Dtype::Bf16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        Dtype::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        Dtype::F8E5m2 => {
-            for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = half::f16::from_bits(u16::from(b) << 8).to_f32();
-            }
-        }
-        Dtype::F8E4m3 => {
-            for (o, &b) in out.iter_mut().zip(bytes) {
-                *o = f8_e4m3(b);
-            }
-        }
-        _ => out.fill(0.0),
-    }
-}
-
-/// OCP FP8 E4M3 (`float8_e4m3fn`: bias 7, no infinities, S.1111.111 is NaN).
-fn f8_e4m3(b: u8) -> f32 {
-    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((b >> 3) & 0x0F);
-    let man_bits = b & 0x07;
-    let man = f32::from(man_bits);
-    if exp == 0x0F && man_bits == 7 {
-        return f32::NAN;
-    }
-    if exp == 0 {
-        sign * man / 8.0 * 2f32.powi(-6)
-    } else {
-        sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
-    }
 }
 
 /// Pairwise statistics of the first `n` values of each operand.

@@ -10,5 +10,6 @@ mod corruption;
 mod crash;
 mod format;
 mod hostile;
+mod merge;
 mod roundtrip;
 mod vectors;

@@ -1,49 +1,246 @@
-//! Deterministic top-k by magnitude in O(n): `select_nth_unstable` finds the threshold; ties at
-//! the threshold are broken by position (lower index first), so the mask never depends on the
-//! selection algorithm's internal order.
+//! Deterministic top-k by magnitude in O(n), in memory or over a stream.
+//!
+//! A selection is a [`Threshold`]: keep every element whose magnitude key is above `key`, and
+//! the first `equal` elements (in index order) whose key equals it. Ranks order by |v|
+//! descending, then index ascending, so a mask never depends on the selection algorithm's
+//! internal order. In memory, `select_nth_unstable` finds the key; over a stream too large to
+//! hold, [`RadixSelect`] finds the same key exactly in two passes of 2¹⁶-bin histograms (high
+//! then low 16 bits of the key), in bounded memory.
 
-/// A mask of the elements whose magnitude rank lies in `[lo, hi)` (rank 0 = largest; ranks
-/// order by |v| descending, then index ascending).
+/// |v| of a float orders like its bits with the sign cleared (NaN above infinity).
+fn key(v: f32) -> u32 {
+    v.abs().to_bits()
+}
+
+/// How many of `n` elements a `density` keeps: `round(density · n)`, clamped to [0, n].
+pub fn kept(n: usize, density: f32) -> usize {
+    ((f64::from(density.clamp(0.0, 1.0)) * n as f64).round() as usize).min(n)
+}
+
+/// Which elements a top-k keeps (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Threshold {
+    pub key: u32,
+    pub equal: u64,
+}
+
+impl Threshold {
+    /// Keeps nothing.
+    pub const NONE: Threshold = Threshold {
+        key: u32::MAX,
+        equal: 0,
+    };
+    /// Keeps everything.
+    pub const ALL: Threshold = Threshold {
+        key: 0,
+        equal: u64::MAX,
+    };
+
+    /// A fresh mask walker over the elements in index order.
+    pub fn walker(self) -> Trim {
+        Trim {
+            threshold: self,
+            taken: 0,
+        }
+    }
+}
+
+/// Applies a [`Threshold`] to elements seen in index order (across windows).
+#[derive(Clone, Copy, Debug)]
+pub struct Trim {
+    threshold: Threshold,
+    taken: u64,
+}
+
+impl Trim {
+    #[inline]
+    pub fn keep(&mut self, v: f32) -> bool {
+        let k = key(v);
+        if k > self.threshold.key {
+            true
+        } else if k == self.threshold.key && self.taken < self.threshold.equal {
+            self.taken += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The threshold of the `k` largest magnitudes of `values`, in memory, O(n).
+pub fn threshold_of(values: &[f32], k: usize) -> Threshold {
+    let n = values.len();
+    if k == 0 {
+        return Threshold::NONE;
+    }
+    if k >= n {
+        return Threshold::ALL;
+    }
+    let mut keys: Vec<u32> = values.iter().map(|v| key(*v)).collect();
+    // The k-th largest key sits at position n − k in ascending order.
+    let (_, t, _) = keys.select_nth_unstable(n - k);
+    let t = *t;
+    let above = values.iter().filter(|v| key(**v) > t).count();
+    Threshold {
+        key: t,
+        equal: (k - above) as u64,
+    }
+}
+
+/// The `k` elements of largest magnitude (ties: lower index first).
+pub fn top_k(values: &[f32], k: usize) -> Vec<bool> {
+    let mut trim = threshold_of(values, k).walker();
+    values.iter().map(|v| trim.keep(*v)).collect()
+}
+
+/// A mask of the elements whose magnitude rank lies in `[lo, hi)` (rank 0 = largest).
 pub fn rank_range_mask(values: &[f32], lo: usize, hi: usize) -> Vec<bool> {
     let n = values.len();
     let (lo, hi) = (lo.min(n), hi.min(n));
     if lo >= hi {
         return vec![false; n];
     }
-    let top_hi = top_k(values, hi);
-    let top_lo = top_k(values, lo);
-    top_hi.iter().zip(&top_lo).map(|(a, b)| *a && !*b).collect()
-}
-
-/// The `k` elements of largest magnitude (ties: lower index first).
-pub fn top_k(values: &[f32], k: usize) -> Vec<bool> {
-    let n = values.len();
-    if k == 0 {
-        return vec![false; n];
-    }
-    if k >= n {
-        return vec![true; n];
-    }
-    // |v| of a float orders like its bits with the sign cleared.
-    let key = |v: f32| v.abs().to_bits();
-    let mut keys: Vec<u32> = values.iter().map(|v| key(*v)).collect();
-    // The k-th largest magnitude sits at position n − k in ascending order.
-    let (_, threshold, _) = keys.select_nth_unstable(n - k);
-    let threshold = *threshold;
-    let strictly_above = values.iter().filter(|v| key(**v) > threshold).count();
-    let mut at_threshold_left = k - strictly_above;
+    let (mut top_hi, mut top_lo) = (
+        threshold_of(values, hi).walker(),
+        threshold_of(values, lo).walker(),
+    );
     values
         .iter()
-        .map(|v| {
-            let kv = key(*v);
-            if kv > threshold {
-                true
-            } else if kv == threshold && at_threshold_left > 0 {
-                at_threshold_left -= 1;
-                true
-            } else {
-                false
-            }
-        })
+        .map(|v| top_hi.keep(*v) && !top_lo.keep(*v))
         .collect()
+}
+
+/// Exact streaming selection of several top-k thresholds over one stream of `n` values, read
+/// twice: feed every window to [`RadixSelect::first_pass`], then every window again to
+/// [`RadixSelect::second_pass`], then take [`RadixSelect::thresholds`]. Memory: 512 KiB per
+/// histogram, whatever `n`.
+#[derive(Clone, Debug)]
+pub struct RadixSelect {
+    n: u64,
+    ks: Vec<u64>,
+    high: Vec<u64>,
+    /// Per k: its high bin, the count above that bin, and the low histogram within it.
+    bins: Vec<(u32, u64, Vec<u64>)>,
+}
+
+const BINS: usize = 1 << 16;
+
+impl RadixSelect {
+    /// Selects the top `k` of `n` values for each `k` in `ks`.
+    pub fn new(n: u64, ks: &[u64]) -> Self {
+        Self {
+            n,
+            ks: ks.to_vec(),
+            high: vec![0; BINS],
+            bins: Vec::new(),
+        }
+    }
+
+    pub fn first_pass(&mut self, values: &[f32]) {
+        for v in values {
+            self.high[(key(*v) >> 16) as usize] += 1;
+        }
+    }
+
+    fn locate(hist: &[u64], mut above: u64, k: u64) -> (u32, u64) {
+        for b in (0..hist.len()).rev() {
+            if above + hist[b] >= k {
+                return (b as u32, above);
+            }
+            above += hist[b];
+        }
+        unreachable!("0 < k <= n: some bin holds the k-th largest")
+    }
+
+    fn ensure_bins(&mut self) {
+        if self.bins.is_empty() {
+            let high = &self.high;
+            self.bins = self
+                .ks
+                .iter()
+                .map(|&k| {
+                    if k == 0 || k >= self.n {
+                        (u32::MAX, 0, Vec::new())
+                    } else {
+                        let (b, above) = Self::locate(high, 0, k);
+                        (b, above, vec![0; BINS])
+                    }
+                })
+                .collect();
+        }
+    }
+
+    pub fn second_pass(&mut self, values: &[f32]) {
+        self.ensure_bins();
+        for (bin, _, low) in &mut self.bins {
+            if low.is_empty() {
+                continue;
+            }
+            for v in values {
+                let k = key(*v);
+                if k >> 16 == *bin {
+                    low[(k & 0xFFFF) as usize] += 1;
+                }
+            }
+        }
+    }
+
+    /// One threshold per `k`, in the order given to [`RadixSelect::new`].
+    pub fn thresholds(mut self) -> Vec<Threshold> {
+        self.ensure_bins();
+        self.ks
+            .iter()
+            .zip(&self.bins)
+            .map(|(&k, (bin, above, low))| {
+                if k == 0 {
+                    Threshold::NONE
+                } else if k >= self.n {
+                    Threshold::ALL
+                } else {
+                    let (l, above) = Self::locate(low, *above, k);
+                    Threshold {
+                        key: (bin << 16) | l,
+                        equal: k - above,
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_selection_equals_in_memory_selection() {
+        // Values with many exact ties and both signs, a few zeros and infinities.
+        let values: Vec<f32> = (0..50_000u64)
+            .map(|i| {
+                let x = (i.wrapping_mul(2_654_435_761) % 1000) as f32 / 97.0;
+                match i % 7 {
+                    0 => -x,
+                    1 => 0.0,
+                    _ if i == 777 => f32::INFINITY,
+                    _ => x,
+                }
+            })
+            .collect();
+        let n = values.len();
+        let ks: Vec<u64> = vec![0, 1, 17, 5000, 25_000, 49_999, 50_000, 60_000];
+        let mut radix = RadixSelect::new(n as u64, &ks);
+        for w in values.chunks(4096) {
+            radix.first_pass(w);
+        }
+        for w in values.chunks(3000) {
+            radix.second_pass(w);
+        }
+        for (k, t) in ks.iter().zip(radix.thresholds()) {
+            let k = *k as usize;
+            assert_eq!(t, threshold_of(&values, k.min(n)), "k = {k}");
+            let mut trim = t.walker();
+            let kept = values.iter().filter(|v| trim.keep(**v)).count();
+            assert_eq!(kept, k.min(n));
+        }
+    }
 }
