@@ -237,8 +237,9 @@ fn merge_tensor(
             .iter()
             .map(|r| RadixSelect::new(n_total as u64, r))
             .collect();
-        let passes = if trims_needed { 2 } else { 1 };
-        for pass in 0..passes {
+        let mut passes = if trims_needed { 2 } else { 1 };
+        let mut pass = 0;
+        while pass < passes {
             let mut w = open()?;
             let mut start = 0;
             while start < n_total {
@@ -247,6 +248,9 @@ fn merge_tensor(
                 form(&w, &mut vals, n);
                 if trims_needed {
                     radix.par_iter_mut().zip(&vals).for_each(|(r, v)| {
+                        if pass == 0 && start == 0 {
+                            r.guess(&v[..n]);
+                        }
                         if pass == 0 {
                             r.first_pass(&v[..n]);
                         } else {
@@ -261,8 +265,20 @@ fn merge_tensor(
                 start += n;
             }
             w.finish()?;
+            pass += 1;
+            // Usually the first pass kept every key near each threshold: no second pass.
+            if trims_needed && pass == 1 {
+                let found: Option<Vec<Vec<Threshold>>> =
+                    radix.iter_mut().map(RadixSelect::try_thresholds).collect();
+                if let Some(found) = found {
+                    thresholds = found;
+                    passes = 1;
+                }
+            }
         }
-        thresholds = radix.into_iter().map(RadixSelect::thresholds).collect();
+        if thresholds.is_empty() {
+            thresholds = radix.into_iter().map(RadixSelect::thresholds).collect();
+        }
     }
 
     let out_dtype = t.dtype;

@@ -641,3 +641,78 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     );
     assert_eq!(crate::common::snapshot(&reg_dir), before);
 }
+
+#[test]
+fn killing_a_merge_at_random_moments_leaves_all_of_it_or_none() {
+    let tmp = TempDir::new().unwrap();
+    let shape = crate::common::medium_shape();
+    let root = tmp.path().join("reg");
+    let mut reg = Registry::open(&root).unwrap();
+    for (name, ft) in [("base", None), ("ft-1", Some(1)), ("ft-2", Some(2))] {
+        let dir = tmp.path().join(name);
+        write_checkpoint(&dir, &shape, 42, ft.map(|s| (s, 1e-2)), None).unwrap();
+        let mut opts = RegisterOptions::new(name, CheckpointKind::Base);
+        if ft.is_some() {
+            opts = RegisterOptions::new(name, CheckpointKind::Task)
+                .task("pos")
+                .base("base");
+        }
+        reg.register(&dir, &opts, &NoProgress).unwrap();
+    }
+    drop(reg);
+    let recipe = |k: usize| {
+        // Each attempt merges something new: an identical recipe would be found, not merged.
+        write_recipe(
+            tmp.path(),
+            "kill.toml",
+            &format!(
+                "name = \"killed\"\nmethod = \"ties\"\nbase = \"base\"\ndensity = 0.3\n[[inputs]]\ncheckpoint = \"ft-1\"\nweight = {}\n[[inputs]]\ncheckpoint = \"ft-2\"\n",
+                1.0 + k as f64 / 100.0
+            ),
+        )
+    };
+    let args = |reg: &Path, recipe: &Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_crossmerge"));
+        c.arg("--registry")
+            .arg(reg)
+            .arg("--quiet")
+            .arg("merge")
+            .arg(recipe)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let probe = tmp.path().join("probe");
+    crate::common::copy_dir(&root, &probe);
+    let t = std::time::Instant::now();
+    assert!(args(&probe, &recipe(999)).status().unwrap().success());
+    let full = t.elapsed();
+    let mut seed: u64 = 0x2026_1127;
+    let mut completed = 0;
+    for k in 0..16 {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let at = full.mul_f64(1.2 * (seed >> 11) as f64 / (1u64 << 53) as f64);
+        let mut child = args(&root, &recipe(k)).spawn().unwrap();
+        std::thread::sleep(at);
+        let _ = child.kill();
+        completed += usize::from(child.wait().unwrap().success());
+        assert_verify_clean(&root);
+        let reg = Registry::open(&root).unwrap();
+        let mut only_merged = CheckpointFilter::default();
+        only_merged.kind = Some(CheckpointKind::Merged);
+        let merged = reg.list(&only_merged).unwrap();
+        for c in &merged {
+            assert!(
+                reg.merge_of(c).unwrap().is_some(),
+                "{} has no provenance",
+                c.reference()
+            );
+        }
+    }
+    eprintln!("16 kills over {full:?}: {completed} merges had finished before their kill");
+    let mut reg = Registry::open(&root).unwrap();
+    reg.gc().unwrap();
+    assert_verify_clean(&root);
+}

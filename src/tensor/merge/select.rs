@@ -114,6 +114,10 @@ pub fn rank_range_mask(values: &[f32], lo: usize, hi: usize) -> Vec<bool> {
 /// twice: feed every window to [`RadixSelect::first_pass`], then every window again to
 /// [`RadixSelect::second_pass`], then take [`RadixSelect::thresholds`]. Memory: 512 KiB per
 /// histogram, whatever `n`.
+///
+/// With [`RadixSelect::guess`] (a sample of the stream) the first pass also keeps the keys
+/// near each guessed threshold; when the threshold's bin is among them,
+/// [`RadixSelect::try_thresholds`] answers exactly after one pass and the second is skipped.
 #[derive(Clone, Debug)]
 pub struct RadixSelect {
     n: u64,
@@ -121,9 +125,15 @@ pub struct RadixSelect {
     high: Vec<u64>,
     /// Per k: its high bin, the count above that bin, and the low histogram within it.
     bins: Vec<(u32, u64, Vec<u64>)>,
+    /// Per k: the guessed range of high bins and the keys seen in it (`None` once over cap).
+    near: Vec<(u32, u32, Option<Vec<u32>>)>,
 }
 
 const BINS: usize = 1 << 16;
+/// Bins on each side of a guessed threshold bin whose keys the first pass keeps.
+const MARGIN: u32 = 4;
+/// Most keys kept per threshold (64 MiB).
+const CAP: usize = 16 << 20;
 
 impl RadixSelect {
     /// Selects the top `k` of `n` values for each `k` in `ks`.
@@ -133,13 +143,89 @@ impl RadixSelect {
             ks: ks.to_vec(),
             high: vec![0; BINS],
             bins: Vec::new(),
+            near: Vec::new(),
         }
+    }
+
+    /// Guesses each threshold's bin from `sample` (values typical of the stream) so the first
+    /// pass can keep the keys near it.
+    pub fn guess(&mut self, sample: &[f32]) {
+        if sample.is_empty() {
+            return;
+        }
+        let mut hist = vec![0u64; BINS];
+        for v in sample {
+            hist[(key(*v) >> 16) as usize] += 1;
+        }
+        let scale = sample.len() as f64 / self.n as f64;
+        self.near = self
+            .ks
+            .iter()
+            .map(|&k| {
+                let ks = ((k as f64 * scale).round() as u64).clamp(1, sample.len() as u64);
+                if k == 0 || k >= self.n {
+                    return (1, 0, None);
+                }
+                let (b, _) = Self::locate(&hist, 0, ks);
+                (
+                    b.saturating_sub(MARGIN),
+                    b.saturating_add(MARGIN),
+                    Some(Vec::new()),
+                )
+            })
+            .collect();
     }
 
     pub fn first_pass(&mut self, values: &[f32]) {
         for v in values {
             self.high[(key(*v) >> 16) as usize] += 1;
         }
+        for (lo, hi, kept) in &mut self.near {
+            let Some(k) = kept else { continue };
+            k.extend(
+                values
+                    .iter()
+                    .map(|v| key(*v))
+                    .filter(|x| (*lo..=*hi).contains(&(x >> 16))),
+            );
+            if k.len() > CAP {
+                *kept = None;
+            }
+        }
+    }
+
+    /// The thresholds after the first pass alone, when every one's bin was kept whole (see
+    /// [`RadixSelect::guess`]); `None` means the second pass is needed.
+    pub fn try_thresholds(&mut self) -> Option<Vec<Threshold>> {
+        if self.near.len() != self.ks.len() {
+            return None;
+        }
+        self.ensure_bins();
+        let mut out = Vec::with_capacity(self.ks.len());
+        for ((&k, (bin, above, _)), (lo, hi, kept)) in
+            self.ks.iter().zip(&self.bins).zip(&self.near)
+        {
+            if k == 0 {
+                out.push(Threshold::NONE);
+                continue;
+            }
+            if k >= self.n {
+                out.push(Threshold::ALL);
+                continue;
+            }
+            let keys = kept.as_ref().filter(|_| (*lo..=*hi).contains(bin))?;
+            let mut low = vec![0u64; BINS];
+            for x in keys.iter().filter(|x| *x >> 16 == *bin) {
+                low[(x & 0xFFFF) as usize] += 1;
+            }
+            let (l, above) = Self::locate(&low, *above, k);
+            out.push(Threshold {
+                key: (bin << 16) | l,
+                equal: k - above,
+            });
+        }
+        self.near.clear();
+        Some(out)
     }
 
     fn locate(hist: &[u64], mut above: u64, k: u64) -> (u32, u64) {
@@ -235,7 +321,20 @@ mod tests {
         for w in values.chunks(3000) {
             radix.second_pass(w);
         }
+        let mut guessed = RadixSelect::new(n as u64, &ks);
+        guessed.guess(&values[..5000]);
+        for w in values.chunks(4096) {
+            guessed.first_pass(w);
+        }
+        let one_pass = guessed
+            .try_thresholds()
+            .expect("a sample of the same stream guesses well");
         for (k, t) in ks.iter().zip(radix.thresholds()) {
+            assert_eq!(
+                one_pass[ks.iter().position(|x| x == k).unwrap()],
+                t,
+                "k = {k}"
+            );
             let k = *k as usize;
             assert_eq!(t, threshold_of(&values, k.min(n)), "k = {k}");
             let mut trim = t.walker();

@@ -19,6 +19,9 @@
 
 use super::{Weighted, check_lengths, magnitude_mask};
 
+/// Elements per column block (three f64 blocks stay in L1).
+const B: usize = 1024;
+
 /// How TIES turns the agreeing entries into one value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TiesNormalize {
@@ -37,29 +40,51 @@ pub enum TiesNormalize {
 /// agreeing weights sum to 0 (negative weights can do that) is left unnormalised.
 pub fn ties_merge(trimmed: &[Weighted<'_>], normalize: TiesNormalize, out: &mut [f32]) {
     let n = check_lengths(trimmed);
-    for (e, o) in out[..n].iter_mut().enumerate() {
-        let total: f64 = trimmed
-            .iter()
-            .map(|i| f64::from(i.weight) * f64::from(i.values[e]))
-            .sum();
-        if total == 0.0 {
-            *o = 0.0;
-            continue;
-        }
-        let positive = total > 0.0;
-        let (mut sum, mut weights) = (0f64, 0f64);
+    // Column by column (input by input) over blocks, so the inner loops vectorise; the sums
+    // run in input order, as a per-element loop would.
+    let (mut total, mut sum, mut weights) = ([0f64; B], [0f64; B], [0f64; B]);
+    for start in (0..n).step_by(B) {
+        let len = B.min(n - start);
+        let (total, sum, weights) = (&mut total[..len], &mut sum[..len], &mut weights[..len]);
+        total.fill(-0.0);
+        sum.fill(0.0);
+        weights.fill(0.0);
         for i in trimmed {
-            let v = f64::from(i.values[e]);
-            let wv = f64::from(i.weight) * v;
-            if v != 0.0 && (wv > 0.0) == positive {
-                sum += wv;
-                weights += f64::from(i.weight);
+            let w = f64::from(i.weight);
+            for (t, v) in total.iter_mut().zip(&i.values[start..start + len]) {
+                *t += w * f64::from(*v);
             }
         }
-        *o = match normalize {
-            TiesNormalize::WeightSum if weights != 0.0 => (sum / weights) as f32,
-            _ => sum as f32,
-        };
+        for i in trimmed {
+            let w = f64::from(i.weight);
+            for (((s, ws), t), v) in sum
+                .iter_mut()
+                .zip(weights.iter_mut())
+                .zip(total.iter())
+                .zip(&i.values[start..start + len])
+            {
+                let v = f64::from(*v);
+                let wv = w * v;
+                let agree = v != 0.0 && *t != 0.0 && (wv > 0.0) == (*t > 0.0);
+                *s += if agree { wv } else { 0.0 };
+                *ws += if agree { w } else { 0.0 };
+            }
+        }
+        for (((o, t), s), ws) in out[start..start + len]
+            .iter_mut()
+            .zip(total.iter())
+            .zip(sum.iter())
+            .zip(weights.iter())
+        {
+            *o = if *t == 0.0 {
+                0.0
+            } else {
+                match normalize {
+                    TiesNormalize::WeightSum if *ws != 0.0 => (s / ws) as f32,
+                    _ => *s as f32,
+                }
+            };
+        }
     }
 }
 
