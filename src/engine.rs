@@ -185,31 +185,39 @@ fn merge_tensor(
     let mut vals: Vec<Vec<f32>> = (0..k).map(|_| pool::take(&pool::FLOATS, window)).collect();
     let form = |windows: &Windows, vals: &mut [Vec<f32>], n: usize| {
         let base_vals = base_slot.map(|b| windows.values(b, n));
-        vals.par_iter_mut().zip(&active).for_each(|(dst, a)| {
+        // Input after input, each over blocks on all cores.
+        for (dst, a) in vals.iter_mut().zip(&active) {
             let plus = windows.values(a.plus, n);
-            let dst = &mut dst[..n];
-            match (a.op.model, a.minus, wants_models, base_vals) {
-                (false, Some(m), false, _) => {
-                    let minus = windows.values(m, n);
-                    for ((d, p), q) in dst.iter_mut().zip(plus).zip(minus) {
-                        *d = p - q;
+            let minus = a.minus.map(|m| windows.values(m, n));
+            dst[..n]
+                .par_chunks_mut(BLOCK)
+                .enumerate()
+                .for_each(|(blk, d)| {
+                    let r = blk * BLOCK..blk * BLOCK + d.len();
+                    let p = &plus[r.clone()];
+                    match (a.op.model, minus, wants_models, base_vals) {
+                        (false, Some(m), false, _) => {
+                            for ((d, p), q) in d.iter_mut().zip(p).zip(&m[r]) {
+                                *d = p - q;
+                            }
+                        }
+                        (false, Some(m), true, Some(b)) => {
+                            for (((d, p), q), b) in
+                                d.iter_mut().zip(p).zip(&m[r.clone()]).zip(&b[r])
+                            {
+                                *d = (f64::from(*b) + f64::from(p - q)) as f32;
+                            }
+                        }
+                        (true, _, true, _) | (true, _, false, None) => d.copy_from_slice(p),
+                        (true, _, false, Some(b)) => {
+                            for ((d, p), b) in d.iter_mut().zip(p).zip(&b[r]) {
+                                *d = p - b;
+                            }
+                        }
+                        _ => unreachable!("a task-vector operand has a minus"),
                     }
-                }
-                (false, Some(m), true, Some(b)) => {
-                    let minus = windows.values(m, n);
-                    for (((d, p), q), b) in dst.iter_mut().zip(plus).zip(minus).zip(b) {
-                        *d = (f64::from(*b) + f64::from(p - q)) as f32;
-                    }
-                }
-                (true, _, true, _) | (true, _, false, None) => dst.copy_from_slice(plus),
-                (true, _, false, Some(b)) => {
-                    for ((d, p), b) in dst.iter_mut().zip(plus).zip(b) {
-                        *d = p - b;
-                    }
-                }
-                _ => unreachable!("a task-vector operand has a minus"),
-            }
-        });
+                });
+        }
     };
 
     // Thresholds of the trim methods, and slerp's norms: from the window itself when the
@@ -306,7 +314,7 @@ fn merge_tensor(
             trims_ready = true;
             if single {
                 thresholds = ranks
-                    .iter()
+                    .par_iter()
                     .zip(&vals)
                     .map(|(r, v)| {
                         r.iter()
@@ -331,14 +339,7 @@ fn merge_tensor(
             .for_each(|((v, a), trim)| {
                 let v = &mut v[..n];
                 match method {
-                    Method::Ties | Method::MagnitudePrune => {
-                        let tr = &mut trim[0];
-                        for x in v.iter_mut() {
-                            if !tr.keep(*x) {
-                                *x = 0.0;
-                            }
-                        }
-                    }
+                    Method::Ties | Method::MagnitudePrune => trim[0].apply(v),
                     Method::Breadcrumbs => {
                         let (hi, lo) = trim.split_at_mut(1);
                         for x in v.iter_mut() {

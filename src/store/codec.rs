@@ -530,8 +530,21 @@ impl Sink {
     /// header, `base` holds the base's bytes of the same range.
     pub fn push(&mut self, raw: &[u8], base: Option<&[u8]>) -> Result<(), EncodeError> {
         debug_assert_eq!(base.is_some(), self.header.delta_base.is_some());
+        // Hash beside the compression below when the input is large.
+        let mut hash = std::mem::take(&mut self.hash);
+        let result = if raw.len() >= 1 << 20 {
+            // rayon::join, not a thread: the caller may itself be a pool worker.
+            rayon::join(|| hash.update_rayon(raw), || self.push_chunks(raw, base)).1
+        } else {
+            hash.update(raw);
+            self.push_chunks(raw, base)
+        };
+        self.hash = hash;
+        result
+    }
+
+    fn push_chunks(&mut self, raw: &[u8], base: Option<&[u8]>) -> Result<(), EncodeError> {
         let chunk = self.header.chunk_size as usize;
-        self.hash.update(raw);
         self.written += raw.len() as u64;
         let (mut raw, mut base) = (raw, base);
         if !self.tail.is_empty() {

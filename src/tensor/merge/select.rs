@@ -7,6 +7,8 @@
 //! hold, [`RadixSelect`] finds the same key exactly in two passes of 2¹⁶-bin histograms (high
 //! then low 16 bits of the key), in bounded memory.
 
+use rayon::prelude::*;
+
 /// |v| of a float orders like its bits with the sign cleared (NaN above infinity).
 fn key(v: f32) -> u32 {
     v.abs().to_bits()
@@ -67,7 +69,45 @@ impl Trim {
     }
 }
 
-/// The threshold of the `k` largest magnitudes of `values`, in memory, O(n).
+impl Trim {
+    /// Zeroes, in place, the elements of the next window that the threshold does not keep
+    /// (the same as [`Trim::keep`] on each, written so the common case vectorises).
+    pub fn apply(&mut self, values: &mut [f32]) {
+        let t = self.threshold.key;
+        let equal: u64 = values
+            .par_chunks_mut(1 << 16)
+            .map(|c| {
+                let mut equal = 0u64;
+                for x in c.iter_mut() {
+                    let k = key(*x);
+                    equal += u64::from(k == t);
+                    *x = if k >= t { *x } else { 0.0 };
+                }
+                equal
+            })
+            .sum();
+        let quota = self.threshold.equal.saturating_sub(self.taken);
+        if equal <= quota {
+            self.taken += equal;
+            return;
+        }
+        // More keys equal the threshold than it keeps: the first `quota` of them stay.
+        let mut left = quota;
+        for x in values.iter_mut() {
+            if key(*x) == t {
+                if left > 0 {
+                    left -= 1;
+                } else {
+                    *x = 0.0;
+                }
+            }
+        }
+        self.taken += quota;
+    }
+}
+
+/// The threshold of the `k` largest magnitudes of `values`, in memory, O(n): two histogram
+/// passes (see [`RadixSelect`]) on large slices, `select_nth_unstable` on small ones.
 pub fn threshold_of(values: &[f32], k: usize) -> Threshold {
     let n = values.len();
     if k == 0 {
@@ -75,6 +115,12 @@ pub fn threshold_of(values: &[f32], k: usize) -> Threshold {
     }
     if k >= n {
         return Threshold::ALL;
+    }
+    if n >= 1 << 16 {
+        let mut r = RadixSelect::new(n as u64, &[k as u64]);
+        r.first_pass(values);
+        r.second_pass(values);
+        return r.thresholds()[0];
     }
     let mut keys: Vec<u32> = values.iter().map(|v| key(*v)).collect();
     // The k-th largest key sits at position n − k in ascending order.
@@ -177,6 +223,22 @@ impl RadixSelect {
     }
 
     pub fn first_pass(&mut self, values: &[f32]) {
+        if let [(lo, hi, Some(kept))] = self.near.as_mut_slice() {
+            // One threshold (TIES, magnitude): histogram and keep in one loop.
+            let (lo, span) = (*lo, *hi - *lo);
+            for v in values {
+                let k = key(*v);
+                let bin = k >> 16;
+                self.high[bin as usize] += 1;
+                if bin.wrapping_sub(lo) <= span {
+                    kept.push(k);
+                }
+            }
+            if kept.len() > CAP {
+                self.near[0].2 = None;
+            }
+            return;
+        }
         for v in values {
             self.high[(key(*v) >> 16) as usize] += 1;
         }
@@ -340,6 +402,45 @@ mod tests {
             let mut trim = t.walker();
             let kept = values.iter().filter(|v| trim.keep(**v)).count();
             assert_eq!(kept, k.min(n));
+            // The vectorised form keeps the same elements, window after window.
+            let mut trim = t.walker();
+            let mut applied = values.clone();
+            for w in applied.chunks_mut(999) {
+                trim.apply(w);
+            }
+            let mut walker = t.walker();
+            let expected: Vec<f32> = values
+                .iter()
+                .map(|v| if walker.keep(*v) { *v } else { 0.0 })
+                .collect();
+            assert_eq!(applied, expected, "k = {k}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod large {
+    use super::*;
+
+    #[test]
+    fn histogram_thresholds_equal_selection() {
+        let values: Vec<f32> = (0..200_000u64)
+            .map(|i| ((i.wrapping_mul(0x9E37_79B9) % 5003) as f32 - 2500.0) / 7.0)
+            .collect();
+        for k in [1, 999, 50_000, 123_457, 199_999] {
+            let fast = threshold_of(&values, k);
+            let mut keys: Vec<u32> = values.iter().map(|v| key(*v)).collect();
+            let (_, t, _) = keys.select_nth_unstable(values.len() - k);
+            let t = *t;
+            let above = values.iter().filter(|v| key(**v) > t).count();
+            assert_eq!(
+                fast,
+                Threshold {
+                    key: t,
+                    equal: (k - above) as u64
+                },
+                "k = {k}"
+            );
         }
     }
 }

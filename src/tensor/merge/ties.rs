@@ -40,33 +40,41 @@ pub enum TiesNormalize {
 /// agreeing weights sum to 0 (negative weights can do that) is left unnormalised.
 pub fn ties_merge(trimmed: &[Weighted<'_>], normalize: TiesNormalize, out: &mut [f32]) {
     let n = check_lengths(trimmed);
+    let k = trimmed.len();
     // Column by column (input by input) over blocks, so the inner loops vectorise; the sums
-    // run in input order, as a per-element loop would.
+    // run in input order, as a per-element loop would. An entry agrees with the elected sign
+    // exactly when `wᵢτᵢ · Σ wτ > 0` (both non-zero, one sign; no f64 underflow from f32s).
     let (mut total, mut sum, mut weights) = ([0f64; B], [0f64; B], [0f64; B]);
+    let mut products = vec![0f64; k * B];
     for start in (0..n).step_by(B) {
         let len = B.min(n - start);
         let (total, sum, weights) = (&mut total[..len], &mut sum[..len], &mut weights[..len]);
         total.fill(-0.0);
         sum.fill(0.0);
         weights.fill(0.0);
-        for i in trimmed {
-            let w = f64::from(i.weight);
-            for (t, v) in total.iter_mut().zip(&i.values[start..start + len]) {
-                *t += w * f64::from(*v);
+        for (i, input) in trimmed.iter().enumerate() {
+            let w = f64::from(input.weight);
+            let wv = &mut products[i * B..i * B + len];
+            for ((p, t), v) in wv
+                .iter_mut()
+                .zip(total.iter_mut())
+                .zip(&input.values[start..start + len])
+            {
+                *p = w * f64::from(*v);
+                *t += *p;
             }
         }
-        for i in trimmed {
-            let w = f64::from(i.weight);
-            for (((s, ws), t), v) in sum
+        for (i, input) in trimmed.iter().enumerate() {
+            let w = f64::from(input.weight);
+            let wv = &products[i * B..i * B + len];
+            for (((s, ws), t), p) in sum
                 .iter_mut()
                 .zip(weights.iter_mut())
                 .zip(total.iter())
-                .zip(&i.values[start..start + len])
+                .zip(wv)
             {
-                let v = f64::from(*v);
-                let wv = w * v;
-                let agree = v != 0.0 && *t != 0.0 && (wv > 0.0) == (*t > 0.0);
-                *s += if agree { wv } else { 0.0 };
+                let agree = *p * *t > 0.0;
+                *s += if agree { *p } else { 0.0 };
                 *ws += if agree { w } else { 0.0 };
             }
         }
