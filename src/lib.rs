@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod id;
 mod pool;
 pub mod recipe;

@@ -11,5 +11,7 @@ mod crash;
 mod format;
 mod hostile;
 mod merge;
+#[cfg(feature = "eval")]
+mod parity;
 mod roundtrip;
 mod vectors;

@@ -1,0 +1,17 @@
+//! Evaluation: datasets in the formats the field uses and metrics that match the reference
+//! tools (seqeval/conlleval for NER, the CoNLL 2018 shared-task script for UAS/LAS).
+//!
+//! [`conllu`] reads Universal Dependencies treebanks, [`ner`] IOB2 files (CoNLL-2003 and
+//! Universal NER layouts), [`nli`] premise/hypothesis/label TSV or JSONL, [`text`] plain text
+//! for perplexity; [`metrics`] scores predictions against gold.
+
+pub mod conllu;
+pub mod metrics;
+#[cfg(feature = "eval")]
+pub mod model;
+pub mod ner;
+pub mod nli;
+pub mod text;
+
+#[cfg(test)]
+mod tests;

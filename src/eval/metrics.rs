@@ -1,0 +1,212 @@
+//! Metrics as the reference tools compute them.
+//!
+//! - Entity-level precision, recall and F1 for NER as `seqeval` computes them in its default
+//!   (conlleval-compatible) mode: chunks start at `B-`, `S-`, or an `I-`/`E-` whose type
+//!   differs from the previous tag's or that follows `O`/`E-`/`S-`; they end on the
+//!   conlleval rules; sentences are joined with `O` between them; micro-averaged.
+//! - UAS and LAS at word level as the CoNLL 2018 shared-task script computes them when the
+//!   system's words are the gold words: a word counts when its head is right (and, for LAS, its
+//!   relation's universal part, before `:`). Every syntactic word counts, punctuation
+//!   included; multiword tokens count as the words they cover.
+//! - Accuracy (UPOS, NLI, the first-subword token accuracy the seed reported): correct ÷ total,
+//!   `None` when there is nothing to count, never NaN.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::conllu::{Sentence, universal};
+
+/// Correct ÷ total, or `None` for an empty set.
+pub fn accuracy(correct: u64, total: u64) -> Option<f64> {
+    (total > 0).then(|| correct as f64 / total as f64)
+}
+
+/// An entity: (type, first token, last token), token indexes over the joined sequence.
+pub type Chunk = (String, usize, usize);
+
+fn split(tag: &str) -> (char, &str) {
+    let mut chars = tag.chars();
+    let first = chars.next().unwrap_or('O');
+    let rest = chars.as_str();
+    let ty = rest.split_once('-').map_or(rest, |(_, t)| t);
+    (first, if ty.is_empty() { "_" } else { ty })
+}
+
+fn end_of_chunk(prev: char, tag: char, prev_type: &str, ty: &str) -> bool {
+    matches!((prev, tag), ('E' | 'S', _) | ('B' | 'I', 'B' | 'S' | 'O'))
+        || (prev != 'O' && prev != '.' && prev_type != ty)
+}
+
+fn start_of_chunk(prev: char, tag: char, prev_type: &str, ty: &str) -> bool {
+    matches!((prev, tag), (_, 'B' | 'S') | ('E' | 'S' | 'O', 'E' | 'I'))
+        || (tag != 'O' && tag != '.' && prev_type != ty)
+}
+
+/// The entities of tag sequences (one per sentence), as seqeval's `get_entities` finds them.
+pub fn entities<S: AsRef<str>>(sentences: &[Vec<S>]) -> Vec<Chunk> {
+    let mut seq: Vec<&str> = Vec::new();
+    for s in sentences {
+        seq.extend(s.iter().map(AsRef::as_ref));
+        seq.push("O");
+    }
+    let mut chunks = Vec::new();
+    let (mut prev, mut prev_type) = ('O', "");
+    let mut begin = 0;
+    for (i, t) in seq.iter().chain(std::iter::once(&"O")).enumerate() {
+        let (tag, ty) = split(t);
+        if end_of_chunk(prev, tag, prev_type, ty) {
+            chunks.push((prev_type.to_owned(), begin, i - 1));
+        }
+        if start_of_chunk(prev, tag, prev_type, ty) {
+            begin = i;
+        }
+        prev = tag;
+        prev_type = ty;
+    }
+    chunks
+}
+
+/// Precision, recall, F1 and support.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Prf {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Gold entities.
+    pub support: u64,
+    pub predicted: u64,
+    pub correct: u64,
+}
+
+impl Prf {
+    fn new(correct: u64, predicted: u64, gold: u64) -> Self {
+        // seqeval's zero_division default: 0 where a denominator is 0.
+        let p = if predicted > 0 {
+            correct as f64 / predicted as f64
+        } else {
+            0.0
+        };
+        let r = if gold > 0 {
+            correct as f64 / gold as f64
+        } else {
+            0.0
+        };
+        let f = if p + r > 0.0 {
+            2.0 * p * r / (p + r)
+        } else {
+            0.0
+        };
+        Self {
+            precision: p,
+            recall: r,
+            f1: f,
+            support: gold,
+            predicted,
+            correct,
+        }
+    }
+}
+
+/// Entity-level scores, micro-averaged and per type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EntityScores {
+    pub micro: Prf,
+    pub per_type: BTreeMap<String, Prf>,
+}
+
+/// seqeval's `classification_report` numbers (default mode) for gold and predicted tags.
+pub fn entity_scores<S: AsRef<str>>(gold: &[Vec<S>], pred: &[Vec<S>]) -> EntityScores {
+    let g: std::collections::HashSet<Chunk> = entities(gold).into_iter().collect();
+    let p: std::collections::HashSet<Chunk> = entities(pred).into_iter().collect();
+    let mut types: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for c in &g {
+        types.entry(c.0.clone()).or_default().2 += 1;
+    }
+    for c in &p {
+        let e = types.entry(c.0.clone()).or_default();
+        e.1 += 1;
+        if g.contains(c) {
+            e.0 += 1;
+        }
+    }
+    let correct = g.intersection(&p).count() as u64;
+    EntityScores {
+        micro: Prf::new(correct, p.len() as u64, g.len() as u64),
+        per_type: types
+            .into_iter()
+            .map(|(t, (c, pr, go))| (t, Prf::new(c, pr, go)))
+            .collect(),
+    }
+}
+
+/// UAS and LAS.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Attachment {
+    pub words: u64,
+    pub uas: Option<f64>,
+    pub las: Option<f64>,
+}
+
+/// Why two parses cannot be scored against each other.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("sentence {sentence}: the system has {system} words, gold {gold}")]
+pub struct WordMismatch {
+    pub sentence: usize,
+    pub system: usize,
+    pub gold: usize,
+}
+
+/// UAS and LAS of `system` against `gold` (the same words; see the module docs).
+pub fn attachment(gold: &[Sentence], system: &[Sentence]) -> Result<Attachment, WordMismatch> {
+    let (mut n, mut uas, mut las) = (0u64, 0u64, 0u64);
+    for (i, (g, s)) in gold.iter().zip(system).enumerate() {
+        if g.words.len() != s.words.len() {
+            return Err(WordMismatch {
+                sentence: i + 1,
+                system: s.words.len(),
+                gold: g.words.len(),
+            });
+        }
+        for (gw, sw) in g.words.iter().zip(&s.words) {
+            n += 1;
+            if gw.head == sw.head {
+                uas += 1;
+                if universal(&gw.deprel) == universal(&sw.deprel) {
+                    las += 1;
+                }
+            }
+        }
+    }
+    if gold.len() != system.len() {
+        return Err(WordMismatch {
+            sentence: gold.len().min(system.len()) + 1,
+            system: system.get(gold.len()).map_or(0, |s| s.words.len()),
+            gold: gold.get(system.len()).map_or(0, |s| s.words.len()),
+        });
+    }
+    Ok(Attachment {
+        words: n,
+        uas: accuracy(uas, n),
+        las: accuracy(las, n),
+    })
+}
+
+/// UPOS accuracy of `system` against `gold` (the same words).
+pub fn upos_accuracy(gold: &[Sentence], system: &[Sentence]) -> Result<Option<f64>, WordMismatch> {
+    let (mut n, mut ok) = (0u64, 0u64);
+    for (i, (g, s)) in gold.iter().zip(system).enumerate() {
+        if g.words.len() != s.words.len() {
+            return Err(WordMismatch {
+                sentence: i + 1,
+                system: s.words.len(),
+                gold: g.words.len(),
+            });
+        }
+        for (gw, sw) in g.words.iter().zip(&s.words) {
+            n += 1;
+            ok += u64::from(gw.upos == sw.upos);
+        }
+    }
+    Ok(accuracy(ok, n))
+}

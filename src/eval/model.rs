@@ -1,0 +1,474 @@
+//! BERT and XLM-RoBERTa encoders with their task heads, built from plain candle ops (matmul,
+//! exp, sums), so the same code can later be differentiated for fine-tuning (candle's fused
+//! LayerNorm and softmax have no backward pass).
+//!
+//! Weights are looked up by the names Hugging Face saves: `bert.…`/`roberta.…` for models with
+//! a head, bare `embeddings.…`/`encoder.…` for `BertModel`/`XLMRobertaModel`; either is found.
+//! The numerics follow `transformers` (float32): embeddings = word + position + token type,
+//! LayerNorm; post-LN layers with exact (erf) GELU; attention scores masked with the dtype's
+//! lowest value; XLM-R positions start after the padding index and skip padding.
+
+#![allow(clippy::many_single_char_names)] // b, t, h, d, q, k, v: the attention formula's names
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::{D, DType, Device, Tensor};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The config.json keys an encoder needs.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Config {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    pub pad_token_id: Option<u32>,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub id2label: BTreeMap<String, String>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".to_owned()
+}
+
+impl Config {
+    pub fn parse(bytes: &[u8]) -> Result<Self> {
+        let c: Config = serde_json::from_slice(bytes).map_err(|e| {
+            Error::invalid(
+                format!("config.json: {e}"),
+                "the checkpoint needs a BERT or XLM-RoBERTa config.json as transformers saves it",
+            )
+        })?;
+        if !matches!(c.model_type.as_str(), "bert" | "xlm-roberta" | "roberta") {
+            return Err(Error::invalid(
+                format!(
+                    "model_type `{}` is not an encoder crossmerge evaluates",
+                    c.model_type
+                ),
+                "use a BERT or XLM-RoBERTa checkpoint",
+            ));
+        }
+        if c.hidden_act != "gelu" {
+            return Err(Error::invalid(
+                format!("hidden_act `{}` is not supported", c.hidden_act),
+                "BERT and XLM-R use `gelu` (erf)",
+            ));
+        }
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
+            return Err(Error::invalid(
+                "hidden_size is not a multiple of num_attention_heads",
+                "check config.json",
+            ));
+        }
+        Ok(c)
+    }
+
+    pub fn is_roberta(&self) -> bool {
+        self.model_type != "bert"
+    }
+
+    /// Labels by id (`id2label`), in id order.
+    pub fn labels(&self) -> Vec<String> {
+        let mut v: Vec<(usize, String)> = self
+            .id2label
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.clone())))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, l)| l).collect()
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(candle)`
+fn candle(e: candle_core::Error) -> Error {
+    Error::invalid(
+        format!("model computation: {e}"),
+        "report this with the checkpoint's config.json",
+    )
+}
+
+/// Named weights, as Hugging Face saves them.
+pub struct Weights {
+    map: HashMap<String, Tensor>,
+    prefix: &'static str,
+}
+
+impl Weights {
+    /// `prefix` is `bert` or `roberta`: names are found with or without it.
+    pub fn new(map: HashMap<String, Tensor>, config: &Config) -> Self {
+        Self {
+            map,
+            prefix: if config.is_roberta() {
+                "roberta"
+            } else {
+                "bert"
+            },
+        }
+    }
+
+    /// An encoder weight: `PREFIX.name` or `name`.
+    fn encoder(&self, name: &str) -> Result<Tensor> {
+        let prefixed = format!("{}.{name}", self.prefix);
+        self.map
+            .get(&prefixed)
+            .or_else(|| self.map.get(name))
+            .cloned()
+            .ok_or_else(|| missing(&prefixed))
+    }
+
+    /// A head weight, by its exact name.
+    pub fn head(&self, name: &str) -> Result<Tensor> {
+        self.map.get(name).cloned().ok_or_else(|| missing(name))
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::invalid(
+        format!("the checkpoint has no tensor `{name}`"),
+        "evaluate a checkpoint with the head this task needs (`crossmerge show REF --tensors`)",
+    )
+}
+
+/// `x·Wᵀ + b` over the last dimension.
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(weights: &Weights, name: &str, encoder: bool) -> Result<Self> {
+        let get = |n: &str| {
+            if encoder {
+                weights.encoder(n)
+            } else {
+                weights.head(n)
+            }
+        };
+        Ok(Self {
+            w: get(&format!("{name}.weight"))?,
+            b: get(&format!("{name}.bias")).ok(),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x
+            .broadcast_matmul(&self.w.t().map_err(candle)?)
+            .map_err(candle)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b).map_err(candle),
+            None => Ok(y),
+        }
+    }
+}
+
+struct LayerNorm {
+    w: Tensor,
+    b: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(weights: &Weights, name: &str, eps: f64, encoder: bool) -> Result<Self> {
+        let get = |n: &str| {
+            if encoder {
+                weights.encoder(n)
+            } else {
+                weights.head(n)
+            }
+        };
+        Ok(Self {
+            w: get(&format!("{name}.weight"))?,
+            b: get(&format!("{name}.bias"))?,
+            eps,
+        })
+    }
+
+    /// Plain ops: mean, centred variance, scale and shift (as torch's LayerNorm, biased var).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let f = || -> candle_core::Result<Tensor> {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let centred = x.broadcast_sub(&mean)?;
+            let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+            let normed = centred.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            normed.broadcast_mul(&self.w)?.broadcast_add(&self.b)
+        };
+        f().map_err(candle)
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+/// A BERT or XLM-R encoder.
+pub struct Encoder {
+    pub config: Config,
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    emb_norm: LayerNorm,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub fn load(weights: &Weights, config: &Config) -> Result<Self> {
+        let eps = config.layer_norm_eps;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                q: Linear::load(weights, &format!("{p}.attention.self.query"), true)?,
+                k: Linear::load(weights, &format!("{p}.attention.self.key"), true)?,
+                v: Linear::load(weights, &format!("{p}.attention.self.value"), true)?,
+                attn_out: Linear::load(weights, &format!("{p}.attention.output.dense"), true)?,
+                attn_norm: LayerNorm::load(
+                    weights,
+                    &format!("{p}.attention.output.LayerNorm"),
+                    eps,
+                    true,
+                )?,
+                inter: Linear::load(weights, &format!("{p}.intermediate.dense"), true)?,
+                out: Linear::load(weights, &format!("{p}.output.dense"), true)?,
+                out_norm: LayerNorm::load(weights, &format!("{p}.output.LayerNorm"), eps, true)?,
+            });
+        }
+        Ok(Self {
+            config: config.clone(),
+            word: weights.encoder("embeddings.word_embeddings.weight")?,
+            position: weights.encoder("embeddings.position_embeddings.weight")?,
+            token_type: weights.encoder("embeddings.token_type_embeddings.weight")?,
+            emb_norm: LayerNorm::load(weights, "embeddings.LayerNorm", eps, true)?,
+            layers,
+        })
+    }
+
+    /// The word-embedding matrix (the MLM decoder is tied to it).
+    pub fn word_embeddings(&self) -> &Tensor {
+        &self.word
+    }
+
+    /// Position ids as transformers makes them: 0.. for BERT; for XLM-R, the padding index +
+    /// the running count of non-padding tokens, and the padding index on padding.
+    fn positions(&self, ids: &[Vec<u32>]) -> Vec<u32> {
+        let pad = self.config.pad_token_id.unwrap_or(1);
+        ids.iter()
+            .flat_map(|row| {
+                let mut count = 0u32;
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &id)| {
+                        if !self.config.is_roberta() {
+                            i as u32
+                        } else if id == pad {
+                            pad
+                        } else {
+                            count += 1;
+                            pad + count
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Last hidden states `(batch, len, hidden)` for token ids (rows of one length) and their
+    /// attention mask (1 = token, 0 = padding).
+    pub fn forward(&self, ids: &[Vec<u32>], mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let b = ids.len();
+        let t = ids.first().map_or(0, Vec::len);
+        let h = self.config.hidden_size;
+        let vocab = self.config.vocab_size as u32;
+        if let Some(bad) = ids.iter().flatten().find(|&&i| i >= vocab) {
+            return Err(Error::invalid(
+                format!("token id {bad} is outside the model's vocabulary of {vocab}"),
+                "the tokenizer does not fit this checkpoint's embeddings",
+            ));
+        }
+        if t > self.config.max_position_embeddings - usize::from(self.config.is_roberta()) * 2 {
+            return Err(Error::invalid(
+                format!("a sequence of {t} tokens is longer than the model's positions"),
+                "lower --max-length",
+            ));
+        }
+        let f = || -> candle_core::Result<Tensor> {
+            let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+            let idx = Tensor::from_vec(flat, b * t, device)?;
+            let pos = Tensor::from_vec(self.positions(ids), b * t, device)?;
+            let tt = Tensor::zeros(b * t, DType::U32, device)?;
+            let x = self
+                .word
+                .index_select(&idx, 0)?
+                .add(&self.position.index_select(&pos, 0)?)?
+                .add(&self.token_type.index_select(&tt, 0)?)?
+                .reshape((b, t, h))?;
+            Ok(x)
+        };
+        let mut x = self.emb_norm.forward(&f().map_err(candle)?)?;
+        // Additive mask: 0 on tokens, the lowest f32 on padding, as transformers does.
+        let bias: Vec<f32> = mask
+            .iter()
+            .flatten()
+            .map(|&m| if m == 0 { f32::MIN } else { 0.0 })
+            .collect();
+        let bias = Tensor::from_vec(bias, (b, 1, 1, t), device).map_err(candle)?;
+        let heads = self.config.num_attention_heads;
+        let d = h / heads;
+        let scale = 1.0 / (d as f64).sqrt();
+        for layer in &self.layers {
+            let split = |y: Tensor| -> candle_core::Result<Tensor> {
+                y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split(layer.q.forward(&x)?).map_err(candle)?;
+            let k = split(layer.k.forward(&x)?).map_err(candle)?;
+            let v = split(layer.v.forward(&x)?).map_err(candle)?;
+            let attn = || -> candle_core::Result<Tensor> {
+                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
+                let max = scores.max_keepdim(D::Minus1)?;
+                let e = scores.broadcast_sub(&max)?.exp()?;
+                let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+                p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))
+            };
+            let ctx = attn().map_err(candle)?;
+            let a = layer
+                .attn_norm
+                .forward(&(layer.attn_out.forward(&ctx)? + &x).map_err(candle)?)?;
+            let inter = layer.inter.forward(&a)?.gelu_erf().map_err(candle)?;
+            x = layer
+                .out_norm
+                .forward(&(layer.out.forward(&inter)? + &a).map_err(candle)?)?;
+        }
+        Ok(x)
+    }
+}
+
+/// A task head over the encoder's hidden states.
+pub struct Head(Layers);
+
+enum Layers {
+    /// Masked-LM: transform (dense, GELU, LayerNorm), then the decoder (tied to the word
+    /// embeddings unless saved) with its bias.
+    MaskedLm {
+        dense: Linear,
+        norm: LayerNorm,
+        decoder: Tensor,
+        bias: Tensor,
+    },
+    /// Token classification: `classifier` on every hidden state.
+    Token { classifier: Linear },
+    /// BERT sequence classification: pooler (dense + tanh on [CLS]) then `classifier`.
+    BertSequence { pooler: Linear, classifier: Linear },
+    /// RoBERTa sequence classification: `classifier.dense` + tanh on `<s>`, `classifier.out_proj`.
+    RobertaSequence { dense: Linear, out_proj: Linear },
+}
+
+/// Which head to load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    MaskedLm,
+    Token,
+    Sequence,
+}
+
+impl Head {
+    pub fn load(weights: &Weights, encoder: &Encoder, kind: HeadKind) -> Result<Self> {
+        let c = &encoder.config;
+        let eps = c.layer_norm_eps;
+        Ok(Head(match (kind, c.is_roberta()) {
+            (HeadKind::MaskedLm, false) => Layers::MaskedLm {
+                dense: Linear::load(weights, "cls.predictions.transform.dense", false)?,
+                norm: LayerNorm::load(weights, "cls.predictions.transform.LayerNorm", eps, false)?,
+                decoder: weights
+                    .head("cls.predictions.decoder.weight")
+                    .unwrap_or_else(|_| encoder.word_embeddings().clone()),
+                bias: weights
+                    .head("cls.predictions.bias")
+                    .or_else(|_| weights.head("cls.predictions.decoder.bias"))?,
+            },
+            (HeadKind::MaskedLm, true) => Layers::MaskedLm {
+                dense: Linear::load(weights, "lm_head.dense", false)?,
+                norm: LayerNorm::load(weights, "lm_head.layer_norm", eps, false)?,
+                decoder: weights
+                    .head("lm_head.decoder.weight")
+                    .unwrap_or_else(|_| encoder.word_embeddings().clone()),
+                bias: weights
+                    .head("lm_head.bias")
+                    .or_else(|_| weights.head("lm_head.decoder.bias"))?,
+            },
+            (HeadKind::Token, _) => Layers::Token {
+                classifier: Linear::load(weights, "classifier", false)?,
+            },
+            (HeadKind::Sequence, false) => Layers::BertSequence {
+                pooler: Linear::load(weights, "bert.pooler.dense", false)
+                    .or_else(|_| Linear::load(weights, "pooler.dense", false))?,
+                classifier: Linear::load(weights, "classifier", false)?,
+            },
+            (HeadKind::Sequence, true) => Layers::RobertaSequence {
+                dense: Linear::load(weights, "classifier.dense", false)?,
+                out_proj: Linear::load(weights, "classifier.out_proj", false)?,
+            },
+        }))
+    }
+
+    /// Logits: `(batch, len, vocab|labels)` for token-level heads, `(batch, labels)` for
+    /// sequence heads.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        match &self.0 {
+            Layers::MaskedLm {
+                dense,
+                norm,
+                decoder,
+                bias,
+            } => {
+                let x = norm.forward(&dense.forward(hidden)?.gelu_erf().map_err(candle)?)?;
+                x.broadcast_matmul(&decoder.t().map_err(candle)?)
+                    .and_then(|y| y.broadcast_add(bias))
+                    .map_err(candle)
+            }
+            Layers::Token { classifier } => classifier.forward(hidden),
+            Layers::BertSequence { pooler, classifier } => {
+                let cls = hidden
+                    .narrow(1, 0, 1)
+                    .and_then(|c| c.squeeze(1))
+                    .map_err(candle)?;
+                classifier.forward(&pooler.forward(&cls)?.tanh().map_err(candle)?)
+            }
+            Layers::RobertaSequence { dense, out_proj } => {
+                let cls = hidden
+                    .narrow(1, 0, 1)
+                    .and_then(|c| c.squeeze(1))
+                    .map_err(candle)?;
+                out_proj.forward(&dense.forward(&cls)?.tanh().map_err(candle)?)
+            }
+        }
+    }
+}
