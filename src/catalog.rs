@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schemas/sql/0001_init.sql"),
     include_str!("../schemas/sql/0002_vectors.sql"),
     include_str!("../schemas/sql/0003_merges.sql"),
+    include_str!("../schemas/sql/0004_evaluations.sql"),
 ];
 
 /// The schema version this build writes.
@@ -821,4 +822,103 @@ fn insert_merge(tx: &rusqlite::Transaction<'_>, checkpoint: i64, m: &NewMerge) -
         ],
     )?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluations.
+
+/// One stored evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvaluationRow {
+    pub checkpoint: String,
+    #[serde(serialize_with = "serialize_hex")]
+    pub manifest_id: ObjectId,
+    pub task: String,
+    pub language: Option<String>,
+    pub dataset_hash: String,
+    pub dataset_path: String,
+    pub split: Option<String>,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub examples: u64,
+    pub truncated: u64,
+    pub device: String,
+    pub crossmerge_version: String,
+    pub duration_s: f64,
+    pub created_at: String,
+}
+
+/// What a new evaluation row holds.
+#[derive(Clone, Debug)]
+pub struct NewEvaluation {
+    pub checkpoint: i64,
+    pub task: String,
+    pub language: Option<String>,
+    pub dataset_hash: String,
+    pub dataset_path: String,
+    pub split: Option<String>,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub examples: u64,
+    pub truncated: u64,
+    pub device: String,
+    pub duration_s: f64,
+}
+
+impl Catalog {
+    pub fn insert_evaluation(&mut self, e: &NewEvaluation) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO evaluations (checkpoint_id, task, language, dataset_hash, dataset_path, split, \
+             metrics, examples, truncated, device, crossmerge_version, duration_s) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                e.checkpoint,
+                e.task,
+                e.language,
+                e.dataset_hash,
+                e.dataset_path,
+                e.split,
+                serde_json::to_string(&e.metrics).expect("numbers serialise"),
+                e.examples,
+                e.truncated,
+                e.device,
+                env!("CARGO_PKG_VERSION"),
+                e.duration_s,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Evaluations, oldest first, optionally of one task or language.
+    pub fn evaluations(
+        &self,
+        task: Option<&str>,
+        language: Option<&str>,
+    ) -> Result<Vec<EvaluationRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.name || '@' || c.version, c.manifest_id, e.task, e.language, e.dataset_hash, \
+             e.dataset_path, e.split, e.metrics, e.examples, e.truncated, e.device, e.crossmerge_version, \
+             e.duration_s, e.created_at FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
+             WHERE (?1 IS NULL OR e.task = ?1) AND (?2 IS NULL OR e.language = ?2) ORDER BY e.id",
+        )?;
+        let rows = stmt.query_map(params![task, language], |r| {
+            let metrics: String = r.get(7)?;
+            let manifest: String = r.get(1)?;
+            Ok(EvaluationRow {
+                checkpoint: r.get(0)?,
+                manifest_id: parse_id(&manifest)?,
+                task: r.get(2)?,
+                language: r.get(3)?,
+                dataset_hash: r.get(4)?,
+                dataset_path: r.get(5)?,
+                split: r.get(6)?,
+                metrics: serde_json::from_str(&metrics).unwrap_or_default(),
+                examples: r.get(8)?,
+                truncated: r.get(9)?,
+                device: r.get(10)?,
+                crossmerge_version: r.get(11)?,
+                duration_s: r.get(12)?,
+                created_at: r.get(13)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }

@@ -4,6 +4,7 @@
 
 mod bench;
 mod commands;
+mod eval;
 mod merge;
 mod output;
 mod progress;
@@ -65,6 +66,11 @@ enum Command {
     Diff(vectors::DiffArgs),
     /// Merge checkpoints and vectors by a recipe (TOML, or mergekit YAML) and register the result.
     Merge(merge::MergeArgs),
+    /// Evaluate a checkpoint on a task (pos, ner, nli, mlm) and store the result.
+    Eval(eval::EvalArgs),
+    /// Tables of stored results.
+    #[command(subcommand)]
+    Report(eval::ReportCommand),
     /// Write a synthetic checkpoint family (base + fine-tunes) with real encoder shapes.
     Synth(bench::SynthArgs),
     /// Measure register and export throughput against plain file I/O.
@@ -127,6 +133,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(a) => vectors::compare(&ctx, &a),
         Command::Diff(a) => vectors::diff(&ctx, &a),
         Command::Merge(a) => merge::merge(&ctx, &a),
+        Command::Eval(a) => eval::eval(&ctx, &a),
+        Command::Report(c) => eval::report(&ctx, &c),
         Command::Synth(a) => bench::synth(&a),
         Command::Bench(a) => bench::bench(&a),
     }

@@ -5,12 +5,16 @@
 //! Universal NER layouts), [`nli`] premise/hypothesis/label TSV or JSONL, [`text`] plain text
 //! for perplexity; [`metrics`] scores predictions against gold.
 
+#[cfg(feature = "eval")]
+pub mod align;
 pub mod conllu;
 pub mod metrics;
 #[cfg(feature = "eval")]
 pub mod model;
 pub mod ner;
 pub mod nli;
+#[cfg(feature = "eval")]
+pub mod run;
 pub mod text;
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //! never an object file the catalog does not know. `gc` takes an exclusive lock on
 //! `registry/lock`; writers and readers take it shared, so gc never races a register.
 
+#[cfg(feature = "eval")]
+mod eval;
 mod merge;
 mod ops;
 mod vectors;
@@ -17,6 +19,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+#[cfg(feature = "eval")]
+pub use self::eval::{EvalOptions, EvalReport};
 pub use self::merge::{MERGE_CONTEXT, MergeOptions, MergedPoint};
 pub use self::ops::{
     CheckpointDetails, DuReport, DuRow, ExportOptions, ExportReport, Finding, GcPlan, GcReport,
@@ -225,6 +229,25 @@ impl Registry {
     pub fn read_object(&self, id: &ObjectId, what: Option<&str>) -> Result<Vec<u8>> {
         let decoded = Decoder::open(self.backend.as_ref(), id).and_then(|d| d.read_all(id));
         decoded.map_err(|e| decode_error(id, what, e))
+    }
+
+    /// Stored evaluations, optionally of one checkpoint, task or language.
+    pub fn evaluations(
+        &self,
+        checkpoint: Option<&str>,
+        task: Option<&str>,
+        language: Option<&str>,
+    ) -> Result<Vec<crate::catalog::EvaluationRow>> {
+        let rows = self.catalog.evaluations(task, language)?;
+        Ok(match checkpoint {
+            None => rows,
+            Some(c) => {
+                let row = self.resolve(c)?;
+                rows.into_iter()
+                    .filter(|r| r.checkpoint == row.reference())
+                    .collect()
+            }
+        })
     }
 
     /// The raw little-endian bytes of tensor `name` of a checkpoint, verified.

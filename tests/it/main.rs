@@ -3,11 +3,15 @@
 
 mod common;
 
+#[cfg(feature = "eval")]
+mod align;
 mod cli;
 mod compact;
 mod concurrency;
 mod corruption;
 mod crash;
+#[cfg(feature = "eval")]
+mod evaluate;
 mod format;
 mod hostile;
 mod merge;

@@ -1,0 +1,194 @@
+//! `eval` and `report evals`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::commands::Context;
+use super::output;
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The checkpoint (name, name@version or id prefix).
+    reference: String,
+    /// pos | ner | nli | mlm
+    #[arg(long)]
+    task: String,
+    /// CoNLL-U (pos), IOB2 (ner), TSV/JSONL (nli) or text, a paragraph a line (mlm).
+    #[arg(long)]
+    data: PathBuf,
+    /// Language of the data (BCP-47), stored with the row.
+    #[arg(long)]
+    language: Option<String>,
+    /// Split name (default: from the file name: test, dev, train).
+    #[arg(long)]
+    split: Option<String>,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Subwords per sequence; longer sentences are cut and the cut words counted.
+    #[arg(long, default_value_t = 512)]
+    max_length: usize,
+    /// Seed of the MLM masking.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[cfg(feature = "eval")]
+pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{self, Write};
+
+    use crossmerge::eval::run::Task;
+    use crossmerge::registry::EvalOptions;
+
+    use super::progress::Bar;
+    let task = Task::parse(&a.task).ok_or_else(|| {
+        crossmerge::Error::invalid_public(
+            format!("unknown task `{}`", a.task),
+            "tasks are pos, ner, nli and mlm",
+        )
+    })?;
+    let mut reg = ctx.open()?;
+    let mut opts = EvalOptions::new(task, a.data.clone());
+    opts.language.clone_from(&a.language);
+    opts.split.clone_from(&a.split);
+    opts.device.clone_from(&a.device);
+    opts.batch_size = a.batch_size;
+    opts.max_length = a.max_length;
+    opts.seed = a.seed;
+    let r = reg.evaluate(&a.reference, &opts, &Bar::new(ctx.quiet))?;
+    if a.json {
+        output::json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = io::stdout().lock();
+    for (k, v) in &r.outcome.metrics {
+        writeln!(out, "{k}\t{v:.6}")?;
+    }
+    eprintln!(
+        "{} on {} ({} examples, {}): {:.1} s on {}{}",
+        r.checkpoint,
+        a.data.display(),
+        r.outcome.examples,
+        r.split.as_deref().unwrap_or("no split"),
+        r.duration_s,
+        r.device,
+        if r.outcome.truncated_words > 0 {
+            format!(
+                "; {} words cut by --max-length {} (scored as wrong)",
+                r.outcome.truncated_words, a.max_length
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "eval"))]
+pub fn eval(_: &Context, _: &EvalArgs) -> anyhow::Result<ExitCode> {
+    Err(crossmerge::Error::invalid_public(
+        "this crossmerge was built without the `eval` feature",
+        "build with default features",
+    )
+    .into())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// The stored evaluations.
+    Evals(ReportEvalsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportEvalsArgs {
+    #[arg(long)]
+    checkpoint: Option<String>,
+    #[arg(long)]
+    task: Option<String>,
+    #[arg(long)]
+    language: Option<String>,
+    #[arg(long)]
+    json: bool,
+    /// Also write the table as CSV here.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+}
+
+pub fn report(ctx: &Context, c: &ReportCommand) -> anyhow::Result<ExitCode> {
+    let ReportCommand::Evals(a) = c;
+    let reg = ctx.open()?;
+    let rows = reg.evaluations(
+        a.checkpoint.as_deref(),
+        a.task.as_deref(),
+        a.language.as_deref(),
+    )?;
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.checkpoint.clone(),
+                r.task.clone(),
+                output::opt(r.language.as_ref()),
+                output::opt(r.split.as_ref()),
+                r.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                r.examples.to_string(),
+                r.device.clone(),
+                r.dataset_hash[..12].to_owned(),
+                r.created_at.clone(),
+            ]
+        })
+        .collect();
+    if let Some(path) = &a.csv {
+        let mut csv = String::from(
+            "checkpoint,task,language,split,metric,value,examples,device,dataset_hash,dataset_path,created_at\n",
+        );
+        for r in &rows {
+            for (k, v) in &r.metrics {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{},{k},{v},{},{},{},\"{}\",{}",
+                    r.checkpoint,
+                    r.task,
+                    r.language.as_deref().unwrap_or(""),
+                    r.split.as_deref().unwrap_or(""),
+                    r.examples,
+                    r.device,
+                    r.dataset_hash,
+                    r.dataset_path.replace('"', "\"\""),
+                    r.created_at
+                );
+            }
+        }
+        std::fs::write(path, csv)?;
+    }
+    if a.json {
+        output::json(&rows)?;
+    } else {
+        output::table(
+            &[
+                "CHECKPOINT",
+                "TASK",
+                "LANG",
+                "SPLIT",
+                "METRICS",
+                "EXAMPLES",
+                "DEVICE",
+                "DATA",
+                "CREATED",
+            ],
+            &table,
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

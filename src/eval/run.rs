@@ -1,0 +1,432 @@
+//! Running a task over a dataset with a loaded model: batching by length, first-subword
+//! predictions, metrics. The registry facade loads the model and stores the result.
+
+use std::collections::BTreeMap;
+
+use candle_core::{D, Device, Tensor};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use super::align::{Aligned, align};
+use super::model::{Config, Encoder, Head};
+use super::{conllu, metrics, ner, nli};
+use crate::error::{Error, Result};
+
+/// The tasks `crossmerge eval` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    Pos,
+    Ner,
+    Nli,
+    Mlm,
+}
+
+impl Task {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pos" => Some(Task::Pos),
+            "ner" => Some(Task::Ner),
+            "nli" => Some(Task::Nli),
+            "mlm" => Some(Task::Mlm),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Task::Pos => "pos",
+            Task::Ner => "ner",
+            Task::Nli => "nli",
+            Task::Mlm => "mlm",
+        }
+    }
+}
+
+/// A loaded model.
+pub struct Model {
+    pub config: Config,
+    pub encoder: Encoder,
+    pub head: Head,
+    pub tokenizer: Tokenizer,
+    pub device: Device,
+}
+
+/// What an evaluation measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Outcome {
+    pub metrics: BTreeMap<String, f64>,
+    /// Sentences, texts or pairs evaluated.
+    pub examples: u64,
+    /// Words (or tokens) whose first subword fell past `max_length`: scored as wrong.
+    pub truncated_words: u64,
+}
+
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(candle)`
+fn candle(e: candle_core::Error) -> Error {
+    Error::invalid(
+        format!("model computation: {e}"),
+        "report this with the checkpoint's config.json",
+    )
+}
+
+impl Model {
+    fn pad_id(&self) -> u32 {
+        self.config.pad_token_id.unwrap_or(0)
+    }
+
+    /// Runs the encoder and head on sequences of ids (padded here), returning logits.
+    fn logits(&self, batch: &[&[u32]]) -> Result<Tensor> {
+        let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        let pad = self.pad_id();
+        let ids: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|s| {
+                let mut v = s.to_vec();
+                v.resize(t, pad);
+                v
+            })
+            .collect();
+        let mask: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|s| (0..t).map(|i| u32::from(i < s.len())).collect())
+            .collect();
+        let hidden = self.encoder.forward(&ids, &mask, &self.device)?;
+        self.head.forward(&hidden)
+    }
+}
+
+/// Gold labels must all be in the model's label map: an unseen label is an error naming it.
+fn label_index(
+    config: &Config,
+    gold: impl Iterator<Item = String>,
+) -> Result<(Vec<String>, BTreeMap<String, usize>)> {
+    let labels = config.labels();
+    if labels.is_empty() {
+        return Err(Error::invalid(
+            "the checkpoint's config.json has no id2label",
+            "evaluate a checkpoint whose head was trained (or added) for this label set",
+        ));
+    }
+    let index: BTreeMap<String, usize> = labels
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, l)| (l, i))
+        .collect();
+    let mut unseen: Vec<String> = gold.filter(|g| !index.contains_key(g)).collect();
+    unseen.sort();
+    unseen.dedup();
+    if !unseen.is_empty() {
+        return Err(Error::invalid(
+            format!(
+                "gold label(s) {} are not in the model's label map ({} labels)",
+                unseen.join(", "),
+                labels.len()
+            ),
+            "evaluate with a head trained on this label set; labels are never mapped to O silently",
+        ));
+    }
+    Ok((labels, index))
+}
+
+/// Batches of indexes into `lengths`, sorted by length (longest first) to waste little padding.
+fn batches(lengths: &[usize], size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+/// Predicted label per word (first subword's argmax), `None` for truncated words.
+fn tag_words(
+    model: &Model,
+    sentences: &[Vec<String>],
+    batch_size: usize,
+    max_length: usize,
+    progress: &dyn Fn(u64),
+) -> Result<(Vec<Vec<Option<usize>>>, u64)> {
+    let aligned: Vec<Aligned> = sentences
+        .iter()
+        .map(|s| align(&model.tokenizer, s, max_length))
+        .collect::<Result<_>>()?;
+    let truncated = aligned
+        .iter()
+        .map(|a| a.first.iter().filter(|f| f.is_none()).count() as u64)
+        .sum();
+    let mut out: Vec<Vec<Option<usize>>> = vec![Vec::new(); sentences.len()];
+    let lengths: Vec<usize> = aligned.iter().map(|a| a.ids.len()).collect();
+    for batch in batches(&lengths, batch_size) {
+        let seqs: Vec<&[u32]> = batch.iter().map(|&i| aligned[i].ids.as_slice()).collect();
+        let logits = model.logits(&seqs)?;
+        let best: Vec<Vec<u32>> = logits
+            .argmax(D::Minus1)
+            .and_then(|t| t.to_vec2())
+            .map_err(candle)?;
+        for (row, &i) in best.iter().zip(&batch) {
+            out[i] = aligned[i]
+                .first
+                .iter()
+                .map(|f| f.map(|p| row[p] as usize))
+                .collect();
+        }
+        progress(batch.len() as u64);
+    }
+    Ok((out, truncated))
+}
+
+/// UPOS tagging on a CoNLL-U file: UPOS accuracy over words (truncated words count as wrong).
+pub fn pos(
+    model: &Model,
+    data: &[conllu::Sentence],
+    batch_size: usize,
+    max_length: usize,
+    progress: &dyn Fn(u64),
+) -> Result<Outcome> {
+    let (labels, _) = label_index(
+        &model.config,
+        data.iter()
+            .flat_map(|s| s.words.iter().map(|w| w.upos.clone())),
+    )?;
+    let words: Vec<Vec<String>> = data
+        .iter()
+        .map(|s| s.words.iter().map(|w| w.form.clone()).collect())
+        .collect();
+    let (pred, truncated) = tag_words(model, &words, batch_size, max_length, progress)?;
+    let (mut ok, mut n) = (0u64, 0u64);
+    for (s, p) in data.iter().zip(&pred) {
+        for (w, l) in s.words.iter().zip(p) {
+            n += 1;
+            ok += u64::from(l.is_some_and(|l| labels[l] == w.upos));
+        }
+    }
+    let mut metrics = BTreeMap::new();
+    if let Some(a) = metrics::accuracy(ok, n) {
+        metrics.insert("upos_accuracy".to_owned(), a);
+    }
+    Ok(Outcome {
+        metrics,
+        examples: data.len() as u64,
+        truncated_words: truncated,
+    })
+}
+
+/// NER on an IOB2 file: entity-level precision/recall/F1 (seqeval default mode) and the
+/// first-subword token accuracy; a truncated token is predicted `O`.
+pub fn ner(
+    model: &Model,
+    data: &[ner::NerSentence],
+    batch_size: usize,
+    max_length: usize,
+    progress: &dyn Fn(u64),
+) -> Result<Outcome> {
+    let (labels, _) = label_index(
+        &model.config,
+        data.iter().flat_map(|s| s.tags.iter().cloned()),
+    )?;
+    let words: Vec<Vec<String>> = data.iter().map(|s| s.tokens.clone()).collect();
+    let (pred, truncated) = tag_words(model, &words, batch_size, max_length, progress)?;
+    let pred_tags: Vec<Vec<String>> = pred
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|l| l.map_or_else(|| "O".to_owned(), |l| labels[l].clone()))
+                .collect()
+        })
+        .collect();
+    let gold: Vec<Vec<String>> = data.iter().map(|s| s.tags.clone()).collect();
+    let scores = metrics::entity_scores(&gold, &pred_tags);
+    let (mut ok, mut n) = (0u64, 0u64);
+    for (g, p) in gold.iter().zip(&pred_tags) {
+        for (a, b) in g.iter().zip(p) {
+            n += 1;
+            ok += u64::from(a == b);
+        }
+    }
+    let mut metrics = BTreeMap::from([
+        ("entity_precision".to_owned(), scores.micro.precision),
+        ("entity_recall".to_owned(), scores.micro.recall),
+        ("entity_f1".to_owned(), scores.micro.f1),
+    ]);
+    if let Some(a) = metrics::accuracy(ok, n) {
+        metrics.insert("token_accuracy".to_owned(), a);
+    }
+    Ok(Outcome {
+        metrics,
+        examples: data.len() as u64,
+        truncated_words: truncated,
+    })
+}
+
+/// NLI: accuracy over premise/hypothesis pairs.
+pub fn nli(
+    model: &Model,
+    data: &[nli::Example],
+    batch_size: usize,
+    max_length: usize,
+    progress: &dyn Fn(u64),
+) -> Result<Outcome> {
+    let (_, index) = label_index(&model.config, data.iter().map(|e| e.label.clone()))?;
+    let mut truncated = 0u64;
+    let mut ids = Vec::with_capacity(data.len());
+    for e in data {
+        let enc = model
+            .tokenizer
+            .encode((e.premise.as_str(), e.hypothesis.as_str()), true)
+            .map_err(|err| {
+                Error::invalid(format!("tokenizing: {err}"), "check the tokenizer.json")
+            })?;
+        let mut v = enc.get_ids().to_vec();
+        if v.len() > max_length && max_length >= 2 {
+            truncated += 1;
+            let last = *v.last().expect("non-empty");
+            v.truncate(max_length - 1);
+            v.push(last);
+        }
+        ids.push(v);
+    }
+    let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+    let mut ok = 0u64;
+    for batch in batches(&lengths, batch_size) {
+        let seqs: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
+        let best: Vec<u32> = model
+            .logits(&seqs)?
+            .argmax(D::Minus1)
+            .and_then(|t| t.to_vec1())
+            .map_err(candle)?;
+        for (b, &i) in best.iter().zip(&batch) {
+            ok += u64::from(index[&data[i].label] == *b as usize);
+        }
+        progress(batch.len() as u64);
+    }
+    let mut metrics = BTreeMap::new();
+    if let Some(a) = metrics::accuracy(ok, data.len() as u64) {
+        metrics.insert("accuracy".to_owned(), a);
+    }
+    Ok(Outcome {
+        metrics,
+        examples: data.len() as u64,
+        truncated_words: truncated,
+    })
+}
+
+/// Per text: the ids with masks in, and the (position, original id) of each mask.
+type Masked = (Vec<u32>, Vec<(usize, u32)>);
+
+/// splitmix64: the masking's random numbers, a pure function of (seed, text, position).
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Masked-LM perplexity: in every text, each non-special token is masked with probability
+/// 0.15 (seeded; at least one per text that has a maskable token) and replaced by the mask
+/// token; perplexity = exp(mean negative log-likelihood of the original tokens at the masked
+/// positions). Texts with no maskable token are skipped and counted; never NaN.
+pub fn mlm(
+    model: &Model,
+    texts: &[String],
+    seed: u64,
+    batch_size: usize,
+    max_length: usize,
+    progress: &dyn Fn(u64),
+) -> Result<Outcome> {
+    let mask_id = ["<mask>", "[MASK]"]
+        .iter()
+        .find_map(|t| model.tokenizer.token_to_id(t))
+        .ok_or_else(|| {
+            Error::invalid(
+                "the tokenizer has no mask token",
+                "use the checkpoint's MLM tokenizer.json",
+            )
+        })?;
+    let mut inputs: Vec<Masked> = Vec::new();
+    let (mut truncated, mut skipped) = (0u64, 0u64);
+    for (k, text) in texts.iter().enumerate() {
+        let enc = model
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| Error::invalid(format!("tokenizing: {e}"), "check the tokenizer.json"))?;
+        let mut ids = enc.get_ids().to_vec();
+        let mut special = enc.get_special_tokens_mask().to_vec();
+        if ids.len() > max_length && max_length >= 2 {
+            truncated += 1;
+            let (last, last_special) = (
+                *ids.last().expect("non-empty"),
+                *special.last().expect("non-empty"),
+            );
+            ids.truncate(max_length - 1);
+            special.truncate(max_length - 1);
+            ids.push(last);
+            special.push(last_special);
+        }
+        let maskable: Vec<usize> = (0..ids.len()).filter(|&i| special[i] == 0).collect();
+        if maskable.is_empty() {
+            skipped += 1;
+            continue;
+        }
+        let mut chosen: Vec<usize> = maskable
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let r = mix(seed ^ mix(k as u64) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                ((r >> 11) as f64 / (1u64 << 53) as f64) < 0.15
+            })
+            .collect();
+        if chosen.is_empty() {
+            chosen.push(maskable[(mix(seed ^ mix(k as u64)) % maskable.len() as u64) as usize]);
+        }
+        let targets: Vec<(usize, u32)> = chosen.iter().map(|&i| (i, ids[i])).collect();
+        for &i in &chosen {
+            ids[i] = mask_id;
+        }
+        inputs.push((ids, targets));
+    }
+    let lengths: Vec<usize> = inputs.iter().map(|(i, _)| i.len()).collect();
+    let (mut nll, mut count) = (0f64, 0u64);
+    for batch in batches(&lengths, batch_size) {
+        let seqs: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].0.as_slice()).collect();
+        let logits = model.logits(&seqs)?;
+        let f = || -> candle_core::Result<Tensor> {
+            let max = logits.max_keepdim(D::Minus1)?;
+            let shifted = logits.broadcast_sub(&max)?;
+            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            shifted.broadcast_sub(&lse)
+        };
+        let logp = f().map_err(candle)?;
+        for (row, &i) in batch.iter().enumerate() {
+            for &(pos, target) in &inputs[i].1 {
+                let v: f32 = logp
+                    .get(row)
+                    .and_then(|r| r.get(pos))
+                    .and_then(|p| p.get(target as usize))
+                    .and_then(|x| x.to_scalar())
+                    .map_err(candle)?;
+                nll -= f64::from(v);
+                count += 1;
+            }
+        }
+        progress(batch.len() as u64);
+    }
+    let mut metrics = BTreeMap::new();
+    if count > 0 {
+        metrics.insert("perplexity".to_owned(), (nll / count as f64).exp());
+        metrics.insert("masked_tokens".to_owned(), count as f64);
+    }
+    metrics.insert("texts_without_maskable_tokens".to_owned(), skipped as f64);
+    Ok(Outcome {
+        metrics,
+        examples: inputs.len() as u64,
+        truncated_words: truncated,
+    })
+}
+
+/// The heads each task needs.
+pub fn head_kind(task: Task) -> super::model::HeadKind {
+    match task {
+        Task::Pos | Task::Ner => super::model::HeadKind::Token,
+        Task::Nli => super::model::HeadKind::Sequence,
+        Task::Mlm => super::model::HeadKind::MaskedLm,
+    }
+}

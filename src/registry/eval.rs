@@ -1,0 +1,240 @@
+//! Evaluation through the registry: load a checkpoint's weights, config and tokenizer from
+//! their objects (every byte verified), run a task over a dataset, store the row.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use super::{Progress, Registry};
+use crate::catalog::{CheckpointRow, NewEvaluation};
+use crate::checkpoint::Manifest;
+use crate::error::{Error, Result};
+use crate::eval::model::{Config, Encoder, Head, Weights};
+use crate::eval::run::{self, Model, Outcome, Task};
+use crate::eval::{align, conllu, ner, nli, text};
+use crate::tensor::Dtype;
+
+/// How to evaluate.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EvalOptions {
+    pub task: Task,
+    pub data: PathBuf,
+    pub language: Option<String>,
+    /// Default: `test`/`dev`/`train` when the file name says so.
+    pub split: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub batch_size: usize,
+    pub max_length: usize,
+    /// Seed of the MLM masking.
+    pub seed: u64,
+}
+
+impl EvalOptions {
+    pub fn new(task: Task, data: impl Into<PathBuf>) -> Self {
+        Self {
+            task,
+            data: data.into(),
+            language: None,
+            split: None,
+            device: "cpu".to_owned(),
+            batch_size: 32,
+            max_length: 512,
+            seed: 42,
+        }
+    }
+}
+
+/// What `eval` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub task: Task,
+    pub language: Option<String>,
+    pub split: Option<String>,
+    pub dataset_hash: String,
+    pub device: String,
+    pub duration_s: f64,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| {
+                    Error::invalid(format!("`{s}` is not a device"), "use cpu, cuda or cuda:N")
+                })?;
+            if cfg!(feature = "cuda") {
+                Device::new_cuda(n).map_err(|e| {
+                    Error::invalid(
+                        format!("CUDA device {n}: {e}"),
+                        "check the GPU and its driver (nvidia-smi)",
+                    )
+                })
+            } else {
+                Err(Error::invalid(
+                    "this crossmerge was built without CUDA",
+                    "build with `cargo build --release --features cuda` (see README) or use --device cpu",
+                ))
+            }
+        }
+        other => Err(Error::invalid(
+            format!("`{other}` is not a device"),
+            "use cpu, cuda or cuda:N",
+        )),
+    }
+}
+
+fn split_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    ["test", "dev", "train", "validation"]
+        .into_iter()
+        .find(|s| {
+            name.contains(&format!("-{s}"))
+                || name.contains(&format!("_{s}"))
+                || name.contains(&format!(".{s}"))
+        })
+        .map(str::to_owned)
+}
+
+impl Registry {
+    fn file_of(&self, manifest: &Manifest, row: &CheckpointRow, name: &str) -> Result<Vec<u8>> {
+        let f = manifest
+            .files
+            .iter()
+            .find(|f| f.path == name)
+            .ok_or_else(|| {
+                Error::invalid(
+                    format!("`{}` has no {name}", row.reference()),
+                    "register the model folder with its config.json and tokenizer.json",
+                )
+            })?;
+        self.read_object(&f.object(), Some(name))
+    }
+
+    /// Loads a checkpoint as a model with the head `task` needs.
+    pub fn load_model(&self, row: &CheckpointRow, task: Task, device_spec: &str) -> Result<Model> {
+        let device = device(device_spec)?;
+        let manifest = self.manifest(row)?;
+        let config = Config::parse(&self.file_of(&manifest, row, "config.json")?)?;
+        let tokenizer = align::load(&self.file_of(&manifest, row, "tokenizer.json")?)?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > config.vocab_size {
+            return Err(Error::invalid(
+                format!(
+                    "the tokenizer's vocabulary ({vocab}) does not fit the model's embeddings ({})",
+                    config.vocab_size
+                ),
+                "register the checkpoint with the tokenizer.json it was trained with",
+            ));
+        }
+        let mut map = HashMap::new();
+        for t in manifest.tensors.iter().filter(|t| t.dtype.is_float()) {
+            let bytes = self.read_tensor(&manifest, &t.name)?;
+            let dtype = match t.dtype {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::Bf16 => DType::BF16,
+                Dtype::F64 => DType::F64,
+                _ => continue,
+            };
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            let tensor = Tensor::from_raw_buffer(&bytes, dtype, &shape, &device)
+                .and_then(|x| x.to_dtype(DType::F32))
+                .map_err(|e| {
+                    Error::invalid(format!("tensor `{}`: {e}", t.name), "check the checkpoint")
+                })?;
+            map.insert(t.name.clone(), tensor);
+        }
+        let weights = Weights::new(map, &config);
+        let encoder = Encoder::load(&weights, &config)?;
+        let head = Head::load(&weights, &encoder, run::head_kind(task)).map_err(|e| match e {
+            Error::Invalid { message, .. } => Error::invalid(
+                format!("`{}` has no {} head: {message}", row.reference(), task.name()),
+                format!("evaluate a checkpoint with a {} head (e.g. a fine-tuned model saved by transformers)", task.name()),
+            ),
+            other => other,
+        })?;
+        Ok(Model {
+            config,
+            encoder,
+            head,
+            tokenizer,
+            device,
+        })
+    }
+
+    /// Evaluates checkpoint `reference` and stores the row.
+    pub fn evaluate(
+        &mut self,
+        reference: &str,
+        opts: &EvalOptions,
+        progress: &dyn Progress,
+    ) -> Result<EvalReport> {
+        let row = self.resolve(reference)?;
+        let bytes = std::fs::read(&opts.data).map_err(|e| Error::io("reading", &opts.data, e))?;
+        let dataset_hash = blake3::hash(&bytes).to_hex().to_string();
+        let model = self.load_model(&row, opts.task, &opts.device)?;
+        let started = Instant::now();
+        let advance = |n: u64| progress.advance(n);
+        let (b, m) = (opts.batch_size.max(1), opts.max_length.max(8));
+        let outcome = match opts.task {
+            Task::Pos => {
+                let data = conllu::read(&opts.data)?;
+                progress.start("evaluating", data.len() as u64);
+                run::pos(&model, &data, b, m, &advance)?
+            }
+            Task::Ner => {
+                let data = ner::read(&opts.data)?;
+                progress.start("evaluating", data.len() as u64);
+                run::ner(&model, &data, b, m, &advance)?
+            }
+            Task::Nli => {
+                let data = nli::read(&opts.data)?;
+                progress.start("evaluating", data.len() as u64);
+                run::nli(&model, &data, b, m, &advance)?
+            }
+            Task::Mlm => {
+                let data = text::read(&opts.data)?;
+                progress.start("evaluating", data.len() as u64);
+                run::mlm(&model, &data, opts.seed, b, m, &advance)?
+            }
+        };
+        progress.finish();
+        let duration_s = started.elapsed().as_secs_f64();
+        let split = opts.split.clone().or_else(|| split_of(&opts.data));
+        let path = std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone());
+        self.catalog.insert_evaluation(&NewEvaluation {
+            checkpoint: row.rowid,
+            task: opts.task.name().to_owned(),
+            language: opts.language.clone(),
+            dataset_hash: dataset_hash.clone(),
+            dataset_path: path.display().to_string(),
+            split: split.clone(),
+            metrics: outcome.metrics.clone(),
+            examples: outcome.examples,
+            truncated: outcome.truncated_words,
+            device: opts.device.clone(),
+            duration_s,
+        })?;
+        Ok(EvalReport {
+            checkpoint: row.reference(),
+            task: opts.task,
+            language: opts.language.clone(),
+            split,
+            dataset_hash,
+            device: opts.device.clone(),
+            duration_s,
+            outcome,
+        })
+    }
+}
