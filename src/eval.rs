@@ -14,6 +14,8 @@ pub mod model;
 pub mod ner;
 pub mod nli;
 #[cfg(feature = "eval")]
+pub mod parser;
+#[cfg(feature = "eval")]
 pub mod run;
 pub mod text;
 

@@ -13,10 +13,10 @@ use super::output;
 pub struct EvalArgs {
     /// The checkpoint (name, name@version or id prefix).
     reference: String,
-    /// pos | ner | nli | mlm
+    /// pos | ner | nli | mlm | dp
     #[arg(long)]
     task: String,
-    /// CoNLL-U (pos), IOB2 (ner), TSV/JSONL (nli) or text, a paragraph a line (mlm).
+    /// CoNLL-U (pos, dp), IOB2 (ner), TSV/JSONL (nli) or text, a paragraph a line (mlm).
     #[arg(long)]
     data: PathBuf,
     /// Language of the data (BCP-47), stored with the row.
@@ -51,7 +51,7 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     let task = Task::parse(&a.task).ok_or_else(|| {
         crossmerge::Error::invalid_public(
             format!("unknown task `{}`", a.task),
-            "tasks are pos, ner, nli and mlm",
+            "tasks are pos, ner, nli, mlm and dp",
         )
     })?;
     let mut reg = ctx.open()?;

@@ -38,6 +38,9 @@ pub struct Config {
     pub id2label: BTreeMap<String, String>,
     #[serde(default)]
     pub architectures: Vec<String>,
+    /// The biaffine parser head's settings (schemas/parser.md).
+    #[serde(default, rename = "crossmerge_parser")]
+    pub parser: Option<super::parser::ParserConfig>,
 }
 
 fn default_type_vocab() -> usize {

@@ -20,6 +20,7 @@ pub enum Task {
     Ner,
     Nli,
     Mlm,
+    Dp,
 }
 
 impl Task {
@@ -29,6 +30,7 @@ impl Task {
             "ner" => Some(Task::Ner),
             "nli" => Some(Task::Nli),
             "mlm" => Some(Task::Mlm),
+            "dp" => Some(Task::Dp),
             _ => None,
         }
     }
@@ -39,6 +41,7 @@ impl Task {
             Task::Ner => "ner",
             Task::Nli => "nli",
             Task::Mlm => "mlm",
+            Task::Dp => "dp",
         }
     }
 }
@@ -47,7 +50,10 @@ impl Task {
 pub struct Model {
     pub config: Config,
     pub encoder: Encoder,
-    pub head: Head,
+    /// The task head (POS, NER, NLI, MLM).
+    pub head: Option<Head>,
+    /// The dependency parser head (DP).
+    pub parser: Option<super::parser::Parser>,
     pub tokenizer: Tokenizer,
     pub device: Device,
 }
@@ -92,7 +98,28 @@ impl Model {
             .map(|s| (0..t).map(|i| u32::from(i < s.len())).collect())
             .collect();
         let hidden = self.encoder.forward(&ids, &mask, &self.device)?;
-        self.head.forward(&hidden)
+        self.head
+            .as_ref()
+            .expect("a task head is loaded")
+            .forward(&hidden)
+    }
+
+    fn hidden(&self, batch: &[&[u32]]) -> Result<Tensor> {
+        let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
+        let pad = self.pad_id();
+        let ids: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|s| {
+                let mut v = s.to_vec();
+                v.resize(t, pad);
+                v
+            })
+            .collect();
+        let mask: Vec<Vec<u32>> = batch
+            .iter()
+            .map(|s| (0..t).map(|i| u32::from(i < s.len())).collect())
+            .collect();
+        self.encoder.forward(&ids, &mask, &self.device)
     }
 }
 
@@ -422,11 +449,106 @@ pub fn mlm(
     })
 }
 
-/// The heads each task needs.
-pub fn head_kind(task: Task) -> super::model::HeadKind {
+/// The head each task needs (`None`: the dependency parser).
+pub fn head_kind(task: Task) -> Option<super::model::HeadKind> {
     match task {
-        Task::Pos | Task::Ner => super::model::HeadKind::Token,
-        Task::Nli => super::model::HeadKind::Sequence,
-        Task::Mlm => super::model::HeadKind::MaskedLm,
+        Task::Pos | Task::Ner => Some(super::model::HeadKind::Token),
+        Task::Nli => Some(super::model::HeadKind::Sequence),
+        Task::Mlm => Some(super::model::HeadKind::MaskedLm),
+        Task::Dp => None,
     }
+}
+
+/// Dependency parsing on a CoNLL-U file: UAS and LAS over words as the CoNLL 2018 script
+/// computes them (relations compared on their universal part); truncated words count as
+/// wrong.
+pub fn dp(
+    model: &Model,
+    data: &[conllu::Sentence],
+    batch_size: usize,
+    max_length: usize,
+    progress: &dyn Fn(u64),
+) -> Result<Outcome> {
+    let parser = model.parser.as_ref().expect("a parser is loaded");
+    let labels = model.config.labels();
+    let known: std::collections::BTreeSet<&str> =
+        labels.iter().map(|l| conllu::universal(l)).collect();
+    let mut unseen: Vec<&str> = data
+        .iter()
+        .flat_map(|s| s.words.iter().map(|w| conllu::universal(&w.deprel)))
+        .filter(|r| !known.contains(r))
+        .collect();
+    unseen.sort_unstable();
+    unseen.dedup();
+    if labels.is_empty() || !unseen.is_empty() {
+        return Err(Error::invalid(
+            format!(
+                "gold relation(s) {} are not in the parser's label map ({} labels)",
+                unseen.join(", "),
+                labels.len()
+            ),
+            "evaluate with a parser trained on this relation set; relations are never mapped silently",
+        ));
+    }
+    let aligned: Vec<Aligned> = data
+        .iter()
+        .map(|s| {
+            let forms: Vec<&str> = s.words.iter().map(|w| w.form.as_str()).collect();
+            align(&model.tokenizer, &forms, max_length)
+        })
+        .collect::<Result<_>>()?;
+    let truncated = aligned
+        .iter()
+        .map(|a| a.first.iter().filter(|f| f.is_none()).count() as u64)
+        .sum();
+    let mut system: Vec<conllu::Sentence> = data.to_vec();
+    let lengths: Vec<usize> = aligned.iter().map(|a| a.ids.len()).collect();
+    for batch in batches(&lengths, batch_size) {
+        let seqs: Vec<&[u32]> = batch.iter().map(|&i| aligned[i].ids.as_slice()).collect();
+        let hidden = model.hidden(&seqs)?;
+        let ranges: Vec<Vec<Option<std::ops::Range<usize>>>> = batch
+            .iter()
+            .map(|&i| {
+                let a = &aligned[i];
+                let close = a.ids.len() - 1;
+                (0..a.first.len())
+                    .map(|w| {
+                        let start = a.first[w]?;
+                        let end = a.first[w + 1..]
+                            .iter()
+                            .flatten()
+                            .next()
+                            .copied()
+                            .unwrap_or(close);
+                        Some(start..end.max(start + 1))
+                    })
+                    .collect()
+            })
+            .collect();
+        let parses = parser.parse(&hidden, &ranges, &model.device)?;
+        for ((&i, parse), r) in batch.iter().zip(parses).zip(&ranges) {
+            for ((w, (head, rel)), range) in system[i].words.iter_mut().zip(parse).zip(r) {
+                if range.is_some() {
+                    w.head = head;
+                    w.deprel.clone_from(&labels[rel]);
+                } else {
+                    w.head = usize::MAX;
+                    "_".clone_into(&mut w.deprel);
+                }
+            }
+        }
+        progress(batch.len() as u64);
+    }
+    let a = metrics::attachment(data, &system)
+        .map_err(|e| Error::invalid(e.to_string(), "report this"))?;
+    let mut metrics = BTreeMap::new();
+    if let (Some(u), Some(l)) = (a.uas, a.las) {
+        metrics.insert("uas".to_owned(), u);
+        metrics.insert("las".to_owned(), l);
+    }
+    Ok(Outcome {
+        metrics,
+        examples: data.len() as u64,
+        truncated_words: truncated,
+    })
 }

@@ -13,6 +13,7 @@ use crate::catalog::{CheckpointRow, NewEvaluation};
 use crate::checkpoint::Manifest;
 use crate::error::{Error, Result};
 use crate::eval::model::{Config, Encoder, Head, Weights};
+use crate::eval::parser::Parser;
 use crate::eval::run::{self, Model, Outcome, Task};
 use crate::eval::{align, conllu, ner, nli, text};
 use crate::tensor::Dtype;
@@ -157,17 +158,36 @@ impl Registry {
         }
         let weights = Weights::new(map, &config);
         let encoder = Encoder::load(&weights, &config)?;
-        let head = Head::load(&weights, &encoder, run::head_kind(task)).map_err(|e| match e {
+        let no_head = |e: Error| match e {
             Error::Invalid { message, .. } => Error::invalid(
-                format!("`{}` has no {} head: {message}", row.reference(), task.name()),
-                format!("evaluate a checkpoint with a {} head (e.g. a fine-tuned model saved by transformers)", task.name()),
+                format!(
+                    "`{}` has no {} head: {message}",
+                    row.reference(),
+                    task.name()
+                ),
+                format!(
+                    "evaluate a checkpoint with a {} head (e.g. a fine-tuned model saved by transformers; parser: schemas/parser.md)",
+                    task.name()
+                ),
             ),
             other => other,
-        })?;
+        };
+        let (head, parser) = if let Some(kind) = run::head_kind(task) {
+            (
+                Some(Head::load(&weights, &encoder, kind).map_err(no_head)?),
+                None,
+            )
+        } else {
+            let pc = config.parser.clone().ok_or_else(|| {
+                no_head(Error::invalid("config.json has no `crossmerge_parser`", ""))
+            })?;
+            (None, Some(Parser::load(&weights, pc).map_err(no_head)?))
+        };
         Ok(Model {
             config,
             encoder,
             head,
+            parser,
             tokenizer,
             device,
         })
@@ -202,6 +222,11 @@ impl Registry {
                 let data = nli::read(&opts.data)?;
                 progress.start("evaluating", data.len() as u64);
                 run::nli(&model, &data, b, m, &advance)?
+            }
+            Task::Dp => {
+                let data = conllu::read(&opts.data)?;
+                progress.start("evaluating", data.len() as u64);
+                run::dp(&model, &data, b, m, &advance)?
             }
             Task::Mlm => {
                 let data = text::read(&opts.data)?;

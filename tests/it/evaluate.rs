@@ -158,6 +158,65 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
         ],
         &serde_json::json!({"architectures": ["BertForMaskedLM"]}),
     );
+    let deprels = [
+        "acl",
+        "advcl",
+        "advmod",
+        "amod",
+        "appos",
+        "aux",
+        "case",
+        "cc",
+        "ccomp",
+        "clf",
+        "compound",
+        "conj",
+        "cop",
+        "csubj",
+        "dep",
+        "det",
+        "discourse",
+        "dislocated",
+        "expl",
+        "fixed",
+        "flat",
+        "goeswith",
+        "iobj",
+        "list",
+        "mark",
+        "nmod",
+        "nsubj",
+        "nummod",
+        "obj",
+        "obl",
+        "orphan",
+        "parataxis",
+        "punct",
+        "reparandum",
+        "root",
+        "vocative",
+        "xcomp",
+    ];
+    with_head(
+        &shared,
+        tmp.path(),
+        &mut reg,
+        "minilm-dp",
+        &[
+            ("parser.root", vec![384]),
+            ("parser.arc_dep.weight", vec![64, 384]),
+            ("parser.arc_dep.bias", vec![64]),
+            ("parser.arc_head.weight", vec![64, 384]),
+            ("parser.arc_head.bias", vec![64]),
+            ("parser.rel_dep.weight", vec![32, 384]),
+            ("parser.rel_dep.bias", vec![32]),
+            ("parser.rel_head.weight", vec![32, 384]),
+            ("parser.rel_head.bias", vec![32]),
+            ("parser.arc_attn.weight", vec![65, 64]),
+            ("parser.rel_attn.weight", vec![37, 33, 33]),
+        ],
+        &serde_json::json!({"id2label": labels(&deprels), "crossmerge_parser": {"word": "first"}}),
+    );
     let pos_data = head_of(
         &shared.join("data/ud/UD_English-PUD/en_pud-ud-test.conllu"),
         120,
@@ -199,6 +258,16 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
     ] {
         assert!(ner.outcome.metrics[m].is_finite(), "{m}");
     }
+    let dp = run("minilm-dp", Task::Dp, &pos_data);
+    let (uas, las) = (dp.outcome.metrics["uas"], dp.outcome.metrics["las"]);
+    assert!(
+        (0.0..=1.0).contains(&uas) && las <= uas,
+        "UAS {uas}, LAS {las}"
+    );
+    assert_eq!(
+        run("minilm-dp", Task::Dp, &pos_data).outcome.metrics,
+        dp.outcome.metrics
+    );
     let mlm = run("minilm-mlm", Task::Mlm, &text_data);
     let ppl = mlm.outcome.metrics["perplexity"];
     assert!(ppl.is_finite() && ppl > 1.0, "perplexity {ppl}");
@@ -213,12 +282,12 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
         mlm.outcome.metrics
     );
     eprintln!(
-        "random-init heads: UPOS {acc:.4}, entity F1 {:.4}, MLM perplexity {ppl:.1}",
+        "random-init heads: UPOS {acc:.4}, entity F1 {:.4}, UAS {uas:.4}, LAS {las:.4}, MLM perplexity {ppl:.1}",
         ner.outcome.metrics["entity_f1"]
     );
 
     let rows = reg.evaluations(None, None, None).unwrap();
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 7);
     assert_eq!(
         reg.evaluations(Some("minilm-pos"), Some("pos"), Some("en"))
             .unwrap()

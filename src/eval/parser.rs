@@ -1,0 +1,343 @@
+//! A biaffine dependency parser head (Dozat & Manning 2017, "Deep biaffine attention for
+//! neural dependency parsing", ICLR) over the encoder's word vectors. Tensor names and config
+//! keys: schemas/parser.md.
+//!
+//! Word vectors are the first subword's hidden state (or the mean of the word's subwords); a
+//! learned `[ROOT]` vector is prepended, so heads index `[ROOT] + words` (0 = root). Four MLPs
+//! (one linear layer and an activation each) give arc-dependent, arc-head, relation-dependent
+//! and relation-head views; the arc score of dependent i and head j is `[dᵢ; 1]ᵀ·U·hⱼ`, the
+//! relation scores `[dᵢ; 1]ᵀ·Wₗ·[hⱼ; 1]` per label l. Decoding is greedy: each word takes its
+//! highest-scoring head (never itself), then the best relation for that arc.
+
+#![allow(clippy::many_single_char_names)] // b, t, h, n, l, w, x: the formulas' names
+
+use candle_core::{D, Device, Tensor};
+use serde::Deserialize;
+
+use super::model::Weights;
+use crate::error::{Error, Result};
+
+/// `crossmerge_parser` in config.json.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParserConfig {
+    /// `first` (default) or `mean` subword pooling.
+    #[serde(default = "default_word")]
+    pub word: String,
+    /// `leaky_relu` (slope 0.1, default), `relu` or `gelu`.
+    #[serde(default = "default_activation")]
+    pub activation: String,
+}
+
+fn default_word() -> String {
+    "first".to_owned()
+}
+fn default_activation() -> String {
+    "leaky_relu".to_owned()
+}
+
+fn candle(e: &candle_core::Error) -> Error {
+    Error::invalid(
+        format!("parser computation: {e}"),
+        "check the parser tensors against schemas/parser.md",
+    )
+}
+
+struct Mlp {
+    w: Tensor,
+    b: Tensor,
+}
+
+/// The parser head's tensors.
+pub struct Parser {
+    pub config: ParserConfig,
+    root: Tensor,
+    arc_dep: Mlp,
+    arc_head: Mlp,
+    rel_dep: Mlp,
+    rel_head: Mlp,
+    arc_attn: Tensor,
+    rel_attn: Tensor,
+}
+
+/// Greedy predictions for one sentence: (head, relation index) per word.
+pub type Parse = Vec<(usize, usize)>;
+
+impl Parser {
+    pub fn load(weights: &Weights, config: ParserConfig) -> Result<Self> {
+        if !matches!(config.word.as_str(), "first" | "mean")
+            || !matches!(config.activation.as_str(), "leaky_relu" | "relu" | "gelu")
+        {
+            return Err(Error::invalid(
+                format!(
+                    "crossmerge_parser: word `{}`, activation `{}`",
+                    config.word, config.activation
+                ),
+                "word is first or mean; activation is leaky_relu, relu or gelu",
+            ));
+        }
+        let mlp = |n: &str| -> Result<Mlp> {
+            Ok(Mlp {
+                w: weights.head(&format!("parser.{n}.weight"))?,
+                b: weights.head(&format!("parser.{n}.bias"))?,
+            })
+        };
+        Ok(Self {
+            root: weights.head("parser.root")?,
+            arc_dep: mlp("arc_dep")?,
+            arc_head: mlp("arc_head")?,
+            rel_dep: mlp("rel_dep")?,
+            rel_head: mlp("rel_head")?,
+            arc_attn: weights.head("parser.arc_attn.weight")?,
+            rel_attn: weights.head("parser.rel_attn.weight")?,
+            config,
+        })
+    }
+
+    fn mlp(&self, m: &Mlp, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = x.broadcast_matmul(&m.w.t()?)?.broadcast_add(&m.b)?;
+        match self.config.activation.as_str() {
+            "relu" => y.relu(),
+            "gelu" => y.gelu_erf(),
+            _ => {
+                // leaky ReLU, slope 0.1: max(y, 0.1·y).
+                y.maximum(&(&y * 0.1)?)
+            }
+        }
+    }
+
+    /// Parses a batch: `hidden` (b, t, H) and, per sentence, each word's subword range
+    /// (`None` for words cut by truncation; they get a zero vector and are scored as wrong by
+    /// the caller).
+    pub fn parse(
+        &self,
+        hidden: &Tensor,
+        words: &[Vec<Option<std::ops::Range<usize>>>],
+        device: &Device,
+    ) -> Result<Vec<Parse>> {
+        let f = || -> candle_core::Result<Vec<Parse>> {
+            let (b, t, h) = hidden.dims3()?;
+            let n = words.iter().map(Vec::len).max().unwrap_or(0);
+            // Pooling weights (b, n, t): one-hot on the first subword, or the mean.
+            let mut pool = vec![0f32; b * n * t];
+            for (s, ws) in words.iter().enumerate() {
+                for (i, r) in ws.iter().enumerate() {
+                    let Some(r) = r else { continue };
+                    let row = &mut pool[(s * n + i) * t..(s * n + i + 1) * t];
+                    if self.config.word == "mean" {
+                        let len = r.len().max(1) as f32;
+                        for p in r.clone() {
+                            row[p] = 1.0 / len;
+                        }
+                    } else {
+                        row[r.start] = 1.0;
+                    }
+                }
+            }
+            let pool = Tensor::from_vec(pool, (b, n, t), device)?;
+            let word_vecs = pool.matmul(hidden)?; // (b, n, h)
+            let root = self.root.reshape((1, 1, h))?.broadcast_as((b, 1, h))?;
+            let x = Tensor::cat(&[&root, &word_vecs], 1)?; // (b, n+1, h)
+            let ones = Tensor::ones((b, n + 1, 1), x.dtype(), device)?;
+            let arc_d = Tensor::cat(&[&self.mlp(&self.arc_dep, &x)?, &ones], 2)?; // (b, n+1, A+1)
+            let arc_h = self.mlp(&self.arc_head, &x)?; // (b, n+1, A)
+            let scores = arc_d
+                .broadcast_matmul(&self.arc_attn)?
+                .matmul(&arc_h.t()?)?; // (b, n+1, n+1)
+            let scores: Vec<Vec<Vec<f32>>> = scores.to_vec3()?;
+            let rel_d = Tensor::cat(&[&self.mlp(&self.rel_dep, &x)?, &ones], 2)?; // (b, n+1, R+1)
+            let rel_h = Tensor::cat(&[&self.mlp(&self.rel_head, &x)?, &ones], 2)?;
+            let (l, r1, _) = self.rel_attn.dims3()?;
+            // (b, n+1, R+1) · (R+1, L·(R+1)) → (b, n+1, L, R+1)
+            let w = self
+                .rel_attn
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((r1, l * r1))?;
+            let dw = rel_d.broadcast_matmul(&w)?.reshape((b, n + 1, l, r1))?;
+            let mut out = Vec::with_capacity(b);
+            for (s, ws) in words.iter().enumerate() {
+                let len = ws.len();
+                let heads: Vec<usize> = (1..=len)
+                    .map(|i| {
+                        (0..=len)
+                            .filter(|&j| j != i)
+                            .max_by(|&a, &c| {
+                                scores[s][i][a].total_cmp(&scores[s][i][c]).then(c.cmp(&a))
+                            })
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                // Relation scores of each word's chosen arc.
+                let idx: Vec<u32> = heads.iter().map(|&j| j as u32).collect();
+                let idx = Tensor::from_vec(idx, len, device)?;
+                let hs = rel_h.get(s)?.index_select(&idx, 0)?; // (len, R+1)
+                let ds = dw.get(s)?.narrow(0, 1, len)?; // (len, L, R+1)
+                let rel = ds.broadcast_mul(&hs.unsqueeze(1)?)?.sum(D::Minus1)?; // (len, L)
+                let best: Vec<u32> = rel.argmax(D::Minus1)?.to_vec1()?;
+                out.push(
+                    heads
+                        .into_iter()
+                        .zip(best)
+                        .map(|(hd, r)| (hd, r as usize))
+                        .collect(),
+                );
+            }
+            Ok(out)
+        };
+        f().map_err(|e| candle(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::eval::model::Config;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The greedy parse by the formulas of schemas/parser.md, in f64 loops.
+    #[allow(clippy::needless_range_loop)]
+    fn reference(
+        t: &HashMap<String, Vec<f32>>,
+        words: &[Vec<f32>],
+        dims: (usize, usize, usize, usize),
+    ) -> Parse {
+        let (h, a, r, l) = dims;
+        let mlp = |name: &str, x: &[f32], out: usize| -> Vec<f64> {
+            let (w, b) = (
+                &t[&format!("parser.{name}.weight")],
+                &t[&format!("parser.{name}.bias")],
+            );
+            (0..out)
+                .map(|o| {
+                    let y = f64::from(b[o])
+                        + (0..h)
+                            .map(|k| f64::from(w[o * h + k]) * f64::from(x[k]))
+                            .sum::<f64>();
+                    if y > 0.0 { y } else { 0.1 * y }
+                })
+                .collect()
+        };
+        let mut xs = vec![t["parser.root"].clone()];
+        xs.extend(words.iter().cloned());
+        let n = words.len();
+        let u = &t["parser.arc_attn.weight"];
+        let wr = &t["parser.rel_attn.weight"];
+        (1..=n)
+            .map(|i| {
+                let mut d = mlp("arc_dep", &xs[i], a);
+                d.push(1.0);
+                let score = |j: usize| -> f64 {
+                    let hj = mlp("arc_head", &xs[j], a);
+                    (0..=a)
+                        .map(|p| {
+                            (0..a)
+                                .map(|q| d[p] * f64::from(u[p * a + q]) * hj[q])
+                                .sum::<f64>()
+                        })
+                        .sum()
+                };
+                let head = (0..=n)
+                    .filter(|&j| j != i)
+                    .max_by(|&x, &y| score(x).total_cmp(&score(y)).then(y.cmp(&x)))
+                    .unwrap();
+                let mut dr = mlp("rel_dep", &xs[i], r);
+                dr.push(1.0);
+                let mut hr = mlp("rel_head", &xs[head], r);
+                hr.push(1.0);
+                let rel_score = |lab: usize| -> f64 {
+                    (0..=r)
+                        .map(|p| {
+                            (0..=r)
+                                .map(|q| {
+                                    dr[p] * f64::from(wr[(lab * (r + 1) + p) * (r + 1) + q]) * hr[q]
+                                })
+                                .sum::<f64>()
+                        })
+                        .sum()
+                };
+                let rel = (0..l)
+                    .max_by(|&x, &y| rel_score(x).total_cmp(&rel_score(y)))
+                    .unwrap();
+                (head, rel)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn biaffine_scores_follow_the_documented_formulas() {
+        let (h, a, r, l) = (6, 4, 3, 5);
+        let shapes: [(&str, Vec<usize>); 11] = [
+            ("parser.root", vec![h]),
+            ("parser.arc_dep.weight", vec![a, h]),
+            ("parser.arc_dep.bias", vec![a]),
+            ("parser.arc_head.weight", vec![a, h]),
+            ("parser.arc_head.bias", vec![a]),
+            ("parser.rel_dep.weight", vec![r, h]),
+            ("parser.rel_dep.bias", vec![r]),
+            ("parser.rel_head.weight", vec![r, h]),
+            ("parser.rel_head.bias", vec![r]),
+            ("parser.arc_attn.weight", vec![a + 1, a]),
+            ("parser.rel_attn.weight", vec![l, r + 1, r + 1]),
+        ];
+        let mut raw = HashMap::new();
+        let mut map = HashMap::new();
+        for (k, (name, shape)) in shapes.iter().enumerate() {
+            let v = values(shape.iter().product(), 11 + k as u64);
+            map.insert(
+                (*name).to_owned(),
+                Tensor::from_vec(v.clone(), shape.as_slice(), &Device::Cpu).unwrap(),
+            );
+            raw.insert((*name).to_owned(), v);
+        }
+        let config: Config = serde_json::from_str(
+            r#"{"model_type": "bert", "vocab_size": 10, "hidden_size": 6, "num_hidden_layers": 0,
+                "num_attention_heads": 1, "intermediate_size": 4, "max_position_embeddings": 8}"#,
+        )
+        .unwrap();
+        let weights = Weights::new(map, &config);
+        let parser = Parser::load(
+            &weights,
+            ParserConfig {
+                word: "first".into(),
+                activation: "leaky_relu".into(),
+            },
+        )
+        .unwrap();
+        // Two sentences of 4 and 2 words over 7 subword positions.
+        let hidden = values(2 * 7 * h, 99);
+        let tensor = Tensor::from_vec(hidden.clone(), (2, 7, h), &Device::Cpu).unwrap();
+        let words = vec![
+            vec![Some(1..2), Some(2..4), Some(4..5), Some(5..6)],
+            vec![Some(1..3), Some(3..4)],
+        ];
+        let parses = parser.parse(&tensor, &words, &Device::Cpu).unwrap();
+        for (s, ws) in words.iter().enumerate() {
+            let vecs: Vec<Vec<f32>> = ws
+                .iter()
+                .map(|r| {
+                    let p = r.as_ref().unwrap().start;
+                    hidden[(s * 7 + p) * h..(s * 7 + p + 1) * h].to_vec()
+                })
+                .collect();
+            assert_eq!(
+                parses[s],
+                reference(&raw, &vecs, (h, a, r, l)),
+                "sentence {s}"
+            );
+        }
+    }
+}
