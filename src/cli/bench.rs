@@ -74,6 +74,8 @@ pub enum Suite {
     /// `task_arithmetic` and `ties` merges of base + 3 fine-tunes against the I/O bound and
     /// mergekit (issue: recipes).
     Merge,
+    /// `crossmerge eval` throughput (MiniLM, UPOS on en PUD) against transformers on PyTorch CPU.
+    Eval,
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +91,9 @@ pub struct BenchArgs {
     /// Runs per figure; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// A Python with torch and transformers, for the eval suite.
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
     /// mergekit's `mergekit-yaml` for the merge suite (skipped when absent).
     #[arg(long, default_value = "mergekit-yaml")]
     mergekit: PathBuf,
@@ -185,6 +190,9 @@ fn child(args: &[&std::ffi::OsStr]) -> anyhow::Result<(f64, f64)> {
 pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     if matches!(a.suite, Suite::Merge) {
         return bench_merge(a);
+    }
+    if matches!(a.suite, Suite::Eval) {
+        return bench_eval(a);
     }
     if matches!(a.suite, Suite::Compare) {
         return bench_compare(a);
@@ -800,6 +808,135 @@ fn bench_merge(a: &BenchArgs) -> anyhow::Result<ExitCode> {
         out,
         "| raw bound (file read + write) | {:.2} | | 1.00 | | | | |",
         med(&|r| r.raw_read_s + r.write_s)
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_eval(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared");
+    let minilm = shared.join("models/all-MiniLM-L6-v2");
+    let data = shared.join("data/ud/UD_English-PUD/en_pud-ud-test.conllu");
+    if !minilm.is_dir() || !data.is_file() {
+        bail!("the eval suite needs ../shared (MiniLM and UD_English-PUD)");
+    }
+    let script = root.join("scripts/reference/hf_eval_speed.py");
+    let model_dir = a.workdir.join("minilm-pos");
+    fs::create_dir_all(&a.workdir)?;
+    let status = Command::new(&a.python)
+        .arg(&script)
+        .arg("prepare")
+        .arg(&minilm)
+        .arg(&model_dir)
+        .status()?;
+    if !status.success() {
+        bail!(
+            "{} could not prepare the model (needs torch and transformers)",
+            a.python.display()
+        );
+    }
+    let reg_dir = a.workdir.join("registry-eval");
+    let _ = fs::remove_dir_all(&reg_dir);
+    let q = std::ffi::OsStr::new;
+    let regs = reg_dir.as_os_str();
+    child(&[
+        q("--registry"),
+        regs,
+        q("--quiet"),
+        q("register"),
+        model_dir.as_os_str(),
+        q("--name"),
+        q("minilm-pos"),
+        q("--kind"),
+        q("task"),
+        q("--task"),
+        q("pos"),
+    ])?;
+    let runs = a.runs.max(1);
+    let mut ours = Vec::new();
+    let mut accuracy = String::new();
+    for _ in 0..runs {
+        let exe = std::env::current_exe()?;
+        let out = Command::new(exe)
+            .args([
+                q("--registry"),
+                regs,
+                q("--quiet"),
+                q("eval"),
+                q("minilm-pos"),
+                q("--task"),
+                q("pos"),
+                q("--data"),
+                data.as_os_str(),
+                q("--json"),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "crossmerge eval failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        // The evaluation's own time (model loading excluded, as on the Python side).
+        ours.push(v["duration_s"].as_f64().unwrap_or(f64::NAN));
+        accuracy = format!(
+            "{:.4}",
+            v["metrics"]["upos_accuracy"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let out = Command::new(&a.python)
+        .arg(&script)
+        .arg("time")
+        .arg(&model_dir)
+        .arg(&data)
+        .arg(runs.to_string())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "transformers timing failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let theirs: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let hf_accuracy = text
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("?")
+        .to_owned();
+    let sentences = 1000.0;
+    let (mine, hf) = (median(ours.clone()), median(theirs.clone()));
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "UPOS tagging of UD_English-PUD (1000 sentences) with MiniLM + a seeded random POS head, CPU, median of {runs} runs"
+    )?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "| implementation | seconds | sentences/s | UPOS accuracy (random head) |"
+    )?;
+    writeln!(o, "| --- | --- | --- | --- |")?;
+    writeln!(
+        o,
+        "| crossmerge eval (candle) | {mine:.2} | {:.0} | {accuracy} |",
+        sentences / mine
+    )?;
+    writeln!(
+        o,
+        "| transformers (PyTorch) | {hf:.2} | {:.0} | {hf_accuracy} |",
+        sentences / hf
+    )?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "crossmerge ÷ transformers throughput: {:.2}× (runs: ours {ours:?}, transformers {theirs:?})",
+        hf / mine
     )?;
     Ok(ExitCode::SUCCESS)
 }
