@@ -330,6 +330,31 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
         message.contains("ADJ") && message.contains("not in the model's label map"),
         "{message}"
     );
+    // A tokenizer whose vocabulary does not fit the embeddings.
+    with_head(
+        &shared,
+        tmp.path(),
+        &mut reg,
+        "minilm-small-pos",
+        &[
+            ("classifier.weight", vec![17, 384]),
+            ("classifier.bias", vec![17]),
+        ],
+        &serde_json::json!({"vocab_size": 1000, "id2label": labels(&UPOS)}),
+    );
+    let e = reg
+        .evaluate(
+            "minilm-small-pos",
+            &EvalOptions::new(Task::Pos, &pos_data),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("does not fit the model's embeddings (1000)"),
+        "{e}"
+    );
+    assert!(e.hint().is_some());
     let mut cuda = EvalOptions::new(Task::Pos, &pos_data);
     cuda.device = "cuda".into();
     if !cfg!(feature = "cuda") {
