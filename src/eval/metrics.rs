@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::conllu::{Sentence, universal};
+use super::conllu::{Sentence, Word, universal};
 
 /// Correct ÷ total, or `None` for an empty set.
 pub fn accuracy(correct: u64, total: u64) -> Option<f64> {
@@ -157,34 +157,38 @@ pub struct WordMismatch {
     pub gold: usize,
 }
 
-/// UAS and LAS of `system` against `gold` (the same words; see the module docs).
-pub fn attachment(gold: &[Sentence], system: &[Sentence]) -> Result<Attachment, WordMismatch> {
-    let (mut n, mut uas, mut las) = (0u64, 0u64, 0u64);
-    for (i, (g, s)) in gold.iter().zip(system).enumerate() {
-        if g.words.len() != s.words.len() {
+/// The word pairs of two parses of the same sentences, or where their words first differ.
+fn word_pairs<'a>(
+    gold: &'a [Sentence],
+    system: &'a [Sentence],
+) -> Result<Vec<(&'a Word, &'a Word)>, WordMismatch> {
+    let words = |s: Option<&Sentence>| s.map_or(0, |s| s.words.len());
+    for i in 0..gold.len().max(system.len()) {
+        let (g, s) = (words(gold.get(i)), words(system.get(i)));
+        if g != s || i >= gold.len() || i >= system.len() {
             return Err(WordMismatch {
                 sentence: i + 1,
-                system: s.words.len(),
-                gold: g.words.len(),
+                system: s,
+                gold: g,
             });
         }
-        for (gw, sw) in g.words.iter().zip(&s.words) {
-            n += 1;
-            if gw.head == sw.head {
-                uas += 1;
-                if universal(&gw.deprel) == universal(&sw.deprel) {
-                    las += 1;
-                }
-            }
-        }
     }
-    if gold.len() != system.len() {
-        return Err(WordMismatch {
-            sentence: gold.len().min(system.len()) + 1,
-            system: system.get(gold.len()).map_or(0, |s| s.words.len()),
-            gold: gold.get(system.len()).map_or(0, |s| s.words.len()),
-        });
-    }
+    Ok(gold
+        .iter()
+        .zip(system)
+        .flat_map(|(g, s)| g.words.iter().zip(&s.words))
+        .collect())
+}
+
+/// UAS and LAS of `system` against `gold` (the same words; see the module docs).
+pub fn attachment(gold: &[Sentence], system: &[Sentence]) -> Result<Attachment, WordMismatch> {
+    let pairs = word_pairs(gold, system)?;
+    let n = pairs.len() as u64;
+    let uas = pairs.iter().filter(|(g, s)| g.head == s.head).count() as u64;
+    let las = pairs
+        .iter()
+        .filter(|(g, s)| g.head == s.head && universal(&g.deprel) == universal(&s.deprel))
+        .count() as u64;
     Ok(Attachment {
         words: n,
         uas: accuracy(uas, n),
@@ -194,19 +198,7 @@ pub fn attachment(gold: &[Sentence], system: &[Sentence]) -> Result<Attachment, 
 
 /// UPOS accuracy of `system` against `gold` (the same words).
 pub fn upos_accuracy(gold: &[Sentence], system: &[Sentence]) -> Result<Option<f64>, WordMismatch> {
-    let (mut n, mut ok) = (0u64, 0u64);
-    for (i, (g, s)) in gold.iter().zip(system).enumerate() {
-        if g.words.len() != s.words.len() {
-            return Err(WordMismatch {
-                sentence: i + 1,
-                system: s.words.len(),
-                gold: g.words.len(),
-            });
-        }
-        for (gw, sw) in g.words.iter().zip(&s.words) {
-            n += 1;
-            ok += u64::from(gw.upos == sw.upos);
-        }
-    }
-    Ok(accuracy(ok, n))
+    let pairs = word_pairs(gold, system)?;
+    let ok = pairs.iter().filter(|(g, s)| g.upos == s.upos).count() as u64;
+    Ok(accuracy(ok, pairs.len() as u64))
 }

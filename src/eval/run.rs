@@ -83,21 +83,7 @@ impl Model {
 
     /// Runs the encoder and head on sequences of ids (padded here), returning logits.
     fn logits(&self, batch: &[&[u32]]) -> Result<Tensor> {
-        let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
-        let pad = self.pad_id();
-        let ids: Vec<Vec<u32>> = batch
-            .iter()
-            .map(|s| {
-                let mut v = s.to_vec();
-                v.resize(t, pad);
-                v
-            })
-            .collect();
-        let mask: Vec<Vec<u32>> = batch
-            .iter()
-            .map(|s| (0..t).map(|i| u32::from(i < s.len())).collect())
-            .collect();
-        let hidden = self.encoder.forward(&ids, &mask, &self.device)?;
+        let hidden = self.hidden(batch)?;
         self.head
             .as_ref()
             .expect("a task head is loaded")
