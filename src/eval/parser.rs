@@ -6,8 +6,8 @@
 //! learned `[ROOT]` vector is prepended, so heads index `[ROOT] + words` (0 = root). Four MLPs
 //! (one linear layer and an activation each) give arc-dependent, arc-head, relation-dependent
 //! and relation-head views; the arc score of dependent i and head j is `[dᵢ; 1]ᵀ·U·hⱼ`, the
-//! relation scores `[dᵢ; 1]ᵀ·Wₗ·[hⱼ; 1]` per label l. Decoding is greedy: each word takes its
-//! highest-scoring head (never itself), then the best relation for that arc.
+//! relation scores `[dᵢ; 1]ᵀ·Wₗ·[hⱼ; 1]` per label l. Decoding takes the maximum spanning
+//! tree with one word on `[ROOT]` ([`mst`]), then the best relation for each of its arcs.
 
 #![allow(clippy::many_single_char_names)] // b, t, h, n, l, w, x: the formulas' names
 
@@ -60,7 +60,7 @@ pub struct Parser {
     rel_attn: Tensor,
 }
 
-/// Greedy predictions for one sentence: (head, relation index) per word.
+/// Predictions for one sentence: (head, relation index) per word.
 pub type Parse = Vec<(usize, usize)>;
 
 impl Parser {
@@ -106,9 +106,78 @@ impl Parser {
         }
     }
 
-    /// Parses a batch: `hidden` (b, t, H) and, per sentence, each word's subword range
-    /// (`None` for words cut by truncation; they get a zero vector and are scored as wrong by
-    /// the caller).
+    /// The arc scores and the pieces of the relation scores for a batch: `hidden` (b, t, H)
+    /// and, per sentence, each word's subword range (`None` for words cut by truncation; they
+    /// get a zero vector).
+    fn views(
+        &self,
+        hidden: &Tensor,
+        words: &[Vec<Option<std::ops::Range<usize>>>],
+        device: &Device,
+    ) -> candle_core::Result<Views> {
+        let (b, t, h) = hidden.dims3()?;
+        let n = words.iter().map(Vec::len).max().unwrap_or(0);
+        // Pooling weights (b, n, t): one-hot on the first subword, or the mean.
+        let mut pool = vec![0f32; b * n * t];
+        for (s, ws) in words.iter().enumerate() {
+            for (i, r) in ws.iter().enumerate() {
+                let Some(r) = r else { continue };
+                let row = &mut pool[(s * n + i) * t..(s * n + i + 1) * t];
+                if self.config.word == "mean" {
+                    let len = r.len().max(1) as f32;
+                    for p in r.clone() {
+                        row[p] = 1.0 / len;
+                    }
+                } else {
+                    row[r.start] = 1.0;
+                }
+            }
+        }
+        let pool = Tensor::from_vec(pool, (b, n, t), device)?;
+        let word_vecs = pool.matmul(hidden)?; // (b, n, h)
+        let root = self.root.reshape((1, 1, h))?.broadcast_as((b, 1, h))?;
+        let x = Tensor::cat(&[&root, &word_vecs], 1)?; // (b, n+1, h)
+        let ones = Tensor::ones((b, n + 1, 1), x.dtype(), device)?;
+        let arc_d = Tensor::cat(&[&self.mlp(&self.arc_dep, &x)?, &ones], 2)?; // (b, n+1, A+1)
+        let arc_h = self.mlp(&self.arc_head, &x)?; // (b, n+1, A)
+        let arc = arc_d
+            .broadcast_matmul(&self.arc_attn)?
+            .matmul(&arc_h.t()?)?; // (b, n+1, n+1)
+        let rel_d = Tensor::cat(&[&self.mlp(&self.rel_dep, &x)?, &ones], 2)?; // (b, n+1, R+1)
+        let rel_h = Tensor::cat(&[&self.mlp(&self.rel_head, &x)?, &ones], 2)?;
+        let (l, r1, _) = self.rel_attn.dims3()?;
+        // (b, n+1, R+1) · (R+1, L·(R+1)) → (b, n+1, L, R+1)
+        let w = self
+            .rel_attn
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((r1, l * r1))?;
+        let dw = rel_d.broadcast_matmul(&w)?.reshape((b, n + 1, l, r1))?;
+        Ok(Views { arc, dw, rel_h })
+    }
+
+    /// Every score of a batch: arcs `(b, dependent, head)` over `[ROOT] + words`, and
+    /// relations `(b, label, dependent, head)`.
+    pub fn scores(
+        &self,
+        hidden: &Tensor,
+        words: &[Vec<Option<std::ops::Range<usize>>>],
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
+        let f = || -> candle_core::Result<(Tensor, Tensor)> {
+            let v = self.views(hidden, words, device)?;
+            // (b, L, n+1, R+1) · (b, 1, R+1, n+1) → (b, L, n+1, n+1)
+            let rel =
+                v.dw.transpose(1, 2)?
+                    .contiguous()?
+                    .broadcast_matmul(&v.rel_h.t()?.unsqueeze(1)?)?;
+            Ok((v.arc, rel))
+        };
+        f().map_err(|e| candle(&e))
+    }
+
+    /// Parses a batch (see [`Parser::scores`] for the arguments): the maximum spanning tree
+    /// with one word on `[ROOT]` ([`mst`]), then each arc's best relation.
     pub fn parse(
         &self,
         hidden: &Tensor,
@@ -116,63 +185,21 @@ impl Parser {
         device: &Device,
     ) -> Result<Vec<Parse>> {
         let f = || -> candle_core::Result<Vec<Parse>> {
-            let (b, t, h) = hidden.dims3()?;
-            let n = words.iter().map(Vec::len).max().unwrap_or(0);
-            // Pooling weights (b, n, t): one-hot on the first subword, or the mean.
-            let mut pool = vec![0f32; b * n * t];
-            for (s, ws) in words.iter().enumerate() {
-                for (i, r) in ws.iter().enumerate() {
-                    let Some(r) = r else { continue };
-                    let row = &mut pool[(s * n + i) * t..(s * n + i + 1) * t];
-                    if self.config.word == "mean" {
-                        let len = r.len().max(1) as f32;
-                        for p in r.clone() {
-                            row[p] = 1.0 / len;
-                        }
-                    } else {
-                        row[r.start] = 1.0;
-                    }
-                }
-            }
-            let pool = Tensor::from_vec(pool, (b, n, t), device)?;
-            let word_vecs = pool.matmul(hidden)?; // (b, n, h)
-            let root = self.root.reshape((1, 1, h))?.broadcast_as((b, 1, h))?;
-            let x = Tensor::cat(&[&root, &word_vecs], 1)?; // (b, n+1, h)
-            let ones = Tensor::ones((b, n + 1, 1), x.dtype(), device)?;
-            let arc_d = Tensor::cat(&[&self.mlp(&self.arc_dep, &x)?, &ones], 2)?; // (b, n+1, A+1)
-            let arc_h = self.mlp(&self.arc_head, &x)?; // (b, n+1, A)
-            let scores = arc_d
-                .broadcast_matmul(&self.arc_attn)?
-                .matmul(&arc_h.t()?)?; // (b, n+1, n+1)
-            let scores: Vec<Vec<Vec<f32>>> = scores.to_vec3()?;
-            let rel_d = Tensor::cat(&[&self.mlp(&self.rel_dep, &x)?, &ones], 2)?; // (b, n+1, R+1)
-            let rel_h = Tensor::cat(&[&self.mlp(&self.rel_head, &x)?, &ones], 2)?;
-            let (l, r1, _) = self.rel_attn.dims3()?;
-            // (b, n+1, R+1) · (R+1, L·(R+1)) → (b, n+1, L, R+1)
-            let w = self
-                .rel_attn
-                .transpose(0, 1)?
-                .contiguous()?
-                .reshape((r1, l * r1))?;
-            let dw = rel_d.broadcast_matmul(&w)?.reshape((b, n + 1, l, r1))?;
-            let mut out = Vec::with_capacity(b);
+            let v = self.views(hidden, words, device)?;
+            let arc: Vec<Vec<Vec<f32>>> = v.arc.to_vec3()?;
+            let mut out = Vec::with_capacity(words.len());
             for (s, ws) in words.iter().enumerate() {
                 let len = ws.len();
-                let heads: Vec<usize> = (1..=len)
-                    .map(|i| {
-                        (0..=len)
-                            .filter(|&j| j != i)
-                            .max_by(|&a, &c| {
-                                scores[s][i][a].total_cmp(&scores[s][i][c]).then(c.cmp(&a))
-                            })
-                            .unwrap_or(0)
-                    })
+                let scores: Vec<Vec<f64>> = arc[s][..=len]
+                    .iter()
+                    .map(|row| row[..=len].iter().map(|&x| f64::from(x)).collect())
                     .collect();
+                let heads = mst(&scores);
                 // Relation scores of each word's chosen arc.
                 let idx: Vec<u32> = heads.iter().map(|&j| j as u32).collect();
                 let idx = Tensor::from_vec(idx, len, device)?;
-                let hs = rel_h.get(s)?.index_select(&idx, 0)?; // (len, R+1)
-                let ds = dw.get(s)?.narrow(0, 1, len)?; // (len, L, R+1)
+                let hs = v.rel_h.get(s)?.index_select(&idx, 0)?; // (len, R+1)
+                let ds = v.dw.get(s)?.narrow(0, 1, len)?; // (len, L, R+1)
                 let rel = ds.broadcast_mul(&hs.unsqueeze(1)?)?.sum(D::Minus1)?; // (len, L)
                 let best: Vec<u32> = rel.argmax(D::Minus1)?.to_vec1()?;
                 out.push(
@@ -187,6 +214,143 @@ impl Parser {
         };
         f().map_err(|e| candle(&e))
     }
+}
+
+/// The parser's intermediate tensors for a batch.
+struct Views {
+    /// (b, n+1, n+1): dependent × head.
+    arc: Tensor,
+    /// (b, n+1, L, R+1): `[dᵢ; 1]ᵀ·Wₗ` per dependent and label.
+    dw: Tensor,
+    /// (b, n+1, R+1): `[hⱼ; 1]`.
+    rel_h: Tensor,
+}
+
+/// The highest-scoring dependency tree: `scores[i][j]` is the score of word `i` (1-based;
+/// row 0 is `[ROOT]`'s and unused) taking head `j` (0 = `[ROOT]`). Returns each word's head.
+///
+/// Chu-Liu/Edmonds (Chu & Liu 1965, Edmonds 1967) maximum spanning arborescence, with exactly
+/// one word attached to `[ROOT]` as UD trees have: every root arc is lowered by more than the
+/// spread of any two trees' scores, so the best tree under the lowered scores has one root
+/// arc and is the best such tree under the original ones (the reduction of Gabow & Tarjan
+/// 1984, as in Zmigrod et al. 2020). Ties go to the lower head index. O(n³).
+pub fn mst(scores: &[Vec<f64>]) -> Vec<usize> {
+    let n1 = scores.len();
+    if n1 <= 1 {
+        return Vec::new();
+    }
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for (i, row) in scores.iter().enumerate().skip(1) {
+        for (j, &x) in row.iter().enumerate() {
+            if i != j && x.is_finite() {
+                lo = lo.min(x);
+                hi = hi.max(x);
+            }
+        }
+    }
+    let spread = if hi >= lo { hi - lo } else { 0.0 };
+    let penalty = (spread + 1.0) * n1 as f64;
+    let s: Vec<Vec<f64>> = scores
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            row.iter()
+                .enumerate()
+                .map(|(j, &x)| {
+                    if i == 0 || i == j || !x.is_finite() {
+                        f64::NEG_INFINITY
+                    } else if j == 0 {
+                        x - penalty
+                    } else {
+                        x
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    chu_liu_edmonds(&s)[1..].to_vec()
+}
+
+/// The maximum spanning arborescence rooted at node 0 of `s[dependent][head]` (every node
+/// `≥ 1` has a finite score on node 0). Returns every node's head (`[0]` unused).
+fn chu_liu_edmonds(s: &[Vec<f64>]) -> Vec<usize> {
+    let n = s.len();
+    let mut head = vec![0usize; n];
+    for d in 1..n {
+        head[d] = (0..n)
+            .filter(|&h| h != d)
+            .max_by(|&a, &b| s[d][a].total_cmp(&s[d][b]).then(b.cmp(&a)))
+            .unwrap_or(0);
+    }
+    let Some(cycle) = find_cycle(&head) else {
+        return head;
+    };
+    // Contract the cycle into one node `c`, the last of the smaller graph.
+    let mut in_cycle = vec![false; n];
+    for &v in &cycle {
+        in_cycle[v] = true;
+    }
+    let keep: Vec<usize> = (0..n).filter(|&v| !in_cycle[v]).collect();
+    let m = keep.len() + 1;
+    let c = m - 1;
+    let mut t = vec![vec![f64::NEG_INFINITY; m]; m];
+    // For a kept dependent `a` taking `c` as head: which cycle node is its head.
+    let mut exit_to = vec![0usize; m];
+    // For `c` taking kept node `a` as head: which cycle node's arc is replaced.
+    let mut enter_at = vec![0usize; m];
+    let best_of = |items: &mut dyn Iterator<Item = (usize, f64)>| {
+        items
+            .max_by(|x, y| x.1.total_cmp(&y.1).then(y.0.cmp(&x.0)))
+            .expect("the cycle is not empty")
+    };
+    for (a, &u) in keep.iter().enumerate() {
+        for (b, &v) in keep.iter().enumerate() {
+            t[a][b] = s[u][v];
+        }
+        let (v, score) = best_of(&mut cycle.iter().map(|&v| (v, s[u][v])));
+        t[a][c] = score;
+        exit_to[a] = v;
+        // Entering the cycle at `d` from `u` replaces `d`'s cycle arc.
+        let (d, gain) = best_of(&mut cycle.iter().map(|&d| (d, s[d][u] - s[d][head[d]])));
+        t[c][a] = gain;
+        enter_at[a] = d;
+    }
+    let sub = chu_liu_edmonds(&t);
+    let mut out = head;
+    for (a, &u) in keep.iter().enumerate().skip(1) {
+        out[u] = if sub[a] == c {
+            exit_to[a]
+        } else {
+            keep[sub[a]]
+        };
+    }
+    let a = sub[c];
+    out[enter_at[a]] = keep[a];
+    out
+}
+
+/// A cycle among `head` (node 0 has none), if any.
+fn find_cycle(head: &[usize]) -> Option<Vec<usize>> {
+    // 0: unvisited, 1: on the current path, 2: known to reach node 0.
+    let mut state = vec![0u8; head.len()];
+    state[0] = 2;
+    for start in 1..head.len() {
+        let mut path = Vec::new();
+        let mut v = start;
+        while state[v] == 0 {
+            state[v] = 1;
+            path.push(v);
+            v = head[v];
+        }
+        if state[v] == 1 {
+            let from = path.iter().position(|&x| x == v).expect("on the path");
+            return Some(path[from..].to_vec());
+        }
+        for p in path {
+            state[p] = 2;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -208,7 +372,8 @@ mod tests {
             .collect()
     }
 
-    /// The greedy parse by the formulas of schemas/parser.md, in f64 loops.
+    /// The parse by the formulas of schemas/parser.md, in f64 loops: every arc score, the
+    /// best single-root tree by enumeration, each arc's best relation.
     #[allow(clippy::needless_range_loop)]
     fn reference(
         t: &HashMap<String, Vec<f32>>,
@@ -236,24 +401,26 @@ mod tests {
         let n = words.len();
         let u = &t["parser.arc_attn.weight"];
         let wr = &t["parser.rel_attn.weight"];
-        (1..=n)
-            .map(|i| {
-                let mut d = mlp("arc_dep", &xs[i], a);
-                d.push(1.0);
-                let score = |j: usize| -> f64 {
-                    let hj = mlp("arc_head", &xs[j], a);
-                    (0..=a)
-                        .map(|p| {
-                            (0..a)
-                                .map(|q| d[p] * f64::from(u[p * a + q]) * hj[q])
-                                .sum::<f64>()
-                        })
-                        .sum()
-                };
-                let head = (0..=n)
-                    .filter(|&j| j != i)
-                    .max_by(|&x, &y| score(x).total_cmp(&score(y)).then(y.cmp(&x)))
-                    .unwrap();
+        let arc = |i: usize, j: usize| -> f64 {
+            let mut d = mlp("arc_dep", &xs[i], a);
+            d.push(1.0);
+            let hj = mlp("arc_head", &xs[j], a);
+            (0..=a)
+                .map(|p| {
+                    (0..a)
+                        .map(|q| d[p] * f64::from(u[p * a + q]) * hj[q])
+                        .sum::<f64>()
+                })
+                .sum()
+        };
+        let scores: Vec<Vec<f64>> = (0..=n)
+            .map(|i| (0..=n).map(|j| arc(i, j)).collect())
+            .collect();
+        best_tree(&scores)
+            .into_iter()
+            .enumerate()
+            .map(|(k, head)| {
+                let i = k + 1;
                 let mut dr = mlp("rel_dep", &xs[i], r);
                 dr.push(1.0);
                 let mut hr = mlp("rel_head", &xs[head], r);
@@ -275,6 +442,70 @@ mod tests {
                 (head, rel)
             })
             .collect()
+    }
+
+    /// The best tree with one word on `[ROOT]`, by enumerating every head assignment.
+    fn best_tree(scores: &[Vec<f64>]) -> Vec<usize> {
+        let n = scores.len() - 1;
+        let mut heads = vec![0usize; n];
+        let mut best = (f64::NEG_INFINITY, Vec::new());
+        loop {
+            let tree = heads.iter().filter(|&&h| h == 0).count() == 1
+                && (1..=n).all(|i| {
+                    let (mut j, mut steps) = (i, 0);
+                    while j != 0 && steps <= n {
+                        j = heads[j - 1];
+                        steps += 1;
+                    }
+                    j == 0
+                });
+            if tree {
+                let score: f64 = heads
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &h)| scores[k + 1][h])
+                    .sum();
+                if score > best.0 {
+                    best = (score, heads.clone());
+                }
+            }
+            // Next assignment (odometer over 0..=n).
+            let Some(k) = (0..n).find(|&k| heads[k] < n) else {
+                return best.1;
+            };
+            heads[k] += 1;
+            for h in &mut heads[..k] {
+                *h = 0;
+            }
+        }
+    }
+
+    #[test]
+    fn mst_is_the_best_single_root_tree() {
+        let mut greedy_not_a_tree = 0;
+        for n in 1..=6 {
+            for seed in 0..40u64 {
+                let v = values((n + 1) * (n + 1), 1000 * n as u64 + seed);
+                let scores: Vec<Vec<f64>> = v
+                    .chunks(n + 1)
+                    .map(|row| row.iter().map(|&x| f64::from(x) * 10.0).collect())
+                    .collect();
+                let want = best_tree(&scores);
+                assert_eq!(mst(&scores), want, "n {n}, seed {seed}");
+                let greedy: Vec<usize> = (1..=n)
+                    .map(|i| {
+                        (0..=n)
+                            .filter(|&j| j != i)
+                            .max_by(|&a, &b| scores[i][a].total_cmp(&scores[i][b]))
+                            .unwrap()
+                    })
+                    .collect();
+                greedy_not_a_tree += usize::from(greedy != want);
+            }
+        }
+        // The cases where decoding matters (cycles, several root words) were exercised.
+        assert!(greedy_not_a_tree > 50, "{greedy_not_a_tree}");
+        assert!(mst(&[vec![0.0]]).is_empty());
     }
 
     #[test]
