@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schemas/sql/0002_vectors.sql"),
     include_str!("../schemas/sql/0003_merges.sql"),
     include_str!("../schemas/sql/0004_evaluations.sql"),
+    include_str!("../schemas/sql/0005_evaluation_settings.sql"),
 ];
 
 /// The schema version this build writes.
@@ -845,6 +846,8 @@ pub struct EvaluationRow {
     pub crossmerge_version: String,
     pub duration_s: f64,
     pub created_at: String,
+    /// The options that changed the numbers (`max_length`, `label_map`, MLM `scoring`).
+    pub settings: serde_json::Value,
 }
 
 /// What a new evaluation row holds.
@@ -861,14 +864,15 @@ pub struct NewEvaluation {
     pub truncated: u64,
     pub device: String,
     pub duration_s: f64,
+    pub settings: serde_json::Value,
 }
 
 impl Catalog {
     pub fn insert_evaluation(&mut self, e: &NewEvaluation) -> Result<()> {
         self.conn.execute(
             "INSERT INTO evaluations (checkpoint_id, task, language, dataset_hash, dataset_path, split, \
-             metrics, examples, truncated, device, crossmerge_version, duration_s) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             metrics, examples, truncated, device, crossmerge_version, duration_s, settings) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 e.checkpoint,
                 e.task,
@@ -882,6 +886,7 @@ impl Catalog {
                 e.device,
                 env!("CARGO_PKG_VERSION"),
                 e.duration_s,
+                e.settings.to_string(),
             ],
         )?;
         Ok(())
@@ -896,12 +901,13 @@ impl Catalog {
         let mut stmt = self.conn.prepare_cached(
             "SELECT c.name || '@' || c.version, c.manifest_id, e.task, e.language, e.dataset_hash, \
              e.dataset_path, e.split, e.metrics, e.examples, e.truncated, e.device, e.crossmerge_version, \
-             e.duration_s, e.created_at FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
+             e.duration_s, e.created_at, e.settings FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
              WHERE (?1 IS NULL OR e.task = ?1) AND (?2 IS NULL OR e.language = ?2) ORDER BY e.id",
         )?;
         let rows = stmt.query_map(params![task, language], |r| {
             let metrics: String = r.get(7)?;
             let manifest: String = r.get(1)?;
+            let settings: String = r.get(14)?;
             Ok(EvaluationRow {
                 checkpoint: r.get(0)?,
                 manifest_id: parse_id(&manifest)?,
@@ -917,6 +923,7 @@ impl Catalog {
                 crossmerge_version: r.get(11)?,
                 duration_s: r.get(12)?,
                 created_at: r.get(13)?,
+                settings: serde_json::from_str(&settings).unwrap_or_default(),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

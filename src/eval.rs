@@ -3,11 +3,13 @@
 //!
 //! [`conllu`] reads Universal Dependencies treebanks, [`ner`] IOB2 files (CoNLL-2003 and
 //! Universal NER layouts), [`nli`] premise/hypothesis/label TSV or JSONL, [`text`] plain text
-//! for perplexity; [`metrics`] scores predictions against gold.
+//! for perplexity; [`label_map`] renames gold labels into a model's; [`metrics`] scores
+//! predictions against gold.
 
 #[cfg(feature = "eval")]
 pub mod align;
 pub mod conllu;
+pub mod label_map;
 pub mod metrics;
 #[cfg(feature = "eval")]
 pub mod model;

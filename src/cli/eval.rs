@@ -36,6 +36,14 @@ pub struct EvalArgs {
     /// Seed of the MLM masking.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// mlm: pseudo-perplexity (Salazar et al. 2020; every token masked in turn, one pass
+    /// per token) instead of seeded 15% masking.
+    #[arg(long)]
+    pseudo_perplexity: bool,
+    /// Gold label → model label: a JSON object or `GOLD MODEL` lines (relations: the full
+    /// relation or its universal part). Unmapped gold labels must be the model's.
+    #[arg(long, value_name = "FILE")]
+    label_map: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -62,6 +70,8 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     opts.batch_size = a.batch_size;
     opts.max_length = a.max_length;
     opts.seed = a.seed;
+    opts.pseudo_perplexity = a.pseudo_perplexity;
+    opts.label_map.clone_from(&a.label_map);
     let r = reg.evaluate(&a.reference, &opts, &Bar::new(ctx.quiet))?;
     if a.json {
         output::json(&r)?;
@@ -151,13 +161,13 @@ pub fn report(ctx: &Context, c: &ReportCommand) -> anyhow::Result<ExitCode> {
         .collect();
     if let Some(path) = &a.csv {
         let mut csv = String::from(
-            "checkpoint,task,language,split,metric,value,examples,device,dataset_hash,dataset_path,created_at\n",
+            "checkpoint,task,language,split,metric,value,examples,device,dataset_hash,dataset_path,created_at,settings\n",
         );
         for r in &rows {
             for (k, v) in &r.metrics {
                 let _ = writeln!(
                     csv,
-                    "{},{},{},{},{k},{v},{},{},{},\"{}\",{}",
+                    "{},{},{},{},{k},{v},{},{},{},\"{}\",{},\"{}\"",
                     r.checkpoint,
                     r.task,
                     r.language.as_deref().unwrap_or(""),
@@ -166,7 +176,8 @@ pub fn report(ctx: &Context, c: &ReportCommand) -> anyhow::Result<ExitCode> {
                     r.device,
                     r.dataset_hash,
                     r.dataset_path.replace('"', "\"\""),
-                    r.created_at
+                    r.created_at,
+                    r.settings.to_string().replace('"', "\"\""),
                 );
             }
         }

@@ -90,6 +90,51 @@ impl Model {
             .forward(&hidden)
     }
 
+    /// Log-probability of each target `(position, id)` of each sequence under the masked-LM
+    /// head, in order. The head runs on the target positions only (the vocabulary projection
+    /// of every position would be b·t·V floats).
+    fn log_probs(&self, batch: &[&[u32]], targets: &[&[(usize, u32)]]) -> Result<Vec<f64>> {
+        let hidden = self.hidden(batch)?;
+        let (_, t, h) = hidden.dims3().map_err(candle)?;
+        let rows: Vec<u32> = targets
+            .iter()
+            .enumerate()
+            .flat_map(|(s, ts)| ts.iter().map(move |&(p, _)| (s * t + p) as u32))
+            .collect();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<u32> = targets
+            .iter()
+            .flat_map(|ts| ts.iter().map(|&(_, id)| id))
+            .collect();
+        let m = rows.len();
+        let rows = Tensor::from_vec(rows, m, &self.device).map_err(candle)?;
+        let picked = hidden
+            .reshape((batch.len() * t, h))
+            .and_then(|x| x.index_select(&rows, 0))
+            .and_then(|x| x.unsqueeze(0))
+            .map_err(candle)?;
+        let logits = self
+            .head
+            .as_ref()
+            .expect("a task head is loaded")
+            .forward(&picked)?;
+        let ids = Tensor::from_vec(ids, (m, 1), &self.device).map_err(candle)?;
+        let f = || -> candle_core::Result<Vec<f32>> {
+            let logits = logits.squeeze(0)?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let shifted = logits.broadcast_sub(&max)?;
+            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+            shifted
+                .gather(&ids, 1)?
+                .broadcast_sub(&lse)?
+                .squeeze(1)?
+                .to_vec1()
+        };
+        Ok(f().map_err(candle)?.into_iter().map(f64::from).collect())
+    }
+
     fn hidden(&self, batch: &[&[u32]]) -> Result<Tensor> {
         let t = batch.iter().map(|s| s.len()).max().unwrap_or(0);
         let pad = self.pad_id();
@@ -137,7 +182,7 @@ fn label_index(
                 unseen.join(", "),
                 labels.len()
             ),
-            "evaluate with a head trained on this label set; labels are never mapped to O silently",
+            "map them onto the model's labels with --label-map FILE, or evaluate a head trained on this label set; labels are never mapped to O silently",
         ));
     }
     Ok((labels, index))
@@ -322,9 +367,6 @@ pub fn nli(
     })
 }
 
-/// Per text: the ids with masks in, and the (position, original id) of each mask.
-type Masked = (Vec<u32>, Vec<(usize, u32)>);
-
 /// splitmix64: the masking's random numbers, a pure function of (seed, text, position).
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -333,14 +375,41 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Masked-LM perplexity: in every text, each non-special token is masked with probability
-/// 0.15 (seeded; at least one per text that has a maskable token) and replaced by the mask
-/// token; perplexity = exp(mean negative log-likelihood of the original tokens at the masked
-/// positions). Texts with no maskable token are skipped and counted; never NaN.
+/// How `mlm` scores a text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scoring {
+    /// Seeded 15% masking, one forward pass per text: `perplexity`.
+    Masked { seed: u64 },
+    /// Every token masked in turn (Salazar et al. 2020), one pass per token:
+    /// `pseudo_perplexity`.
+    Pseudo,
+}
+
+/// A text's ids (cut to `max_length`, its last special token kept) and its maskable (non-
+/// special) positions.
+struct MlmText {
+    /// Index among all texts (skipped ones included): the masking's seed input.
+    index: u64,
+    ids: Vec<u32>,
+    maskable: Vec<usize>,
+}
+
+/// Masked-LM scoring of texts, never NaN.
+///
+/// - [`Scoring::Masked`]: in every text each non-special token is masked with probability 0.15
+///   (seeded; at least one per text that has a maskable token) and replaced by the mask token;
+///   perplexity = exp(mean negative log-likelihood of the original tokens at the masked
+///   positions).
+/// - [`Scoring::Pseudo`]: pseudo-perplexity (Salazar, Liang, Nguyen & Kirchhoff 2020, "Masked
+///   language model scoring", ACL): each non-special token is masked alone and scored given
+///   all the others; PPPL = exp(−Σ PLL / N) over the N scored tokens of the corpus.
+///
+/// Texts with no maskable token are skipped and counted.
 pub fn mlm(
     model: &Model,
     texts: &[String],
-    seed: u64,
+    scoring: Scoring,
     batch_size: usize,
     max_length: usize,
     progress: &dyn Fn(u64),
@@ -354,9 +423,9 @@ pub fn mlm(
                 "use the checkpoint's MLM tokenizer.json",
             )
         })?;
-    let mut inputs: Vec<Masked> = Vec::new();
+    let mut inputs: Vec<MlmText> = Vec::new();
     let (mut truncated, mut skipped) = (0u64, 0u64);
-    for (k, text) in texts.iter().enumerate() {
+    for (index, text) in texts.iter().enumerate() {
         let enc = model
             .tokenizer
             .encode(text.as_str(), true)
@@ -377,55 +446,86 @@ pub fn mlm(
         let maskable: Vec<usize> = (0..ids.len()).filter(|&i| special[i] == 0).collect();
         if maskable.is_empty() {
             skipped += 1;
-            continue;
+        } else {
+            inputs.push(MlmText {
+                index: index as u64,
+                ids,
+                maskable,
+            });
         }
-        let mut chosen: Vec<usize> = maskable
-            .iter()
-            .copied()
-            .filter(|&i| {
-                let r = mix(seed ^ mix(k as u64) ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-                ((r >> 11) as f64 / (1u64 << 53) as f64) < 0.15
-            })
-            .collect();
-        if chosen.is_empty() {
-            chosen.push(maskable[(mix(seed ^ mix(k as u64)) % maskable.len() as u64) as usize]);
-        }
-        let targets: Vec<(usize, u32)> = chosen.iter().map(|&i| (i, ids[i])).collect();
-        for &i in &chosen {
-            ids[i] = mask_id;
-        }
-        inputs.push((ids, targets));
     }
-    let lengths: Vec<usize> = inputs.iter().map(|(i, _)| i.len()).collect();
+    // The scored items: (text, masked positions).
+    let items: Vec<(usize, Vec<usize>)> = match scoring {
+        Scoring::Masked { seed } => inputs
+            .iter()
+            .enumerate()
+            .map(|(k, t)| {
+                let mut chosen: Vec<usize> = t
+                    .maskable
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let r = mix(seed
+                            ^ mix(t.index)
+                            ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
+                        ((r >> 11) as f64 / (1u64 << 53) as f64) < 0.15
+                    })
+                    .collect();
+                if chosen.is_empty() {
+                    let n = t.maskable.len() as u64;
+                    chosen.push(t.maskable[(mix(seed ^ mix(t.index)) % n) as usize]);
+                }
+                (k, chosen)
+            })
+            .collect(),
+        Scoring::Pseudo => inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(k, t)| t.maskable.iter().map(move |&p| (k, vec![p])))
+            .collect(),
+    };
+    let lengths: Vec<usize> = items.iter().map(|(k, _)| inputs[*k].ids.len()).collect();
     let (mut nll, mut count) = (0f64, 0u64);
+    let mut done = vec![0usize; inputs.len()];
     for batch in batches(&lengths, batch_size) {
-        let seqs: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].0.as_slice()).collect();
-        let logits = model.logits(&seqs)?;
-        let f = || -> candle_core::Result<Tensor> {
-            let max = logits.max_keepdim(D::Minus1)?;
-            let shifted = logits.broadcast_sub(&max)?;
-            let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-            shifted.broadcast_sub(&lse)
-        };
-        let logp = f().map_err(candle)?;
-        for (row, &i) in batch.iter().enumerate() {
-            for &(pos, target) in &inputs[i].1 {
-                let v: f32 = logp
-                    .get(row)
-                    .and_then(|r| r.get(pos))
-                    .and_then(|p| p.get(target as usize))
-                    .and_then(|x| x.to_scalar())
-                    .map_err(candle)?;
-                nll -= f64::from(v);
-                count += 1;
+        let mut seqs: Vec<Vec<u32>> = Vec::with_capacity(batch.len());
+        let mut targets: Vec<Vec<(usize, u32)>> = Vec::with_capacity(batch.len());
+        for &i in &batch {
+            let (k, positions) = &items[i];
+            let mut ids = inputs[*k].ids.clone();
+            targets.push(positions.iter().map(|&p| (p, ids[p])).collect());
+            for &p in positions {
+                ids[p] = mask_id;
             }
+            seqs.push(ids);
         }
-        progress(batch.len() as u64);
+        let seq_refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let target_refs: Vec<&[(usize, u32)]> = targets.iter().map(Vec::as_slice).collect();
+        for lp in model.log_probs(&seq_refs, &target_refs)? {
+            nll -= lp;
+            count += 1;
+        }
+        // Progress counts texts: a text is done when its last item is.
+        let mut finished = 0;
+        for &i in &batch {
+            let k = items[i].0;
+            done[k] += 1;
+            let needed = match scoring {
+                Scoring::Masked { .. } => 1,
+                Scoring::Pseudo => inputs[k].maskable.len(),
+            };
+            finished += u64::from(done[k] == needed);
+        }
+        progress(finished);
     }
     let mut metrics = BTreeMap::new();
     if count > 0 {
-        metrics.insert("perplexity".to_owned(), (nll / count as f64).exp());
-        metrics.insert("masked_tokens".to_owned(), count as f64);
+        let (name, tokens) = match scoring {
+            Scoring::Masked { .. } => ("perplexity", "masked_tokens"),
+            Scoring::Pseudo => ("pseudo_perplexity", "scored_tokens"),
+        };
+        metrics.insert(name.to_owned(), (nll / count as f64).exp());
+        metrics.insert(tokens.to_owned(), count as f64);
     }
     metrics.insert("texts_without_maskable_tokens".to_owned(), skipped as f64);
     Ok(Outcome {
@@ -473,7 +573,7 @@ pub fn dp(
                 unseen.join(", "),
                 labels.len()
             ),
-            "evaluate with a parser trained on this relation set; relations are never mapped silently",
+            "map them onto the parser's relations with --label-map FILE, or evaluate a parser trained on this relation set",
         ));
     }
     let aligned: Vec<Aligned> = data

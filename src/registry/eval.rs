@@ -12,9 +12,10 @@ use super::{Progress, Registry};
 use crate::catalog::{CheckpointRow, NewEvaluation};
 use crate::checkpoint::Manifest;
 use crate::error::{Error, Result};
+use crate::eval::label_map::LabelMap;
 use crate::eval::model::{Config, Encoder, Head, Weights};
 use crate::eval::parser::Parser;
-use crate::eval::run::{self, Model, Outcome, Task};
+use crate::eval::run::{self, Model, Outcome, Scoring, Task};
 use crate::eval::{align, conllu, ner, nli, text};
 use crate::tensor::Dtype;
 
@@ -33,6 +34,10 @@ pub struct EvalOptions {
     pub max_length: usize,
     /// Seed of the MLM masking.
     pub seed: u64,
+    /// MLM: pseudo-perplexity (every token masked in turn) instead of seeded masking.
+    pub pseudo_perplexity: bool,
+    /// Gold label → model label (`--label-map FILE`).
+    pub label_map: Option<PathBuf>,
 }
 
 impl EvalOptions {
@@ -46,6 +51,8 @@ impl EvalOptions {
             batch_size: 32,
             max_length: 512,
             seed: 42,
+            pseudo_perplexity: false,
+            label_map: None,
         }
     }
 }
@@ -60,6 +67,8 @@ pub struct EvalReport {
     pub dataset_hash: String,
     pub device: String,
     pub duration_s: f64,
+    /// The options that changed the numbers (stored with the row).
+    pub settings: serde_json::Value,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -93,6 +102,11 @@ fn device(spec: &str) -> Result<Device> {
             "use cpu, cuda or cuda:N",
         )),
     }
+}
+
+/// A label compared whole (relations are compared by [`conllu::universal`]).
+fn whole(l: &str) -> &str {
+    l
 }
 
 fn split_of(path: &Path) -> Option<String> {
@@ -203,41 +217,92 @@ impl Registry {
         let row = self.resolve(reference)?;
         let bytes = std::fs::read(&opts.data).map_err(|e| Error::io("reading", &opts.data, e))?;
         let dataset_hash = blake3::hash(&bytes).to_hex().to_string();
+        let label_map = opts
+            .label_map
+            .as_deref()
+            .map(LabelMap::read)
+            .transpose()?
+            .unwrap_or_default();
+        if !label_map.is_empty() && opts.task == Task::Mlm {
+            return Err(Error::invalid(
+                "--label-map has no labels to map in a masked-LM evaluation",
+                "give --label-map with pos, ner, nli or dp",
+            ));
+        }
+        if opts.pseudo_perplexity && opts.task != Task::Mlm {
+            return Err(Error::invalid(
+                "--pseudo-perplexity scores masked-LM text",
+                "use it with --task mlm",
+            ));
+        }
         let model = self.load_model(&row, opts.task, &opts.device)?;
+        if !label_map.is_empty() {
+            let labels = model.config.labels();
+            let key: fn(&str) -> &str = if opts.task == Task::Dp {
+                conllu::universal
+            } else {
+                whole
+            };
+            label_map.check_targets(labels.iter().map(String::as_str), key)?;
+        }
+        let scoring = if opts.pseudo_perplexity {
+            Scoring::Pseudo
+        } else {
+            Scoring::Masked { seed: opts.seed }
+        };
         let started = Instant::now();
         let advance = |n: u64| progress.advance(n);
         let (b, m) = (opts.batch_size.max(1), opts.max_length.max(8));
         let outcome = match opts.task {
             Task::Pos => {
-                let data = conllu::read(&opts.data)?;
+                let mut data = conllu::read(&opts.data)?;
+                for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
+                    w.upos = label_map.apply(&w.upos);
+                }
                 progress.start("evaluating", data.len() as u64);
                 run::pos(&model, &data, b, m, &advance)?
             }
             Task::Ner => {
-                let data = ner::read(&opts.data)?;
+                let mut data = ner::read(&opts.data)?;
+                for t in data.iter_mut().flat_map(|s| s.tags.iter_mut()) {
+                    *t = label_map.apply(t);
+                }
                 progress.start("evaluating", data.len() as u64);
                 run::ner(&model, &data, b, m, &advance)?
             }
             Task::Nli => {
-                let data = nli::read(&opts.data)?;
+                let mut data = nli::read(&opts.data)?;
+                for e in &mut data {
+                    e.label = label_map.apply(&e.label);
+                }
                 progress.start("evaluating", data.len() as u64);
                 run::nli(&model, &data, b, m, &advance)?
             }
             Task::Dp => {
-                let data = conllu::read(&opts.data)?;
+                let mut data = conllu::read(&opts.data)?;
+                for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
+                    w.deprel = label_map.apply_relation(&w.deprel);
+                }
                 progress.start("evaluating", data.len() as u64);
                 run::dp(&model, &data, b, m, &advance)?
             }
             Task::Mlm => {
                 let data = text::read(&opts.data)?;
                 progress.start("evaluating", data.len() as u64);
-                run::mlm(&model, &data, opts.seed, b, m, &advance)?
+                run::mlm(&model, &data, scoring, b, m, &advance)?
             }
         };
         progress.finish();
         let duration_s = started.elapsed().as_secs_f64();
         let split = opts.split.clone().or_else(|| split_of(&opts.data));
         let path = std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone());
+        let mut settings = serde_json::json!({ "max_length": m });
+        if !label_map.is_empty() {
+            settings["label_map"] = serde_json::to_value(&label_map).expect("strings serialise");
+        }
+        if opts.task == Task::Mlm {
+            settings["scoring"] = serde_json::to_value(scoring).expect("serialises");
+        }
         self.catalog.insert_evaluation(&NewEvaluation {
             checkpoint: row.rowid,
             task: opts.task.name().to_owned(),
@@ -250,6 +315,7 @@ impl Registry {
             truncated: outcome.truncated_words,
             device: opts.device.clone(),
             duration_s,
+            settings: settings.clone(),
         })?;
         Ok(EvalReport {
             checkpoint: row.reference(),
@@ -259,6 +325,7 @@ impl Registry {
             dataset_hash,
             device: opts.device.clone(),
             duration_s,
+            settings,
             outcome,
         })
     }

@@ -383,3 +383,140 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
         "{err}"
     );
 }
+
+/// `--label-map FILE`: a head whose labels are named differently from the data's evaluates
+/// once its names are mapped, with exactly the numbers of the same head under the data's
+/// names; the map is stored with the row; a map onto labels the model lacks is refused.
+#[test]
+fn label_map_renames_gold_labels_on_real_data() {
+    let shared = crate::common::require_shared!();
+    let tmp = TempDir::new().unwrap();
+    let reg_dir = tmp.path().join("reg");
+    let mut reg = Registry::open(&reg_dir).unwrap();
+    reg.register(
+        &minilm(&shared),
+        &RegisterOptions::new("minilm", CheckpointKind::Base),
+        &NoProgress,
+    )
+    .unwrap();
+    let head = [
+        ("classifier.weight", vec![7, 384]),
+        ("classifier.bias", vec![7]),
+    ];
+    let short = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"];
+    let long = [
+        "O",
+        "B-PERSON",
+        "I-PERSON",
+        "B-ORGANIZATION",
+        "I-ORGANIZATION",
+        "B-LOCATION",
+        "I-LOCATION",
+    ];
+    for (name, names) in [("minilm-ner", &short), ("minilm-long-ner", &long)] {
+        with_head(
+            &shared,
+            tmp.path(),
+            &mut reg,
+            name,
+            &head,
+            &serde_json::json!({"id2label": labels(names)}),
+        );
+    }
+    let data = head_of(
+        &shared.join("data/uner/UNER_English-PUD/en_pud-ud-test.iob2"),
+        40,
+        &tmp.path().join("en_pud-ner-test.iob2"),
+    );
+    let plain = reg
+        .evaluate(
+            "minilm-ner",
+            &EvalOptions::new(Task::Ner, &data),
+            &NoProgress,
+        )
+        .unwrap();
+    let e = reg
+        .evaluate(
+            "minilm-long-ner",
+            &EvalOptions::new(Task::Ner, &data),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("B-PER"), "{e}");
+    assert!(e.hint().unwrap().contains("--label-map"), "{e}");
+    drop(reg);
+
+    let map = tmp.path().join("uner-to-long.json");
+    let pairs: serde_json::Map<String, serde_json::Value> = short
+        .iter()
+        .zip(&long)
+        .skip(1)
+        .map(|(s, l)| ((*s).to_owned(), serde_json::Value::from(*l)))
+        .collect();
+    std::fs::write(&map, serde_json::to_vec(&pairs).unwrap()).unwrap();
+    let out = cm(
+        &reg_dir,
+        &[
+            "eval",
+            "minilm-long-ner",
+            "--task",
+            "ner",
+            "--data",
+            data.to_str().unwrap(),
+            "--label-map",
+            map.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .assert()
+    .success()
+    .get_output()
+    .stdout
+    .clone();
+    let mapped: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    for (k, v) in &plain.outcome.metrics {
+        assert_eq!(mapped["metrics"][k].as_f64(), Some(*v), "{k}");
+    }
+    assert_eq!(mapped["settings"]["label_map"]["B-PER"], "B-PERSON");
+    let rows = Registry::open(&reg_dir)
+        .unwrap()
+        .evaluations(Some("minilm-long-ner"), None, None)
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].settings["label_map"]["I-LOC"], "I-LOCATION");
+
+    // A map onto a label the model lacks: one line, a hint, nothing stored.
+    let bad = tmp.path().join("bad.tsv");
+    std::fs::write(&bad, "B-PER\tB-PERSON\nB-MISC\tB-MISCELLANEOUS\n").unwrap();
+    let out = cm(
+        &reg_dir,
+        &[
+            "eval",
+            "minilm-long-ner",
+            "--task",
+            "ner",
+            "--data",
+            data.to_str().unwrap(),
+            "--label-map",
+            bad.to_str().unwrap(),
+        ],
+    )
+    .assert()
+    .code(1)
+    .get_output()
+    .stderr
+    .clone();
+    let err = String::from_utf8_lossy(&out);
+    assert!(
+        err.contains("B-MISCELLANEOUS") && err.contains("hint:"),
+        "{err}"
+    );
+    assert_eq!(
+        Registry::open(&reg_dir)
+            .unwrap()
+            .evaluations(None, None, None)
+            .unwrap()
+            .len(),
+        2
+    );
+}
