@@ -80,6 +80,20 @@ impl Manifest {
         }
     }
 
+    /// What the catalog's `manifest_refs` records for this manifest: each tensor by name and
+    /// each file as `file:<path>`, with its object.
+    pub fn refs(&self) -> Vec<(String, ObjectId)> {
+        self.tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.object()))
+            .chain(
+                self.files
+                    .iter()
+                    .map(|f| (format!("file:{}", f.path), f.object())),
+            )
+            .collect()
+    }
+
     /// The canonical bytes that the manifest id hashes.
     pub fn canonical_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a manifest always serializes")

@@ -436,17 +436,7 @@ impl Registry {
     ) -> Result<(CheckpointRow, bool)> {
         let manifest_bytes = manifest.canonical_bytes();
         let manifest_id = codec::content_id(ObjectKind::Manifest, &[], &manifest_bytes);
-        let mut refs: Vec<(String, ObjectId)> = manifest
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.object()))
-            .collect();
-        refs.extend(
-            manifest
-                .files
-                .iter()
-                .map(|f| (format!("file:{}", f.path), f.object())),
-        );
+        let refs = manifest.refs();
         let architecture = config_architecture(self, manifest);
         let task = recipe
             .output

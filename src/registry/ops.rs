@@ -333,17 +333,7 @@ impl Registry {
         progress.finish();
 
         // Commit: objects stored, references, checkpoint row, in one transaction.
-        let mut refs: Vec<(String, ObjectId)> = manifest
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), t.object()))
-            .collect();
-        refs.extend(
-            manifest
-                .files
-                .iter()
-                .map(|f| (format!("file:{}", f.path), f.object())),
-        );
+        let refs = manifest.refs();
         let new = NewCheckpoint {
             name: opts.name.clone(),
             kind: opts.kind,
