@@ -208,4 +208,16 @@ fn pseudo_perplexity_matches_pytorch() {
         .unwrap();
     assert!(masked.outcome.metrics.contains_key("perplexity"));
     assert_eq!(masked.settings["scoring"]["masked"]["seed"], 42);
+    // Options that do not fit the task: one line and a hint, no row.
+    let mut pos = EvalOptions::new(Task::Pos, dir.join("texts.txt"));
+    pos.pseudo_perplexity = true;
+    let map = tmp.path().join("map.tsv");
+    std::fs::write(&map, "a b\n").unwrap();
+    let mut mlm = EvalOptions::new(Task::Mlm, dir.join("texts.txt"));
+    mlm.label_map = Some(map);
+    for (opts, needle) in [(pos, "--pseudo-perplexity"), (mlm, "--label-map")] {
+        let e = reg.evaluate("tiny-mlm", &opts, &NoProgress).unwrap_err();
+        assert!(e.to_string().contains(needle) && e.hint().is_some(), "{e}");
+    }
+    assert_eq!(reg.evaluations(None, None, None).unwrap().len(), 2);
 }
