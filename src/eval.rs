@@ -9,6 +9,8 @@
 #[cfg(feature = "eval")]
 pub mod align;
 pub mod conllu;
+#[cfg(feature = "eval")]
+pub mod kernels;
 pub mod label_map;
 pub mod metrics;
 #[cfg(feature = "eval")]

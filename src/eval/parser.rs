@@ -98,7 +98,7 @@ impl Parser {
         let y = x.broadcast_matmul(&m.w.t()?)?.broadcast_add(&m.b)?;
         match self.config.activation.as_str() {
             "relu" => y.relu(),
-            "gelu" => y.gelu_erf(),
+            "gelu" => super::kernels::gelu(&y),
             _ => {
                 // leaky ReLU, slope 0.1: max(y, 0.1·y).
                 y.maximum(&(&y * 0.1)?)

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{D, Device, Tensor};
+use rayon::prelude::*;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
@@ -203,8 +204,9 @@ fn tag_words(
     max_length: usize,
     progress: &dyn Fn(u64),
 ) -> Result<(Vec<Vec<Option<usize>>>, u64)> {
+    // Tokenizing is independent per sentence: spread over the cores.
     let aligned: Vec<Aligned> = sentences
-        .iter()
+        .par_iter()
         .map(|s| align(&model.tokenizer, s, max_length))
         .collect::<Result<_>>()?;
     let truncated = aligned
@@ -577,7 +579,7 @@ pub fn dp(
         ));
     }
     let aligned: Vec<Aligned> = data
-        .iter()
+        .par_iter()
         .map(|s| {
             let forms: Vec<&str> = s.words.iter().map(|w| w.form.as_str()).collect();
             align(&model.tokenizer, &forms, max_length)

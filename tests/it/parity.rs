@@ -54,18 +54,22 @@ fn every_head_matches_transformers() {
     ] {
         let dir = fixtures().join(name);
         let (config, weights) = load(&dir);
-        let encoder = Encoder::load(&weights, &config).unwrap();
+        let mut encoder = Encoder::load(&weights, &config).unwrap();
         let head = Head::load(&weights, &encoder, kind).unwrap();
         let reference =
             candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
                 .unwrap();
         let ids = rows(&reference["input_ids"]);
         let mask = rows(&reference["attention_mask"]);
-        let hidden = encoder.forward(&ids, &mask, &Device::Cpu).unwrap();
-        let logits = head.forward(&hidden).unwrap();
-        let diff = max_abs_diff(&logits, &reference["logits"]);
-        eprintln!("{name}: max |Δ| = {diff:e}");
-        assert!(diff <= 1e-4, "{name}: max |Δ| = {diff}");
+        // The fused CPU kernels (what the CPU runs) and the plain ops (what CUDA runs).
+        for fused in [true, false] {
+            encoder.set_fused(fused);
+            let hidden = encoder.forward(&ids, &mask, &Device::Cpu).unwrap();
+            let logits = head.forward(&hidden).unwrap();
+            let diff = max_abs_diff(&logits, &reference["logits"]);
+            eprintln!("{name} (fused {fused}): max |Δ| = {diff:e}");
+            assert!(diff <= 1e-4, "{name} (fused {fused}): max |Δ| = {diff}");
+        }
     }
 }
 
@@ -74,7 +78,7 @@ fn minilm_hidden_states_match_transformers() {
     let shared = crate::common::require_shared!();
     let dir = crate::common::minilm(&shared);
     let (config, weights) = load(&dir);
-    let encoder = Encoder::load(&weights, &config).unwrap();
+    let mut encoder = Encoder::load(&weights, &config).unwrap();
     let reference = candle_core::safetensors::load(
         fixtures().join("minilm-reference.safetensors"),
         &Device::Cpu,
@@ -83,10 +87,13 @@ fn minilm_hidden_states_match_transformers() {
     let ids = rows(&reference["input_ids"]);
     assert_eq!(ids.len(), 5);
     let mask = rows(&reference["attention_mask"]);
-    let hidden = encoder.forward(&ids, &mask, &Device::Cpu).unwrap();
-    let diff = max_abs_diff(&hidden, &reference["last_hidden_state"]);
-    eprintln!("MiniLM: max |Δ| = {diff:e}");
-    assert!(diff <= 1e-4, "MiniLM: max |Δ| = {diff}");
+    for fused in [true, false] {
+        encoder.set_fused(fused);
+        let hidden = encoder.forward(&ids, &mask, &Device::Cpu).unwrap();
+        let diff = max_abs_diff(&hidden, &reference["last_hidden_state"]);
+        eprintln!("MiniLM (fused {fused}): max |Δ| = {diff:e}");
+        assert!(diff <= 1e-4, "MiniLM (fused {fused}): max |Δ| = {diff}");
+    }
 }
 
 fn spans(t: &Tensor) -> Vec<Vec<Option<std::ops::Range<usize>>>> {
