@@ -19,11 +19,9 @@
 // The kernel bodies must be inlined into pulp's vector context to be compiled for it.
 #![allow(clippy::inline_always)]
 
-use std::sync::Mutex;
-
 use rayon::prelude::*;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 /// Elements per parallel task: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
@@ -119,20 +117,36 @@ impl<K: Rows> pulp::WithSimd for Vectorized<'_, K> {
     }
 }
 
-/// Runs kernel `k` over an output of `len` elements, in chunks of whole rows, on rayon's
-/// global pool: the one candle's matrix products (gemm) run on, so the two share the cores
-/// (on candle's own barrier pool, whose idle workers spin, evaluation was 10–20% slower).
-fn run<K: Rows>(len: usize, k: &K) -> Vec<f32> {
+/// Runs kernel `k` over `data` in place, in chunks of whole rows, on rayon's global pool:
+/// the one candle's matrix products (gemm) run on, so the two share the cores (on candle's
+/// own barrier pool, whose idle workers spin, evaluation was 10–20% slower).
+fn in_place<K: Rows>(data: &mut [f32], k: &K) {
     let row = k.row().max(1);
     let size = (CHUNK / row).max(1) * row;
-    let mut out = vec![0f32; len];
-    let chunks: Vec<Mutex<&mut [f32]>> = out.chunks_mut(size).map(Mutex::new).collect();
-    chunks.par_iter().enumerate().for_each(|(c, o)| {
-        let mut o = o.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pulp::Arch::new().dispatch(Vectorized(k, c * size, &mut o));
+    data.par_chunks_mut(size).enumerate().for_each(|(c, o)| {
+        pulp::Arch::new().dispatch(Vectorized(k, c * size, o));
     });
-    drop(chunks);
+}
+
+/// [`in_place`] into a new output of `len` elements.
+fn run<K: Rows>(len: usize, k: &K) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    in_place(&mut out, k);
     out
+}
+
+fn contiguous_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: f32 only")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{op}: contiguous input only")
+    };
+    Ok(&mut v[a..b])
 }
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
@@ -151,7 +165,8 @@ struct Gelu<'a> {
 }
 
 struct GeluRows<'a> {
-    x: &'a [f32],
+    /// The input, or `None` when the output already holds it (in place).
+    x: Option<&'a [f32]>,
     bias: Option<&'a [f32]>,
 }
 
@@ -162,24 +177,34 @@ impl Rows for GeluRows<'_> {
 
     #[inline(always)]
     fn fill(&self, start: usize, out: &mut [f32]) {
-        let x = &self.x[start..start + out.len()];
+        if let Some(x) = self.x {
+            out.copy_from_slice(&x[start..start + out.len()]);
+        }
         match self.bias {
             Some(bias) => {
-                for (o, x) in out
-                    .chunks_exact_mut(bias.len())
-                    .zip(x.chunks_exact(bias.len()))
-                {
-                    for ((o, &x), &b) in o.iter_mut().zip(x).zip(bias) {
-                        *o = gelu1(x + b);
+                for o in out.chunks_exact_mut(bias.len()) {
+                    for (o, &b) in o.iter_mut().zip(bias) {
+                        *o = gelu1(*o + b);
                     }
                 }
             }
             None => {
-                for (o, &x) in out.iter_mut().zip(x) {
-                    *o = gelu1(x);
+                for o in out.iter_mut() {
+                    *o = gelu1(*o);
                 }
             }
         }
+    }
+}
+
+impl Gelu<'_> {
+    fn check(&self, l: &Layout) -> candle_core::Result<()> {
+        if let Some(b) = self.bias
+            && l.dims().last() != Some(&b.len())
+        {
+            candle_core::bail!("bias-gelu over {:?} with {} biases", l.dims(), b.len());
+        }
+        Ok(())
     }
 }
 
@@ -189,14 +214,32 @@ impl CustomOp1 for Gelu<'_> {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, self.name())?;
-        if let Some(b) = self.bias
-            && l.dims().last() != Some(&b.len())
-        {
-            candle_core::bail!("bias-gelu over {:?} with {} biases", l.dims(), b.len());
-        }
-        let out = run(x.len(), &GeluRows { x, bias: self.bias });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        let x = contiguous_f32(s, l, CustomOp1::name(self))?;
+        self.check(l)?;
+        let k = GeluRows {
+            x: Some(x),
+            bias: self.bias,
+        };
+        Ok((CpuStorage::F32(run(x.len(), &k)), l.shape().clone()))
+    }
+}
+
+impl InplaceOp1 for Gelu<'_> {
+    fn name(&self) -> &'static str {
+        "crossmerge-bias-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        self.check(l)?;
+        let data = contiguous_mut(s, l, InplaceOp1::name(self))?;
+        in_place(
+            data,
+            &GeluRows {
+                x: None,
+                bias: self.bias,
+            },
+        );
+        Ok(())
     }
 }
 
@@ -208,7 +251,8 @@ struct Norm<'a> {
 }
 
 struct NormRows<'a> {
-    y: &'a [f32],
+    /// The input, or `None` when the output already holds it (in place).
+    y: Option<&'a [f32]>,
     add: Option<(&'a [f32], &'a [f32])>,
     norm: &'a NormWeights,
     eps: f32,
@@ -222,25 +266,22 @@ impl Rows for NormRows<'_> {
     #[inline(always)]
     fn fill(&self, start: usize, out: &mut [f32]) {
         let n = self.norm.w.len();
-        let y = &self.y[start..start + out.len()];
+        if let Some(y) = self.y {
+            out.copy_from_slice(&y[start..start + out.len()]);
+        }
         let (w, b) = (self.norm.w.as_slice(), self.norm.b.as_slice());
         match self.add {
             Some((bias, residual)) => {
                 let r = &residual[start..start + out.len()];
-                for ((o, y), r) in out
-                    .chunks_exact_mut(n)
-                    .zip(y.chunks_exact(n))
-                    .zip(r.chunks_exact(n))
-                {
-                    for (((o, &y), &r), &bias) in o.iter_mut().zip(y).zip(r).zip(bias) {
-                        *o = y + bias + r;
+                for (o, r) in out.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
+                    for ((o, &r), &bias) in o.iter_mut().zip(r).zip(bias) {
+                        *o += bias + r;
                     }
                     normalize(o, w, b, self.eps);
                 }
             }
             None => {
-                for (o, y) in out.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
-                    o.copy_from_slice(y);
+                for o in out.chunks_exact_mut(n) {
                     normalize(o, w, b, self.eps);
                 }
             }
@@ -267,7 +308,7 @@ impl CustomOp1 for Norm<'_> {
         let y = contiguous_f32(s, l, CustomOp1::name(self))?;
         self.check(l)?;
         let k = NormRows {
-            y,
+            y: Some(y),
             add: None,
             norm: self.weights,
             eps: self.eps,
@@ -276,31 +317,32 @@ impl CustomOp1 for Norm<'_> {
     }
 }
 
-impl CustomOp2 for Norm<'_> {
+impl InplaceOp2 for Norm<'_> {
     fn name(&self) -> &'static str {
         "crossmerge-bias-residual-norm"
     }
 
     fn cpu_fwd(
         &self,
-        s1: &CpuStorage,
+        s1: &mut CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = contiguous_f32(s1, l1, CustomOp2::name(self))?;
-        let residual = contiguous_f32(s2, l2, CustomOp2::name(self))?;
+    ) -> candle_core::Result<()> {
         self.check(l1)?;
+        let residual = contiguous_f32(s2, l2, InplaceOp2::name(self))?;
+        let y = contiguous_mut(s1, l1, InplaceOp2::name(self))?;
         let (Some(bias), true) = (self.bias, y.len() == residual.len()) else {
             candle_core::bail!("bias-residual-norm: {:?} + {:?}", l1.dims(), l2.dims());
         };
         let k = NormRows {
-            y,
+            y: None,
             add: Some((bias, residual)),
             norm: self.weights,
             eps: self.eps,
         };
-        Ok((CpuStorage::F32(run(y.len(), &k)), l1.shape().clone()))
+        in_place(y, &k);
+        Ok(())
     }
 }
 
@@ -459,27 +501,35 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// `GELU(y + bias)` over the last dimension (CPU, f32).
-pub fn bias_gelu(y: &Tensor, bias: &[f32]) -> candle_core::Result<Tensor> {
-    y.contiguous()?.apply_op1_no_bwd(&Gelu { bias: Some(bias) })
+/// `GELU(y + bias)` over the last dimension, in place (CPU, f32): `y` must be a fresh
+/// result no other tensor shares (a matrix product's output).
+#[allow(clippy::needless_pass_by_value)] // by value: it is overwritten in place
+pub fn bias_gelu(y: Tensor, bias: &[f32]) -> candle_core::Result<Tensor> {
+    let y = y.contiguous()?;
+    y.inplace_op1(&Gelu { bias: Some(bias) })?;
+    Ok(y)
 }
 
-/// `LayerNorm(y + bias + residual)` over the last dimension (CPU, f32).
+/// `LayerNorm(y + bias + residual)` over the last dimension, in place in `y` (CPU, f32): `y`
+/// must be a fresh result no other tensor shares.
+#[allow(clippy::needless_pass_by_value)] // by value: `y` is overwritten in place
 pub fn bias_residual_norm(
-    y: &Tensor,
+    y: Tensor,
     bias: &[f32],
     residual: &Tensor,
     norm: &NormWeights,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
-    y.contiguous()?.apply_op2_no_bwd(
+    let y = y.contiguous()?;
+    y.inplace_op2(
         &residual.contiguous()?,
         &Norm {
             weights: norm,
             eps: eps as f32,
             bias: Some(bias),
         },
-    )
+    )?;
+    Ok(y)
 }
 
 /// The weights of a LayerNorm, kept as host vectors for the fused kernels.
@@ -574,7 +624,7 @@ mod tests {
         let bias: Vec<f32> = bias_t.to_vec1().unwrap();
         // bias + GELU
         let plain = y.broadcast_add(&bias_t).unwrap().gelu_erf().unwrap();
-        assert!(max_diff(&bias_gelu(&y, &bias).unwrap(), &plain) < 1e-6);
+        assert!(max_diff(&bias_gelu(y.copy().unwrap(), &bias).unwrap(), &plain) < 1e-6);
         // bias + residual + LayerNorm
         let residual = wave(&[b * t, h], 0.73);
         let (w, nb) = (wave(&[h], 0.05), wave(&[h], 0.02));
@@ -590,7 +640,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&nb)
             .unwrap();
-        let fused = bias_residual_norm(&y, &bias, &residual, &norm, 1e-12).unwrap();
+        let fused = bias_residual_norm(y.copy().unwrap(), &bias, &residual, &norm, 1e-12).unwrap();
         assert!(max_diff(&fused, &plain) < 1e-5);
         // attention: stacked projections + biases → merged-heads context, padding keys masked
         let qkv = wave(&[b * t, 3 * h], 0.3);

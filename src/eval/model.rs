@@ -489,15 +489,15 @@ impl Encoder {
                     scale,
                 )?;
                 let a = bias_residual_norm(
-                    &l.attn_out.product(&ctx)?,
+                    l.attn_out.product(&ctx)?,
                     l.attn_out.bias(),
                     &x,
                     l.attn_norm.fused.as_ref().expect("checked at load"),
                     eps,
                 )?;
-                let inter = bias_gelu(&l.inter.product(&a)?, l.inter.bias())?;
+                let inter = bias_gelu(l.inter.product(&a)?, l.inter.bias())?;
                 x = bias_residual_norm(
-                    &l.out.product(&inter)?,
+                    l.out.product(&inter)?,
                     l.out.bias(),
                     &a,
                     l.out_norm.fused.as_ref().expect("checked at load"),
