@@ -854,7 +854,10 @@ fn bench_eval(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     ])?;
     let runs = a.runs.max(1);
     let mut ours = Vec::new();
+    let mut theirs = Vec::new();
     let mut accuracy = String::new();
+    let mut hf_accuracy = String::new();
+    // Interleaved, one run each per round, so a noisy spell on the machine hits both sides.
     for _ in 0..runs {
         let exe = std::env::current_exe()?;
         let out = Command::new(exe)
@@ -884,31 +887,26 @@ fn bench_eval(a: &BenchArgs) -> anyhow::Result<ExitCode> {
             "{:.4}",
             v["metrics"]["upos_accuracy"].as_f64().unwrap_or(f64::NAN)
         );
+        let out = Command::new(&a.python)
+            .arg(&script)
+            .arg("time")
+            .arg(&model_dir)
+            .arg(&data)
+            .arg("1")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "transformers timing failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or("");
+        let mut cols = line.split_whitespace();
+        theirs.push(cols.next().and_then(|c| c.parse().ok()).unwrap_or(f64::NAN));
+        cols.nth(1).unwrap_or("?").clone_into(&mut hf_accuracy);
     }
-    let out = Command::new(&a.python)
-        .arg(&script)
-        .arg("time")
-        .arg(&model_dir)
-        .arg(&data)
-        .arg(runs.to_string())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "transformers timing failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let theirs: Vec<f64> = text
-        .lines()
-        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-        .collect();
-    let hf_accuracy = text
-        .lines()
-        .last()
-        .and_then(|l| l.split_whitespace().nth(2))
-        .unwrap_or("?")
-        .to_owned();
+    let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(m, h)| h / m).collect();
     let sentences = 1000.0;
     let (mine, hf) = (median(ours.clone()), median(theirs.clone()));
     let mut o = std::io::stdout().lock();
@@ -935,8 +933,14 @@ fn bench_eval(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     writeln!(o)?;
     writeln!(
         o,
-        "crossmerge ÷ transformers throughput: {:.2}× (runs: ours {ours:?}, transformers {theirs:?})",
-        hf / mine
+        "crossmerge ÷ transformers throughput: {:.2}× (ratio of the medians); per round {:.2}× (median of the {runs} interleaved rounds: {}); seconds ours {ours:.2?}, transformers {theirs:.2?}",
+        hf / mine,
+        median(ratios.clone()),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )?;
     Ok(ExitCode::SUCCESS)
 }
