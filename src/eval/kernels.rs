@@ -1,6 +1,7 @@
 //! Fused CPU kernels for the encoder's element-wise steps, each one pass after the matrix
-//! product it follows: bias + GELU, bias + residual + LayerNorm, bias + head split (+ query
-//! scale), masked softmax; and plain GELU and LayerNorm for the heads.
+//! product it follows: bias + GELU and bias + residual + LayerNorm (in place), self-attention
+//! from the stacked Q/K/V projection (biases, scale, mask, softmax, context, heads merged);
+//! and plain GELU and LayerNorm for the heads.
 //!
 //! candle runs these steps as chains of element-wise ops, several single-threaded (GELU alone,
 //! in scalar `erff`, was a fifth of an evaluation's time). Here each is one pass over rows,
@@ -14,8 +15,8 @@
 //! On other devices (CUDA) and dtypes the callers' plain candle ops run instead. These kernels
 //! have no backward pass: evaluation needs none, and the plain-op path stays for training.
 
+// b, t, h, d, q, k, v: the formulas' names.
 #![allow(clippy::many_single_char_names)]
-// b, t, h, d, q, k, v: the formulas' names
 // The kernel bodies must be inlined into pulp's vector context to be compiled for it.
 #![allow(clippy::inline_always)]
 
