@@ -118,6 +118,8 @@ impl LabelMap {
             .map(String::as_str)
             .filter(|m| !known.contains(key(m)))
             .collect();
+        // Several gold labels may map to one missing target: name it once.
+        missing.sort_unstable();
         missing.dedup();
         if missing.is_empty() {
             Ok(())
@@ -183,10 +185,14 @@ mod tests {
 
     #[test]
     fn targets_must_be_model_labels() {
-        let m = parse("B-PERSON B-PER\nB-MISC B-MISC\n").unwrap();
+        let m = parse("B-PERSON B-PER\nB-EVENT B-MISC\nB-LAW B-LEX\nB-OTHER B-MISC\n").unwrap();
         let labels = ["O", "B-PER", "I-PER"];
         let e = m.check_targets(labels, |l| l).unwrap_err().to_string();
         assert!(e.contains("B-MISC") && !e.contains("B-PER,"), "{e}");
-        assert!(m.check_targets(["O", "B-PER", "B-MISC"], |l| l).is_ok());
+        assert_eq!(e.matches("B-MISC").count(), 1, "{e}");
+        assert!(
+            m.check_targets(["O", "B-PER", "B-MISC", "B-LEX"], |l| l)
+                .is_ok()
+        );
     }
 }
