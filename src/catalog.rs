@@ -19,7 +19,11 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../schemas/sql/0003_merges.sql"),
     include_str!("../schemas/sql/0004_evaluations.sql"),
     include_str!("../schemas/sql/0005_evaluation_settings.sql"),
+    include_str!("../schemas/sql/0006_records_and_gc_index.sql"),
 ];
+
+/// Rows per transaction when gc marks and deletes objects.
+pub const GC_BATCH: usize = 10_000;
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -116,6 +120,23 @@ pub struct NewCheckpoint {
     pub tags: Vec<(String, String)>,
 }
 
+/// A checkpoint's record object: written for one version, at one time.
+#[derive(Clone, Debug)]
+pub struct RecordRef {
+    pub id: ObjectId,
+    pub version: u32,
+    pub created_at: String,
+}
+
+/// What [`Catalog::commit_checkpoint`] did.
+#[derive(Debug)]
+pub enum Commit {
+    /// The row, and whether it is new (false: the latest version already was this content).
+    Done(Box<CheckpointRow>, bool),
+    /// Another writer took the record's version first; nothing was committed.
+    VersionTaken,
+}
+
 /// Filters for [`Catalog::checkpoints`]; `None` matches everything.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -128,6 +149,21 @@ pub struct CheckpointFilter {
 const CHECKPOINT_COLUMNS: &str = "c.id, c.name, c.version, c.kind, c.manifest_id, c.architecture, \
      (SELECT b.name || '@' || b.version FROM checkpoints b WHERE b.id = c.base_id), \
      c.language, c.task, c.source_path, c.tensor_count, c.parameters, c.logical_size, c.created_at";
+
+/// `SQLite`'s message once (rusqlite's `Display` can repeat it in its code and its text).
+pub(crate) fn sqlite_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(code, Some(msg)) => {
+            if msg.is_empty() {
+                code.to_string()
+            } else {
+                msg.clone()
+            }
+        }
+        rusqlite::Error::SqliteFailure(code, None) => code.to_string(),
+        other => other.to_string(),
+    }
+}
 
 fn parse_id(s: &str) -> rusqlite::Result<ObjectId> {
     ObjectId::parse_hex(s).ok_or_else(|| {
@@ -195,7 +231,37 @@ const OBJECT_COLUMNS: &str = "id, kind, state, raw_size, stored_size, delta_base
 impl Catalog {
     /// Opens (creating and migrating as needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let mut conn = Connection::open(path)?;
+        Self::open_inner(path, true)
+    }
+
+    /// Opens the catalog of an existing registry (migrating it as needed): a missing, empty or
+    /// unreadable file is an error, never silently a new empty catalog.
+    pub fn open_existing(path: &Path) -> Result<Self> {
+        let lost = |problem: String| Error::CatalogLost {
+            path: path.to_path_buf(),
+            problem,
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => return Err(lost("it is empty (0 bytes)".to_owned())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(lost("it is missing".to_owned()));
+            }
+            Err(e) => return Err(Error::io("reading", path, e)),
+        }
+        Self::open_inner(path, false).map_err(|e| match e {
+            Error::Catalog(e) => lost(sqlite_message(&e)),
+            other => other,
+        })
+    }
+
+    fn open_inner(path: &Path, create: bool) -> Result<Self> {
+        let flags = if create {
+            rusqlite::OpenFlags::default()
+        } else {
+            rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+        };
+        let mut conn = Connection::open_with_flags(path, flags)?;
         conn.busy_timeout(Duration::from_secs(120))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -209,6 +275,17 @@ impl Catalog {
                     "its catalog is schema version {version}, this crossmerge knows up to {SCHEMA_VERSION}"
                 ),
             });
+        }
+        if version == 0 && !create {
+            // A file SQLite can open but that holds no crossmerge schema.
+            let tables: i64 =
+                tx.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+            if tables == 0 {
+                return Err(Error::CatalogLost {
+                    path: path.to_path_buf(),
+                    problem: "it holds no tables".to_owned(),
+                });
+            }
         }
         for (i, sql) in MIGRATIONS
             .iter()
@@ -276,34 +353,20 @@ impl Catalog {
     /// In one transaction: marks written objects stored, records the manifest's references and
     /// inserts the checkpoint, unless the latest version of `name` already is this exact
     /// checkpoint. Returns the row and whether it is new.
+    ///
+    /// `record` is the checkpoint's record object (already stored), written for `version`: if
+    /// another writer took that version meanwhile, nothing is committed and the answer is
+    /// [`Commit::VersionTaken`] (the caller writes a record for the next version and retries).
+    /// Merge provenance, when given, goes in the same transaction, so a merged checkpoint never
+    /// exists without it.
     pub fn commit_checkpoint(
         &mut self,
         stored: &[(ObjectId, u64)],
         refs: &[(String, ObjectId)],
         new: &NewCheckpoint,
-    ) -> Result<(CheckpointRow, bool)> {
-        self.commit_checkpoint_with(stored, refs, new, None)
-    }
-
-    /// [`Catalog::commit_checkpoint`] for a merge: its provenance row goes in the same
-    /// transaction, so a merged checkpoint never exists without it.
-    pub fn commit_merged(
-        &mut self,
-        stored: &[(ObjectId, u64)],
-        refs: &[(String, ObjectId)],
-        new: &NewCheckpoint,
-        merge: &NewMerge,
-    ) -> Result<(CheckpointRow, bool)> {
-        self.commit_checkpoint_with(stored, refs, new, Some(merge))
-    }
-
-    fn commit_checkpoint_with(
-        &mut self,
-        stored: &[(ObjectId, u64)],
-        refs: &[(String, ObjectId)],
-        new: &NewCheckpoint,
         merge: Option<&NewMerge>,
-    ) -> Result<(CheckpointRow, bool)> {
+        record: Option<&RecordRef>,
+    ) -> Result<Commit> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -319,8 +382,21 @@ impl Catalog {
                 "INSERT INTO manifest_refs (manifest_id, name, object_id) VALUES (?1, ?2, ?3) \
                  ON CONFLICT DO NOTHING",
             )?;
+            let mut recorded = tx.prepare_cached(
+                "SELECT object_id FROM manifest_refs WHERE manifest_id = ?1 AND name = ?2",
+            )?;
             for (name, id) in refs {
-                add_ref.execute(params![manifest, name, id.to_hex()])?;
+                // A row already there must be this very reference (the manifest registered
+                // before); another object under the same name would leave one unrecorded.
+                if add_ref.execute(params![manifest, name, id.to_hex()])? == 0 {
+                    let have: String = recorded.query_row(params![manifest, name], |r| r.get(0))?;
+                    if have != id.to_hex() {
+                        return Err(Error::invalid(
+                            format!("manifest `{manifest}` names `{name}` for two objects"),
+                            "tensor names and `file:` paths must be distinct; rename the tensor",
+                        ));
+                    }
+                }
             }
         }
         let latest = tx
@@ -352,13 +428,18 @@ impl Catalog {
                 }
                 tx.commit()?;
                 let row = self.checkpoint_by_rowid(l.rowid)?;
-                return Ok((row, false));
+                return Ok(Commit::Done(Box::new(row), false));
             }
         }
         let version = next_version(&tx, "checkpoints", &new.name)?;
+        if record.is_some_and(|r| r.version != version) {
+            return Ok(Commit::VersionTaken);
+        }
         tx.execute(
             "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
-             source_path, tensor_count, parameters, logical_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             source_path, tensor_count, parameters, logical_size, record_id, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+             COALESCE(?14, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
             params![
                 new.name,
                 version,
@@ -371,7 +452,9 @@ impl Catalog {
                 new.source_path,
                 new.tensor_count,
                 new.parameters,
-                new.logical_size
+                new.logical_size,
+                record.map(|r| r.id.to_hex()),
+                record.map(|r| r.created_at.as_str()),
             ],
         )?;
         let rowid = tx.last_insert_rowid();
@@ -386,7 +469,158 @@ impl Catalog {
             insert_merge(&tx, rowid, m)?;
         }
         tx.commit()?;
-        Ok((self.checkpoint_by_rowid(rowid)?, true))
+        Ok(Commit::Done(
+            Box::new(self.checkpoint_by_rowid(rowid)?),
+            true,
+        ))
+    }
+
+    /// The latest version of `new.name` when it already is exactly `new` (registering it again
+    /// changes nothing).
+    pub fn latest_if_same(&self, new: &NewCheckpoint) -> Result<Option<CheckpointRow>> {
+        let latest = self
+            .conn
+            .query_row(
+                "SELECT id, manifest_id, kind, base_id, language, task FROM checkpoints \
+                 WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                [&new.name],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<String>>(5)?,
+                    ))
+                },
+            )
+            .optional()?;
+        match latest {
+            Some((rowid, manifest, kind, base, language, task))
+                if manifest == new.manifest_id.to_hex()
+                    && kind == new.kind.as_str()
+                    && base == new.base
+                    && language == new.language
+                    && task == new.task =>
+            {
+                Ok(Some(self.checkpoint_by_rowid(rowid)?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The version a new checkpoint named `name` would get now.
+    pub fn next_checkpoint_version(&self, name: &str) -> Result<u32> {
+        Ok(self.conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM checkpoints WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The catalog's clock, as every `created_at` is written.
+    pub fn now(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now')", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// Rebuilding: object rows (all stored), in one transaction, delta bases in any order.
+    pub fn insert_recovered_objects(&mut self, rows: &[ObjectRow]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.pragma_update(None, "defer_foreign_keys", true)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO objects (id, kind, state, raw_size, stored_size, delta_base) \
+                 VALUES (?1, ?2, 'stored', ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
+            )?;
+            for r in rows {
+                stmt.execute(params![
+                    r.id.to_hex(),
+                    r.kind.name(),
+                    r.raw_size,
+                    r.stored_size,
+                    r.delta_base.map(|b| b.to_hex())
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Rebuilding: one manifest's references.
+    pub fn insert_recovered_refs(
+        &mut self,
+        manifest: &ObjectId,
+        refs: &[(String, ObjectId)],
+    ) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO manifest_refs (manifest_id, name, object_id) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for (name, id) in refs {
+                stmt.execute(params![manifest.to_hex(), name, id.to_hex()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Rebuilding: a checkpoint row at a given version and time, with its tags and merge row.
+    pub fn insert_recovered_checkpoint(
+        &mut self,
+        new: &NewCheckpoint,
+        version: u32,
+        record: Option<&RecordRef>,
+        merge: Option<&NewMerge>,
+    ) -> Result<CheckpointRow> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
+             source_path, tensor_count, parameters, logical_size, record_id, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+             COALESCE(?14, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+            params![
+                new.name,
+                version,
+                new.kind.as_str(),
+                new.manifest_id.to_hex(),
+                new.architecture,
+                new.base,
+                new.language,
+                new.task,
+                new.source_path,
+                new.tensor_count,
+                new.parameters,
+                new.logical_size,
+                record.map(|r| r.id.to_hex()),
+                record.map(|r| r.created_at.as_str()),
+            ],
+        )?;
+        let rowid = tx.last_insert_rowid();
+        for (k, v) in &new.tags {
+            tx.execute(
+                "INSERT INTO tags (checkpoint_id, key, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value",
+                params![rowid, k, v],
+            )?;
+        }
+        if let Some(m) = merge {
+            insert_merge(&tx, rowid, m)?;
+        }
+        tx.commit()?;
+        self.checkpoint_by_rowid(rowid)
     }
 
     /// Checkpoints an identical recipe produced (newest first).
@@ -518,6 +752,7 @@ impl Catalog {
         let mut stmt = self.conn.prepare(
             "WITH RECURSIVE live(id) AS ( \
                SELECT manifest_id FROM checkpoints \
+               UNION SELECT record_id FROM checkpoints WHERE record_id IS NOT NULL \
                UNION SELECT r.object_id FROM manifest_refs r JOIN live l ON r.manifest_id = l.id \
                UNION SELECT o.delta_base FROM objects o JOIN live l ON o.id = l.id WHERE o.delta_base IS NOT NULL \
              ) SELECT id FROM live",
@@ -559,35 +794,48 @@ impl Catalog {
     /// Step one of removing objects: they turn `pending`, so a crash while their files are
     /// being deleted leaves rows that do not claim a file.
     pub fn mark_pending(&mut self, ids: &[ObjectId]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut stmt =
-                tx.prepare_cached("UPDATE objects SET state = 'pending' WHERE id = ?1")?;
-            for id in ids {
-                stmt.execute([id.to_hex()])?;
+        for batch in ids.chunks(GC_BATCH) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut stmt =
+                    tx.prepare_cached("UPDATE objects SET state = 'pending' WHERE id = ?1")?;
+                for id in batch {
+                    stmt.execute([id.to_hex()])?;
+                }
             }
+            tx.commit()?;
         }
-        tx.commit()?;
         Ok(())
     }
 
     /// Step two: the rows (and their manifests' references) go.
+    ///
+    /// Deleted in batches of [`GC_BATCH`] rows, each its own transaction, so other writers are
+    /// not locked out for the whole of a large gc. An object is deleted in the batch after
+    /// every object that names it as delta base, so each batch commits with its foreign keys
+    /// satisfied: the caller passes `ids` closed under "is the delta base of".
     pub fn delete_objects(&mut self, ids: &[ObjectId]) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.pragma_update(None, "defer_foreign_keys", true)?;
-        {
-            let mut refs = tx.prepare_cached("DELETE FROM manifest_refs WHERE manifest_id = ?1")?;
-            let mut objs = tx.prepare_cached("DELETE FROM objects WHERE id = ?1")?;
-            for id in ids {
-                refs.execute([id.to_hex()])?;
-                objs.execute([id.to_hex()])?;
+        // Deltas first, then what they are deltas of.
+        let rows = self.objects(ids)?;
+        let mut ordered: Vec<ObjectId> = ids.to_vec();
+        ordered.sort_by_key(|id| rows.get(id).is_none_or(|r| r.delta_base.is_none()));
+        for batch in ordered.chunks(GC_BATCH) {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut refs =
+                    tx.prepare_cached("DELETE FROM manifest_refs WHERE manifest_id = ?1")?;
+                let mut objs = tx.prepare_cached("DELETE FROM objects WHERE id = ?1")?;
+                for id in batch {
+                    refs.execute([id.to_hex()])?;
+                    objs.execute([id.to_hex()])?;
+                }
             }
+            tx.commit()?;
         }
-        tx.commit()?;
         Ok(())
     }
 }

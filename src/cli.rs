@@ -56,6 +56,8 @@ enum Command {
     Verify(commands::JsonArgs),
     /// Remove objects nothing references.
     Gc(commands::GcArgs),
+    /// Recreate a lost or damaged catalog from the objects (checkpoints from their records).
+    RebuildCatalog(commands::RebuildArgs),
     /// Logical versus stored bytes, per checkpoint and in total.
     Du(commands::JsonArgs),
     /// Derive a task or language vector: a fine-tuned checkpoint minus its base.
@@ -98,8 +100,12 @@ pub fn main() -> ExitCode {
                 .find_map(|e| e.downcast_ref::<crossmerge::Error>());
             let mut line = format!("error: {err}");
             for cause in err.chain().skip(1) {
-                line.push_str(": ");
-                line.push_str(&cause.to_string());
+                // Sources often repeat their wrapper's text (SQLite's message, io errors).
+                let text = cause.to_string();
+                if !line.contains(&text) {
+                    line.push_str(": ");
+                    line.push_str(&text);
+                }
             }
             let mut stderr = io::stderr().lock();
             let _ = writeln!(stderr, "{}", line.replace('\n', " "));
@@ -128,6 +134,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export(a) => commands::export(&ctx, &a),
         Command::Verify(a) => commands::verify(&ctx, &a),
         Command::Gc(a) => commands::gc(&ctx, &a),
+        Command::RebuildCatalog(a) => commands::rebuild_catalog(&ctx, &a),
         Command::Du(a) => commands::du(&ctx, &a),
         Command::Derive(a) => vectors::derive(&ctx, &a),
         Command::Compare(a) => vectors::compare(&ctx, &a),

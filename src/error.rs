@@ -65,6 +65,10 @@ pub enum Error {
     #[error("`{}` is not a crossmerge registry: {problem}", path.display())]
     NotARegistry { path: PathBuf, problem: String },
 
+    /// An existing registry whose catalog is missing, empty or unreadable.
+    #[error("the registry's catalog `{}` cannot be used: {problem}", path.display())]
+    CatalogLost { path: PathBuf, problem: String },
+
     #[error("{action} `{}`", path.display())]
     Io {
         action: &'static str,
@@ -73,7 +77,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("catalog: {0}")]
+    #[error("catalog: {}", crate::catalog::sqlite_message(.0))]
     Catalog(#[from] rusqlite::Error),
 }
 
@@ -96,17 +100,41 @@ impl Error {
                 "point `--registry` (or CROSSMERGE_REGISTRY) at a registry, or run `crossmerge init`"
                     .to_owned(),
             ),
-            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Some("check the path".to_owned())
-            }
-            Error::Io { .. } | Error::Catalog(_) => None,
+            Error::CatalogLost { .. } => Some(
+                "nothing was changed; run `crossmerge rebuild-catalog` to recover the catalog from the objects"
+                    .to_owned(),
+            ),
+            Error::Io { source, .. } => Some(
+                match source.kind() {
+                    std::io::ErrorKind::NotFound => "check the path",
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                        "the disk is full: free space, then run the command again (`crossmerge gc` removes what a failed write left)"
+                    }
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                        "check the permissions of the path (and that its file system is writable)"
+                    }
+                    std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory => {
+                        "something else stands where crossmerge expects a file or folder; move it away"
+                    }
+                    _ => "check the path and the disk; `crossmerge verify` checks the registry",
+                }
+                .to_owned(),
+            ),
+            Error::Catalog(_) => Some(
+                "the catalog may be damaged: run `crossmerge verify`; if it cannot be opened, `crossmerge rebuild-catalog` recovers it from the objects"
+                    .to_owned(),
+            ),
         }
     }
 
     /// Whether the error is the user's to fix (exit code 1) rather than unexpected (exit 2).
     pub fn is_user_error(&self) -> bool {
+        use std::io::ErrorKind as K;
         !matches!(self, Error::Catalog(_))
-            && !matches!(self, Error::Io { source, .. } if source.kind() != std::io::ErrorKind::NotFound)
+            && !matches!(self, Error::Io { source, .. } if !matches!(
+                source.kind(),
+                K::NotFound | K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem
+            ))
     }
 
     pub(crate) fn io(

@@ -460,7 +460,20 @@ fn from_file(path: &Path, text: &str, f: &RecipeFile) -> Result<Recipe> {
             .as_ref()
             .map_or((Param::Fixed(1.0), None), |w| param(text, w));
         let label = match &input.label {
-            Some(l) => l.clone(),
+            Some(l) => {
+                let ok = (1..=64).contains(&l.len())
+                    && l.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+                if !ok {
+                    return Err(errors.at(
+                        source.reference().line,
+                        format!("input {} has label `{}`, which cannot be part of a checkpoint name", i + 1, l.escape_debug()),
+                        "labels are 1 to 64 letters, digits, `.`, `_`, `+`, `-`, starting with a letter or digit",
+                    ));
+                }
+                l.clone()
+            }
             None => source
                 .reference()
                 .value
@@ -820,6 +833,29 @@ impl Recipe {
             ));
         }
         Ok(())
+    }
+
+    /// How many points the sweep grid has, without building it; `None` past `u64::MAX`.
+    pub fn point_count(&self) -> Option<u64> {
+        let sweep_len = |p: &Param| match p {
+            Param::Sweep(v) => v.len() as u64,
+            Param::Fixed(_) => 1,
+        };
+        let mut n: u64 = 1;
+        for len in self.inputs.iter().map(|i| sweep_len(&i.weight)).chain(
+            [
+                Some(&self.lambda),
+                self.density.as_ref(),
+                self.gamma.as_ref(),
+                self.t.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .map(sweep_len),
+        ) {
+            n = n.checked_mul(len)?;
+        }
+        Some(n)
     }
 
     /// The sweep grid: one [`Point`] per combination of swept values (axes in recipe order:

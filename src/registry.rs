@@ -12,6 +12,7 @@
 mod eval;
 mod merge;
 mod ops;
+mod records;
 mod vectors;
 
 use std::fs::{self, File};
@@ -21,11 +22,12 @@ use std::sync::Arc;
 
 #[cfg(feature = "eval")]
 pub use self::eval::{EvalOptions, EvalReport};
-pub use self::merge::{MERGE_CONTEXT, MergeOptions, MergedPoint};
+pub use self::merge::{DEFAULT_MAX_POINTS, MERGE_CONTEXT, MergeOptions, MergedPoint};
 pub use self::ops::{
     CheckpointDetails, DuReport, DuRow, ExportOptions, ExportReport, Finding, GcPlan, GcReport,
     RegisterOptions, Registered, TensorDetails, VerifyReport,
 };
+pub use self::records::{RebuildReport, rebuild_catalog};
 pub use self::vectors::{
     ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,
 };
@@ -78,7 +80,9 @@ impl Registry {
     /// fault-injecting one). The catalog stays at `root/catalog.sqlite3`.
     pub fn open_with_backend(root: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
         Self::prepare(root)?;
-        let catalog = Catalog::open(&root.join("catalog.sqlite3"))?;
+        // FORMAT is written only after a new registry's catalog exists: from here on a
+        // missing or empty catalog is a loss to report, not a registry to start afresh.
+        let catalog = Catalog::open_existing(&root.join("catalog.sqlite3"))?;
         let lock_path = root.join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -132,6 +136,7 @@ impl Registry {
         }
         fs::create_dir_all(root.join("tmp")).map_err(|e| Error::io("creating", root, e))?;
         fs::create_dir_all(root.join("objects")).map_err(|e| Error::io("creating", root, e))?;
+        drop(Catalog::open(&root.join("catalog.sqlite3"))?);
         let tmp = root.join(format!(".FORMAT.{}", std::process::id()));
         fs::write(&tmp, format!("{FORMAT_LINE}\n")).map_err(|e| Error::io("writing", &tmp, e))?;
         fs::rename(&tmp, &format).map_err(|e| Error::io("writing", &format, e))?;

@@ -3,7 +3,8 @@
 # from the CUDA 13.0 PyPI wheels (nvcc, runtime, NVRTC, CCCL headers, cuBLAS, cuRAND). The driver's libcuda
 # is not on PyPI: a link stub stands in for it; the real one is loaded on the GPU machine.
 #
-#   bash scripts/cuda/build.sh            # → target/release/crossmerge with CUDA
+#   bash scripts/cuda/build.sh            # → $CARGO_TARGET_DIR (default target)/release/crossmerge
+#   CARGO_TARGET_DIR=target/cuda bash scripts/cuda/build.sh   # keeps the CPU build's target/ apart
 #   CUDA_COMPUTE_CAP=80 bash scripts/cuda/build.sh   # another GPU generation (default 90: H100/H200)
 #
 # Every piece is pinned to 13.0 (pip would pull the newest nvvm and crt otherwise): PTX newer than the GPU driver's CUDA version fails to JIT (driver 580 =
@@ -35,10 +36,11 @@ export LIBRARY_PATH="$links:$cuda/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" CUDARC_CUDA_VERSION=13000
 # The library first (no linking), then a stub exporting every driver-API symbol cudarc uses,
 # then the binary.
+out="${CARGO_TARGET_DIR:-target}"
 cargo build --release --features cuda --lib
-rlib="$(ls -t target/release/deps/libcudarc-*.rlib | head -n 1)"
+rlib="$(ls -t "$out"/release/deps/libcudarc-*.rlib | head -n 1)"
 nm -u "$rlib" | awk '{print $2}' | grep -E '^cu[A-Z]' | sort -u \
   | sed 's/.*/void &(void) {}/' > "$tk/stub.c"
 cc -shared -o "$links/libcuda.so" -Wl,-soname,libcuda.so.1 "$tk/stub.c"
 cargo build --release --features cuda
-echo "built target/release/crossmerge with CUDA (compute capability $CUDA_COMPUTE_CAP)"
+echo "built $out/release/crossmerge with CUDA (compute capability $CUDA_COMPUTE_CAP)"

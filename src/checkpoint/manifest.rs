@@ -63,6 +63,27 @@ impl ManifestFile {
     }
 }
 
+/// Whether a manifest's file path stays inside the folder it is exported to: relative, no
+/// `..`, `.` or empty component, no backslash, NUL or control character, at most 255 bytes.
+pub fn check_file_path(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() || path.len() > 255 {
+        return Err("it is empty or longer than 255 bytes");
+    }
+    if path.chars().any(char::is_control) || path.contains('\\') {
+        return Err("it contains a control character or a backslash");
+    }
+    if path.starts_with('/') {
+        return Err("it is an absolute path");
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("it has an empty, `.` or `..` component");
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Builds a manifest in canonical order.
     pub fn new(
@@ -81,7 +102,8 @@ impl Manifest {
     }
 
     /// What the catalog's `manifest_refs` records for this manifest: each tensor by name and
-    /// each file as `file:<path>`, with its object.
+    /// each file as `file:<path>`, with its object. Names never collide: tensor names starting
+    /// with `file:` are refused on ingest and by [`Manifest::parse`].
     pub fn refs(&self) -> Vec<(String, ObjectId)> {
         self.tensors
             .iter()
@@ -119,6 +141,15 @@ impl Manifest {
         if !(ids_ok && sizes_ok && sorted) {
             return Err("manifest is not canonical".to_owned());
         }
+        for t in &m.tensors {
+            crate::checkpoint::safetensors::check_name(&t.name).map_err(|why| {
+                format!("manifest names tensor `{}`: {why}", t.name.escape_debug())
+            })?;
+        }
+        for f in &m.files {
+            check_file_path(&f.path)
+                .map_err(|why| format!("manifest names file `{}`: {why}", f.path.escape_debug()))?;
+        }
         Ok(m)
     }
 
@@ -139,5 +170,54 @@ impl Manifest {
             .binary_search_by(|t| t.name.as_str().cmp(name))
             .ok()
             .map(|i| &self.tensors[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_with(tensor: &str, file: &str) -> Vec<u8> {
+        let id = "ab".repeat(32);
+        Manifest::new(
+            vec![ManifestTensor {
+                name: tensor.to_owned(),
+                dtype: Dtype::F32,
+                shape: vec![1],
+                id: id.clone(),
+            }],
+            vec![ManifestFile {
+                path: file.to_owned(),
+                size: 1,
+                id,
+            }],
+            BTreeMap::new(),
+        )
+        .canonical_bytes()
+    }
+
+    #[test]
+    fn file_paths_that_leave_the_folder_are_refused() {
+        assert!(Manifest::parse(&manifest_with("a", "config.json")).is_ok());
+        assert!(Manifest::parse(&manifest_with("a", "sub/tokenizer.json")).is_ok());
+        for bad in [
+            "/abs/path",
+            "../x",
+            "a/../../x",
+            "",
+            "a//b",
+            "./x",
+            "a\0b",
+            "c:\\x",
+        ] {
+            let err = Manifest::parse(&manifest_with("a", bad)).unwrap_err();
+            assert!(err.contains("manifest names file"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn tensor_names_that_collide_with_file_refs_are_refused() {
+        let err = Manifest::parse(&manifest_with("file:config.json", "config.json")).unwrap_err();
+        assert!(err.contains("`file:`"), "{err}");
     }
 }

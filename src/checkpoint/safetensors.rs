@@ -21,6 +21,8 @@ pub const MAX_HEADER_SIZE: u64 = 100_000_000;
 pub const MAX_RANK: usize = 16;
 /// Longest tensor name accepted, in bytes.
 pub const MAX_NAME: usize = 1024;
+/// How the catalog names a manifest's files beside its tensors; no tensor name may start so.
+pub const FILE_REF_PREFIX: &str = "file:";
 
 #[derive(Debug)]
 pub struct HeaderTensor {
@@ -86,6 +88,10 @@ pub enum Problem {
         at: u64,
     },
     Unreadable(String),
+    /// The same key twice in the header (a tensor name, or `__metadata__`).
+    Duplicate {
+        name: String,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -145,6 +151,9 @@ impl fmt::Display for Problem {
                 "tensors `{first}` and `{second}` overlap at data byte {at}"
             ),
             Problem::Unreadable(e) => write!(f, "cannot be read: {e}"),
+            Problem::Duplicate { name } => {
+                write!(f, "the header names `{}` twice", name.escape_debug())
+            }
         }
     }
 }
@@ -159,7 +168,10 @@ impl Problem {
                 "this is not a safetensors file (or a damaged one)"
             }
             Problem::BadName { .. } => {
-                "tensor names must not contain `..`, a leading `/`, backslashes or control characters; rename the tensor and save again"
+                "tensor names must not contain `..`, a leading `/`, backslashes or control characters, nor start with `file:`; rename the tensor and save again"
+            }
+            Problem::Duplicate { .. } => {
+                "a safetensors header names each tensor once (the reference implementation refuses this file); re-save the checkpoint"
             }
             Problem::UnknownDtype { .. } => {
                 "supported dtypes: BOOL, U8, I8, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64, F8_E4M3, F8_E5M2"
@@ -198,6 +210,10 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     }
     if name.starts_with('/') || name.contains('\\') {
         return Err("it looks like a path");
+    }
+    // The catalog records a manifest's files as `file:<path>` beside its tensor names.
+    if name.starts_with(FILE_REF_PREFIX) {
+        return Err("`file:` starts the registry's names for a checkpoint's files");
     }
     if name.split(['/', '.']).any(|seg| seg == "..") || name.contains("/..") || name.contains("..")
     {
@@ -258,18 +274,47 @@ fn header_len(prefix: &[u8], len: u64) -> Result<u64, Problem> {
     Ok(n)
 }
 
+/// A JSON object's entries in order, duplicates kept (a `Map` would keep the last silently).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// Parses header JSON for a data section of `data_len` bytes. Tensors come back sorted by name.
 pub fn parse_header(
     raw: &[u8],
     data_len: u64,
 ) -> Result<(Vec<HeaderTensor>, BTreeMap<String, String>), Problem> {
     let text = std::str::from_utf8(raw).map_err(|e| Problem::NotJson(e.to_string()))?;
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(text.trim_end_matches(' '))
-            .map_err(|e| Problem::NotJson(e.to_string()))?;
-    let mut tensors = Vec::with_capacity(map.len());
+    let Entries(entries) = serde_json::from_str(text.trim_end_matches(' '))
+        .map_err(|e| Problem::NotJson(e.to_string()))?;
+    let mut seen = std::collections::HashSet::with_capacity(entries.len());
+    if let Some((name, _)) = entries.iter().find(|(k, _)| !seen.insert(k.as_str())) {
+        return Err(Problem::Duplicate { name: name.clone() });
+    }
+    let mut tensors = Vec::with_capacity(entries.len());
     let mut metadata = BTreeMap::new();
-    for (name, value) in map {
+    for (name, value) in entries {
         if name == "__metadata__" {
             metadata = serde_json::from_value(value).map_err(|e| {
                 Problem::NotJson(format!("`__metadata__` must map strings to strings: {e}"))
@@ -387,6 +432,18 @@ mod tests {
                 "unknown field",
             ),
             ("[1,2]", "not valid"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                "names `a` twice",
+            ),
+            (
+                r#"{"__metadata__":{"x":"1"},"__metadata__":{"x":"2"}}"#,
+                "names `__metadata__` twice",
+            ),
+            (
+                r#"{"file:config.json":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                "`file:`",
+            ),
         ];
         for (json, expect) in cases {
             let err = parse(json, 12).unwrap_err().to_string();
@@ -408,7 +465,16 @@ mod tests {
 
     #[test]
     fn names_that_act_as_paths_are_refused() {
-        for bad in ["", "/etc/passwd", "a/../b", "a\\b", "a\nb", "..", "a/.."] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "a\\b",
+            "a\nb",
+            "..",
+            "a/..",
+            "file:config.json",
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         for good in [

@@ -316,6 +316,12 @@ pub fn export(ctx: &Context, a: &ExportArgs) -> anyhow::Result<ExitCode> {
             &Bar::new(ctx.quiet),
         )
         .with_context(|| format!("exporting `{}`", a.reference))?;
+    for p in &report.cleaned {
+        eprintln!(
+            "removed `{}`, a partial export left by an interrupted run",
+            p.display()
+        );
+    }
     if a.json {
         output::json(&report)?;
     } else {
@@ -383,6 +389,10 @@ pub struct GcArgs {
     /// Print what would be removed and remove nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Run even when the catalog lists no checkpoint while objects exist (a lost catalog:
+    /// `rebuild-catalog` first).
+    #[arg(long)]
+    force: bool,
     #[arg(long)]
     json: bool,
 }
@@ -411,7 +421,7 @@ pub fn gc(ctx: &Context, a: &GcArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let report = reg.gc()?;
+    let report = reg.gc(a.force)?;
     if a.json {
         output::json(&report)?;
     } else {
@@ -454,4 +464,53 @@ pub fn du(ctx: &Context, a: &JsonArgs) -> anyhow::Result<ExitCode> {
     ]);
     output::table(&["CHECKPOINT", "KIND", "LOGICAL", "STORED", "RATIO"], &rows)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct RebuildArgs {
+    /// Rebuild even though the catalog is readable and lists checkpoints (it is moved aside).
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn rebuild_catalog(ctx: &Context, a: &RebuildArgs) -> anyhow::Result<ExitCode> {
+    let bar = Bar::new(ctx.quiet);
+    let report = crossmerge::registry::rebuild_catalog(&ctx.registry, a.force, &bar)?;
+    if a.json {
+        output::json(&report)?;
+    } else {
+        let mut out = io::stdout().lock();
+        for c in &report.checkpoints {
+            writeln!(out, "recovered {c}")?;
+        }
+        for c in &report.unnamed {
+            writeln!(
+                out,
+                "recovered {c} (no record: registered before records existed, or an interrupted write)"
+            )?;
+        }
+        for r in &report.renumbered {
+            writeln!(out, "renumbered {r}")?;
+        }
+        for d in &report.damaged {
+            writeln!(out, "left out {d}")?;
+        }
+        drop(out);
+        for p in &report.moved_aside {
+            eprintln!("moved the old catalog aside to {}", p.display());
+        }
+        eprintln!(
+            "rebuilt the catalog from {} objects: {} checkpoints ({} without a record); vectors and evaluations are not stored in objects and must be derived and run again",
+            report.objects,
+            report.checkpoints.len() + report.unnamed.len(),
+            report.unnamed.len()
+        );
+    }
+    Ok(if report.damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

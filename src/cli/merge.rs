@@ -24,6 +24,9 @@ pub struct MergeArgs {
     /// Validate against the registry and print the plan as JSON; read no weight, write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Refuse sweep grids of more points than this (each point is one merged checkpoint).
+    #[arg(long, default_value_t = crossmerge::registry::DEFAULT_MAX_POINTS)]
+    max_points: u64,
     #[arg(long)]
     json: bool,
 }
@@ -35,6 +38,7 @@ pub fn merge(ctx: &Context, a: &MergeArgs) -> anyhow::Result<ExitCode> {
     let mut opts = MergeOptions::default().dry_run(a.dry_run);
     opts.name.clone_from(&a.name);
     opts.out.clone_from(&a.out);
+    opts.max_points = Some(a.max_points);
     let points = reg.merge(&recipe, &text, &opts, &Bar::new(ctx.quiet))?;
     if a.json || a.dry_run {
         output::json(&points)?;

@@ -27,6 +27,10 @@ use crate::vector::{Filter, VectorTensor};
 /// Key of the merge hash (FORMAT.md §8).
 pub const MERGE_CONTEXT: &str = "crossmerge 2026-11 merge v1";
 
+/// The largest sweep grid `merge` runs unless told otherwise (`--max-points`): each point is
+/// one merged checkpoint, and every point is planned before the first merge.
+pub const DEFAULT_MAX_POINTS: u64 = 1000;
+
 /// How to run a recipe.
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -38,6 +42,8 @@ pub struct MergeOptions {
     /// Export each merged checkpoint as a Hugging Face folder here (one subfolder per sweep
     /// point when there are several).
     pub out: Option<PathBuf>,
+    /// Refuse sweep grids of more points than this (default [`DEFAULT_MAX_POINTS`]).
+    pub max_points: Option<u64>,
     /// Largest window of the engine, in elements (for tests; the bits do not depend on it).
     #[doc(hidden)]
     pub max_window: Option<usize>,
@@ -172,6 +178,25 @@ impl Registry {
             super::check_name("checkpoint", name)?;
             recipe.name.value.clone_from(name);
         }
+        // The grid's size first: never build a grid before knowing it is bounded.
+        let limit = opts.max_points.unwrap_or(DEFAULT_MAX_POINTS);
+        match recipe.point_count() {
+            Some(n) if n <= limit => {}
+            count => {
+                return Err(Error::Recipe {
+                    path: recipe.path.clone(),
+                    line: None,
+                    problem: format!(
+                        "the sweep grid has {} points, over the limit of {limit}",
+                        count.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string())
+                    ),
+                    hint: "sweep fewer values (each point is one merged checkpoint), or raise the limit with `--max-points N`".to_owned(),
+                });
+            }
+        }
+        if let (Some(out), false) = (&opts.out, opts.dry_run) {
+            super::ops::check_export_target(out)?;
+        }
         let resolved = self.resolve_recipe(&recipe)?;
         let views: Vec<Resolved<'_>> = resolved
             .list
@@ -196,6 +221,14 @@ impl Registry {
         let base_ref = resolved.base.as_ref().map(|(r, m)| (r.reference(), m));
         let heads_ref = resolved.heads.as_ref().map(|(r, m)| (r.reference(), m));
         let points = recipe.points();
+        for p in &points {
+            super::check_name("checkpoint", &p.name).map_err(|e| Error::Recipe {
+                path: recipe.path.clone(),
+                line: None,
+                problem: format!("sweep point `{}` is not a valid checkpoint name ({e})", p.name.escape_debug()),
+                hint: "shorten the recipe's name or the inputs' labels (names are at most 200 bytes of letters, digits, `.`, `_`, `-`, `/`, `+`, `=`)".to_owned(),
+            })?;
+        }
         let plans: Vec<MergePlan> = points
             .iter()
             .map(|p| {
@@ -462,7 +495,7 @@ impl Registry {
                 .map(|(k, v)| (format!("sweep.{k}"), v.to_string()))
                 .collect(),
         };
-        self.catalog.commit_merged(stored, &refs, &new, merge)
+        self.commit_checkpoint(stored, &refs, &new, Some(merge))
     }
 
     /// The provenance of a merged checkpoint.

@@ -353,7 +353,7 @@ impl Registry {
             logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
             tags: opts.tags.clone(),
         };
-        let (checkpoint, created) = self.catalog.commit_checkpoint(&stored, &refs, &new)?;
+        let (checkpoint, created) = self.commit_checkpoint(&stored, &refs, &new, None)?;
         Ok(Registered {
             checkpoint,
             created,
@@ -511,6 +511,52 @@ pub struct ExportReport {
     pub out: PathBuf,
     pub files: Vec<String>,
     pub tensor_bytes: u64,
+    /// Partial exports to the same place left by interrupted runs, removed first.
+    pub cleaned: Vec<PathBuf>,
+}
+
+/// Where an export may go: absent, or an empty real folder (not a symbolic link, not a file).
+pub(crate) fn check_export_target(out: &Path) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::invalid(
+            format!("`{}` {what}", out.display()),
+            "export into a new or empty folder",
+        ))
+    };
+    match fs::symlink_metadata(out) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("reading", out, e)),
+        Ok(m) if m.file_type().is_symlink() => refuse("is a symbolic link"),
+        Ok(m) if !m.is_dir() => refuse("exists and is not a folder"),
+        Ok(_) => match fs::read_dir(out).map(|mut entries| entries.next().is_none()) {
+            Ok(true) => Ok(()),
+            Ok(false) => refuse("exists and is not empty"),
+            Err(e) => Err(Error::io("reading", out, e)),
+        },
+    }
+}
+
+/// Removes `<parent>/<stem><pid>` folders whose process is gone (a killed export's partial
+/// copy); returns what it removed.
+fn clean_stale_exports(parent: &Path, stem: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.filter_map(std::result::Result::ok) {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(stem)) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 impl Registry {
@@ -526,29 +572,18 @@ impl Registry {
     ) -> Result<ExportReport> {
         let checkpoint = self.resolve(reference)?;
         let manifest = self.manifest(&checkpoint)?;
-        if let Ok(mut entries) = fs::read_dir(out) {
-            if entries.next().is_some() {
-                return Err(Error::invalid(
-                    format!("`{}` exists and is not empty", out.display()),
-                    "export into a new or empty folder",
-                ));
-            }
-        } else if out.exists() {
-            return Err(Error::invalid(
-                format!("`{}` exists and is not a folder", out.display()),
-                "export into a new or empty folder",
-            ));
-        }
+        check_export_target(out)?;
         let parent = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         fs::create_dir_all(&parent).map_err(|e| Error::io("creating", &parent, e))?;
-        let tmp = parent.join(format!(
-            ".{}.crossmerge-export-{}",
-            out.file_name().and_then(|n| n.to_str()).unwrap_or("export"),
-            std::process::id()
-        ));
+        let stem = format!(
+            ".{}.crossmerge-export-",
+            out.file_name().and_then(|n| n.to_str()).unwrap_or("export")
+        );
+        let cleaned = clean_stale_exports(&parent, &stem);
+        let tmp = parent.join(format!("{stem}{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
         let _lock = self.lock_shared()?;
@@ -569,6 +604,7 @@ impl Registry {
             out: out.to_path_buf(),
             files,
             tensor_bytes: manifest.tensor_bytes(),
+            cleaned,
         })
     }
 
@@ -639,7 +675,7 @@ impl Registry {
 /// One problem `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// `missing`, `truncated`, `corrupted`, `unreadable` or `orphan`.
+    /// `missing`, `truncated`, `corrupted`, `unreadable`, `unrecorded` or `orphan`.
     pub class: &'static str,
     #[serde(serialize_with = "serialize_opt_hex")]
     pub object: Option<ObjectId>,
@@ -760,6 +796,13 @@ impl Registry {
                 message: format!("missing: `{name}` refers to object `{id}`, which is not stored"),
             });
         }
+        let damaged: HashSet<ObjectId> = findings.iter().filter_map(|f| f.object).collect();
+        for row in rows
+            .iter()
+            .filter(|r| r.stored && r.kind == ObjectKind::Manifest && !damaged.contains(&r.id))
+        {
+            findings.extend(self.check_manifest(&row.id)?);
+        }
         findings.sort_by(|a, b| (a.class, &a.message).cmp(&(b.class, &b.message)));
         Ok(VerifyReport {
             objects_checked: to_check.len(),
@@ -775,6 +818,49 @@ impl Registry {
             temporary_files: self.backend.count_tmp().unwrap_or(0),
             findings,
         })
+    }
+}
+
+impl Registry {
+    /// A stored manifest must parse (file paths inside the folder, names that cannot collide)
+    /// and the catalog must record exactly its references, or `gc` would delete what it needs.
+    fn check_manifest(&self, id: &ObjectId) -> Result<Vec<Finding>> {
+        let bytes = match self.read_object(id, Some("manifest")) {
+            Ok(b) => b,
+            Err(e) => {
+                return Ok(vec![Finding {
+                    class: "corrupted",
+                    object: Some(*id),
+                    message: format!("corrupted: manifest `{id}`: {e}"),
+                }]);
+            }
+        };
+        let manifest = match Manifest::parse(&bytes) {
+            Ok(m) => m,
+            Err(problem) => {
+                return Ok(vec![Finding {
+                    class: "corrupted",
+                    object: Some(*id),
+                    message: format!("corrupted: manifest `{id}`: {problem}"),
+                }]);
+            }
+        };
+        let recorded: BTreeMap<String, ObjectId> =
+            self.catalog.manifest_refs(id)?.into_iter().collect();
+        let mut out = Vec::new();
+        for (name, object) in manifest.refs() {
+            if recorded.get(&name) != Some(&object) {
+                out.push(Finding {
+                    class: "unrecorded",
+                    object: Some(object),
+                    message: format!(
+                        "unrecorded: manifest `{id}` needs object `{object}` as `{}`, but the catalog does not record it (`gc` would delete it; `crossmerge rebuild-catalog` repairs the catalog)",
+                        name.escape_debug()
+                    ),
+                });
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -823,7 +909,11 @@ impl Registry {
         for r in &rows {
             if !live.contains(&r.id) {
                 plan.unreferenced.push(r.id);
-                plan.bytes += r.stored_size.unwrap_or(0);
+                // A pending row has no stored size; its file, if the write got that far, does.
+                plan.bytes += match r.stored_size {
+                    Some(size) => size,
+                    None => self.backend.open(&r.id).map_or(0, |f| f.len()),
+                };
             }
         }
         for id in self
@@ -845,9 +935,34 @@ impl Registry {
 
     /// Removes unreferenced objects, orphan files and temporary files, holding the registry
     /// exclusively. The plan is recomputed under the lock, so it is never stale.
-    pub fn gc(&mut self) -> Result<GcReport> {
+    ///
+    /// A catalog that lists no checkpoint while the store holds objects it does not know (or
+    /// knows as stored) looks lost rather than empty: gc refuses unless `force`, since it
+    /// would delete everything.
+    pub fn gc(&mut self, force: bool) -> Result<GcReport> {
         let _lock = self.lock_exclusive()?;
         let plan = self.gc_plan()?;
+        if !force {
+            let checkpoints = self
+                .catalog
+                .checkpoints(&crate::catalog::CheckpointFilter::default())?
+                .len();
+            let stored = self
+                .catalog
+                .all_objects()?
+                .iter()
+                .filter(|r| r.stored)
+                .count();
+            if checkpoints == 0 && (!plan.orphans.is_empty() || stored > 0) {
+                return Err(Error::invalid(
+                    format!(
+                        "the catalog lists no checkpoint but the store holds {} objects: gc would delete them all",
+                        plan.orphans.len() + stored
+                    ),
+                    "if the catalog was lost, run `crossmerge rebuild-catalog`; to delete every object anyway, add `--force`",
+                ));
+            }
+        }
         let objects = self.root.join("objects");
         self.catalog.mark_pending(&plan.unreferenced)?;
         for id in plan.unreferenced.iter().chain(&plan.orphans) {

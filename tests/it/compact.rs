@@ -63,7 +63,9 @@ fn fine_tune_costs_at_most_half_its_bytes_and_reregistration_nothing() {
         .unwrap();
     assert!(other.created);
     assert_eq!(other.bytes_written, 0);
-    assert_eq!(reg.du().unwrap().total_stored, du.total_stored);
+    // Only the new row's record (its catalog row as a small object, for rebuild-catalog).
+    let grew = reg.du().unwrap().total_stored - du.total_stored;
+    assert!(grew > 0 && grew < 1024, "a new name stored {grew} bytes");
 
     // Lossless: the export equals the input.
     let out = tmp.path().join("out");

@@ -34,7 +34,7 @@ fn check_recovers(root: &Path, ft: &Path, deep: bool) {
     }
     let mut reg = Registry::open(root).unwrap();
     reg.register(ft, &ft_options(), &NoProgress).unwrap();
-    reg.gc().unwrap();
+    reg.gc(false).unwrap();
     assert_verify_clean(root);
     let plan = reg.gc_plan().unwrap();
     assert!(
@@ -126,7 +126,7 @@ fn a_fault_at_every_io_step_of_gc_leaves_a_consistent_registry() {
         let root = tmp.path().join(format!("g{k}"));
         copy_dir(&template, &root);
         let (mut reg, _) = faulty(&root, k);
-        let result = reg.gc();
+        let result = reg.gc(false);
         drop(reg);
         check_recovers(&root, &fam[1], k % 5 == 0);
         if result.is_ok() {
@@ -203,7 +203,7 @@ fn killing_register_at_random_moments_never_damages_the_registry() {
     eprintln!("24 kills over {full:?}: {completed} runs had finished before their kill");
     let mut reg = Registry::open(&root).unwrap();
     reg.register(&fam[1], &ft_options(), &NoProgress).unwrap();
-    reg.gc().unwrap();
+    reg.gc(false).unwrap();
     assert_verify_clean(&root);
     let out = tmp.path().join("out");
     reg.export("ner-en", &out, &ExportOptions::default(), &NoProgress)

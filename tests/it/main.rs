@@ -18,4 +18,5 @@ mod merge;
 #[cfg(feature = "eval")]
 mod parity;
 mod roundtrip;
+mod safety;
 mod vectors;

@@ -28,7 +28,7 @@ fn recipes_dir() -> PathBuf {
 
 /// The registry the recipes in recipes/ expect: a tiny XLM-R base, three English task models
 /// with heads, three language models, and their vectors.
-fn fixture(dir: &Path) -> PathBuf {
+pub(crate) fn fixture(dir: &Path) -> PathBuf {
     let src = dir.join("src");
     let shape = Shape::TINY;
     write_checkpoint(&src.join("base"), &shape, 42, None, None).unwrap();
@@ -90,7 +90,7 @@ fn run(
     reg.merge(&recipe, &text, opts, &NoProgress)
 }
 
-fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
+pub(crate) fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p
@@ -541,7 +541,7 @@ fn a_failed_merge_leaves_no_checkpoint_and_no_row() {
     let mut reg = Registry::open(&reg_dir).unwrap();
     let again = run(&mut reg, &path, &MergeOptions::default()).unwrap();
     assert!(again[0].reused);
-    reg.gc().unwrap();
+    reg.gc(false).unwrap();
     assert_verify_clean(&reg_dir);
 }
 
@@ -713,6 +713,6 @@ fn killing_a_merge_at_random_moments_leaves_all_of_it_or_none() {
     }
     eprintln!("16 kills over {full:?}: {completed} merges had finished before their kill");
     let mut reg = Registry::open(&root).unwrap();
-    reg.gc().unwrap();
+    reg.gc(false).unwrap();
     assert_verify_clean(&root);
 }
