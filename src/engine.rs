@@ -389,7 +389,19 @@ fn merge_tensor(
                     Method::TaskArithmetic
                     | Method::MagnitudePrune
                     | Method::Breadcrumbs
-                    | Method::DareLinear => merge::task_arithmetic(&inputs, m),
+                    | Method::DareLinear => {
+                        merge::task_arithmetic(&inputs, m);
+                        if s.normalize {
+                            // mergekit: the combined change over Σ wᵢ (left as it is when
+                            // |Σ wᵢ| < 1e-8).
+                            let total: f64 = inputs.iter().map(|i| f64::from(i.weight)).sum();
+                            if total.abs() >= 1e-8 {
+                                for o in m.iter_mut() {
+                                    *o = (f64::from(*o) / total) as f32;
+                                }
+                            }
+                        }
+                    }
                     Method::Ties | Method::DareTies => {
                         let norm = if s.normalize {
                             TiesNormalize::WeightSum
@@ -398,7 +410,7 @@ fn merge_tensor(
                         };
                         merge::ties_merge(&inputs, norm, m);
                     }
-                    Method::Linear => merge::linear(&inputs, m),
+                    Method::Linear => merge::linear(&inputs, s.normalize, m),
                     Method::Slerp => {
                         let (b, th) = (b.expect("slerp has a base"), inputs[0].values);
                         for ((o, x), y) in m.iter_mut().zip(b).zip(th) {

@@ -76,6 +76,19 @@ impl Method {
         )
     }
 
+    /// `normalize` when a TOML recipe does not say: divide the combined change by the sum of
+    /// the weights for ties, `dare_ties` and linear (crossmerge's documented defaults), not for
+    /// the other task-vector methods. mergekit's own per-method defaults apply to imported
+    /// YAML ([`mergekit`]).
+    pub const fn default_normalize(self) -> bool {
+        matches!(self, Method::Ties | Method::DareTies | Method::Linear)
+    }
+
+    /// Whether `normalize` means anything for the method (everything but slerp).
+    pub const fn uses_normalize(self) -> bool {
+        !matches!(self, Method::Slerp)
+    }
+
     pub const fn is_dare(self) -> bool {
         matches!(self, Method::DareLinear | Method::DareTies)
     }
@@ -119,7 +132,9 @@ pub struct RecipeFile {
     #[schemars(with = "Option<Number>")]
     pub t: Option<Spanned<Number>>,
     /// ties/`dare_ties`: divide by the agreeing weights (default true); linear: divide by the
-    /// sum of the weights (default true).
+    /// sum of the weights (default true); `task_arithmetic`, `dare_linear`, breadcrumbs,
+    /// `magnitude_prune`: divide the combined change by the sum of the weights, as mergekit
+    /// does (default false).
     pub normalize: Option<bool>,
     /// dare_*: rescale kept entries by 1/density (default true).
     pub rescale: Option<bool>,
@@ -583,7 +598,7 @@ fn from_file(path: &Path, text: &str, f: &RecipeFile) -> Result<Recipe> {
         density: density.as_ref().map(|(p, _)| p.clone()),
         gamma: gamma.as_ref().map(|(p, _)| p.clone()),
         t: t.as_ref().map(|(p, _)| p.clone()),
-        normalize: f.normalize.unwrap_or(true),
+        normalize: f.normalize.unwrap_or(method.default_normalize()),
         rescale: f.rescale.unwrap_or(true),
         inputs,
         heads: f.heads.as_ref().map(|h| located(text, &h.from)),
@@ -636,7 +651,12 @@ pub(crate) struct Lines {
     pub seed: Option<usize>,
 }
 
-fn check_fraction(errors: &Errors<'_>, v: f64, line: Option<usize>, key: &str) -> Result<()> {
+pub(crate) fn check_fraction(
+    errors: &Errors<'_>,
+    v: f64,
+    line: Option<usize>,
+    key: &str,
+) -> Result<()> {
     if (0.0..=1.0).contains(&v) {
         Ok(())
     } else {
@@ -778,11 +798,7 @@ impl Recipe {
                 "keep one `[[inputs]]` table",
             ));
         }
-        if !matches!(
-            self.method,
-            Method::Ties | Method::DareTies | Method::Linear
-        ) && lines.normalize.is_some()
-        {
+        if !self.method.uses_normalize() && lines.normalize.is_some() {
             return Err(not_for("normalize", lines.normalize));
         }
         if !self.method.is_dare() && lines.rescale.is_some() {

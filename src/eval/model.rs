@@ -216,6 +216,9 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // CUDA's matmul takes only row-major (or transposed) operands: a strided view such as
+        // the [CLS] rows of a batch must be copied first (a no-op when already contiguous).
+        let x = x.contiguous().map_err(candle)?;
         let y = x.broadcast_matmul(&self.wt).map_err(candle)?;
         match &self.b {
             Some(b) => y.broadcast_add(b).map_err(candle),

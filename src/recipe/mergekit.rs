@@ -76,6 +76,12 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// mergekit 0.1.5's `normalize` default per method (its `merge_methods/registry.py`): true for
+/// ties and linear; false for `task_arithmetic`, `dare_ties`, `dare_linear` and breadcrumbs.
+fn mergekit_default_normalize(method: Method) -> bool {
+    matches!(method, Method::Ties | Method::Linear)
+}
+
 /// Parses mergekit YAML text (`path` names it in errors and gives the merged model its name).
 pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
     let errors = Errors { path };
@@ -122,6 +128,28 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
             "remove `base_model` (linear averages the listed models)",
         ));
     }
+    if method == Method::MagnitudePrune {
+        return Err(errors.at(
+            method_line,
+            "mergekit 0.1.5 has no `magnitude_prune`",
+            "write a TOML recipe for crossmerge's `magnitude_prune` (schemas/recipe.schema.json)",
+        ));
+    }
+    if method == Method::Ties && params.is_some_and(|p| p.rescale == Some(true)) {
+        return Err(errors.at(
+            line_of_key(text, "rescale").or(method_line),
+            "`rescale: true` on `ties` rescales each trimmed tensor to its L1 norm in mergekit, which crossmerge does not implement",
+            "remove `rescale` (mergekit's default for ties is false)",
+        ));
+    }
+    if let Some(d) = params.and_then(|p| p.density) {
+        super::check_fraction(
+            &errors,
+            d,
+            line_of_key(text, "density").or(method_line),
+            "density",
+        )?;
+    }
     let mut inputs = Vec::new();
     for m in &file.models {
         // mergekit lists the base among the models for some methods; it is not an input.
@@ -129,6 +157,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
             continue;
         }
         let p = m.parameters.as_ref();
+        if let Some(d) = p.and_then(|p| p.density) {
+            super::check_fraction(&errors, d, line_of_value(text, &m.model), "density")?;
+        }
         inputs.push(Input {
             source: InputSource::Checkpoint(located(&m.model)),
             weight: Param::Fixed(
@@ -158,7 +189,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         .and_then(|s| s.to_str())
         .unwrap_or("merged")
         .to_owned();
-    let key_line = |set: bool, key: &str| if set { line_of_key(text, key) } else { None };
+    // A key that is set always gets a line (its own, else that of `parameters:`), so a check
+    // that rejects it cannot miss it: flow-style mappings (`parameters: {normalize: true}`)
+    // put keys where `line_of_key` does not look.
+    let params_line = line_of_key(text, "parameters").or(method_line);
+    let key_line = |set: bool, key: &str| {
+        if set {
+            line_of_key(text, key).or(params_line)
+        } else {
+            None
+        }
+    };
     let lines = Lines {
         method: method_line,
         lambda: key_line(params.is_some_and(|p| p.lambda.is_some()), "lambda"),
@@ -166,7 +207,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         gamma: key_line(params.is_some_and(|p| p.gamma.is_some()), "gamma"),
         t: key_line(params.is_some_and(|p| p.t.is_some()), "t"),
         normalize: key_line(params.is_some_and(|p| p.normalize.is_some()), "normalize"),
-        rescale: key_line(params.is_some_and(|p| p.rescale.is_some()), "rescale"),
+        // mergekit reads `rescale` only where it sparsifies; elsewhere it changes nothing (ties
+        // with `rescale: true` is refused above).
+        rescale: key_line(
+            params.is_some_and(|p| p.rescale.is_some()) && method.is_dare(),
+            "rescale",
+        ),
         seed: None,
     };
     let _ = params.and_then(|p| p.int8_mask);
@@ -180,11 +226,22 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         method,
         base,
         lambda: Param::Fixed(params.and_then(|p| p.lambda).unwrap_or(1.0)),
-        density: params.and_then(|p| p.density).map(Param::Fixed),
-        gamma: params.and_then(|p| p.gamma).map(Param::Fixed),
+        // mergekit's tensor-parameter defaults: density 1 (keep everything), gamma 0.01.
+        density: params
+            .and_then(|p| p.density)
+            .or(method.uses_density().then_some(1.0))
+            .map(Param::Fixed),
+        gamma: params
+            .and_then(|p| p.gamma)
+            .or((method == Method::Breadcrumbs).then_some(0.01))
+            .map(Param::Fixed),
         t: params.and_then(|p| p.t).map(Param::Fixed),
-        normalize: params.and_then(|p| p.normalize).unwrap_or(true),
-        rescale: params.and_then(|p| p.rescale).unwrap_or(true),
+        normalize: params
+            .and_then(|p| p.normalize)
+            .unwrap_or_else(|| mergekit_default_normalize(method)),
+        rescale: params
+            .and_then(|p| p.rescale)
+            .unwrap_or_else(|| method.is_dare()),
         inputs,
         heads: None,
         overrides: Vec::new(),

@@ -118,6 +118,41 @@ impl MergePlan {
     }
 }
 
+#[allow(clippy::float_cmp)] // exactly 0 and exactly 1: only then is the copy exact
+/// For task arithmetic: the one operand whose effective weight (λ · scale · wᵢ) is exactly 1
+/// while every other is exactly 0 or absent, when it is a difference from this very base
+/// tensor in the output's dtype: its input and its `from` tensor, which the merge equals.
+fn sole_unit_operand(
+    recipe: &Recipe,
+    point: &Point,
+    scale: f64,
+    operands: &[Option<Operand>],
+    base: ObjectId,
+    dtype: Dtype,
+) -> Option<(usize, ObjectId)> {
+    if recipe.method != Method::TaskArithmetic {
+        return None;
+    }
+    let mut found = None;
+    for (i, op) in operands.iter().enumerate() {
+        let Some(op) = op else { continue };
+        let w = point.lambda * scale * point.weights[i];
+        if w == 0.0 {
+            continue;
+        }
+        if w != 1.0
+            || found.is_some()
+            || op.model
+            || op.minus != Some(base)
+            || op.plus_dtype != dtype
+        {
+            return None;
+        }
+        found = Some((i, op.plus));
+    }
+    found
+}
+
 /// Checks `point` of `recipe` against the resolved manifests.
 pub fn plan(
     recipe: &Recipe,
@@ -245,6 +280,20 @@ pub fn plan(
             Action::Copy {
                 object: bt.object(),
                 from: reference_name.clone(),
+            }
+        } else if let Some((i, object)) =
+            sole_unit_operand(recipe, point, scale, &operands, bt.object(), dtype)
+        {
+            // θ_base + 1·(θ_i − θ_base) is θ_i: copy its tensor rather than round the
+            // difference through f32 (the λ = 0 point of a study is the task model, bit for
+            // bit).
+            Action::Copy {
+                object,
+                from: match &inputs[i] {
+                    Resolved::Checkpoint { reference, .. } | Resolved::Vector { reference, .. } => {
+                        reference.clone()
+                    }
+                },
             }
         } else {
             let density_override = recipe.override_for(name, |o| o.density);

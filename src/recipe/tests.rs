@@ -148,3 +148,86 @@ fn the_committed_schema_is_current() {
         "schemas/recipe.schema.json is stale: run `CROSSMERGE_BLESS=1 cargo test --lib recipe` and commit it"
     );
 }
+
+#[test]
+fn mergekit_yaml_takes_mergekits_defaults_and_flow_style_like_block_style() {
+    let yaml = |method: &str, params: &str| {
+        let base = if method == "linear" {
+            ""
+        } else {
+            "base_model: b\n"
+        };
+        let density = if ["ties", "dare_ties", "dare_linear", "breadcrumbs"].contains(&method) {
+            "      density: 0.5\n"
+        } else {
+            ""
+        };
+        format!(
+            "models:\n  - model: a\n    parameters:\n      weight: 1.0\n{density}\
+             merge_method: {method}\n{base}{params}"
+        )
+    };
+    let load = |text: &str| mergekit::parse(Path::new("m.yml"), text);
+    // mergekit 0.1.5's defaults: normalize on for ties and linear only; rescale for DARE.
+    for (method, normalize, rescale) in [
+        ("task_arithmetic", false, false),
+        ("ties", true, false),
+        ("dare_ties", false, true),
+        ("dare_linear", false, true),
+        ("breadcrumbs", false, false),
+        ("linear", true, false),
+    ] {
+        let r = load(&yaml(method, "")).unwrap();
+        assert_eq!((r.normalize, r.rescale), (normalize, rescale), "{method}");
+    }
+    // The same parameters in flow and block style give the same recipe, or the same error.
+    for (method, flow, block) in [
+        ("task_arithmetic", "{normalize: true}", "normalize: true"),
+        ("ties", "{rescale: true}", "rescale: true"),
+        ("ties", "{rescale: false}", "rescale: false"),
+        ("linear", "{lambda: 0.5}", "lambda: 0.5"),
+        (
+            "dare_ties",
+            "{normalize: true, rescale: false}",
+            "normalize: true\n  rescale: false",
+        ),
+    ] {
+        let f = load(&yaml(method, &format!("parameters: {flow}\n")));
+        let b = load(&yaml(method, &format!("parameters:\n  {block}\n")));
+        match (&f, &b) {
+            (Ok(f), Ok(b)) => {
+                assert_eq!(
+                    (f.normalize, f.rescale),
+                    (b.normalize, b.rescale),
+                    "{method} {flow}"
+                );
+                assert_eq!(format!("{:?}", f.lambda), format!("{:?}", b.lambda));
+            }
+            (Err(f), Err(b)) => assert_eq!(
+                f.to_string().split(':').nth(2),
+                b.to_string().split(':').nth(2),
+                "{method} {flow}"
+            ),
+            _ => panic!("{method}: flow {f:?} but block {b:?}"),
+        }
+    }
+    // What mergekit applies, crossmerge applies.
+    let r = load(&yaml("task_arithmetic", "parameters: {normalize: true}\n")).unwrap();
+    assert!(r.normalize);
+    // Fractions are fractions, per model too.
+    for bad in ["      density: 0.5\n", "parameters:\n  density: 1.5\n"] {
+        let text = if bad.starts_with("parameters") {
+            yaml("ties", bad)
+        } else {
+            yaml("ties", "").replace("density: 0.5", "density: 1.5")
+        };
+        let err = load(&text).unwrap_err().to_string();
+        assert!(err.contains("outside [0, 1]"), "{err}");
+    }
+    assert!(
+        load(&yaml("magnitude_prune", ""))
+            .unwrap_err()
+            .to_string()
+            .contains("no `magnitude_prune`")
+    );
+}

@@ -716,3 +716,130 @@ fn killing_a_merge_at_random_moments_leaves_all_of_it_or_none() {
     reg.gc(false).unwrap();
     assert_verify_clean(&root);
 }
+
+/// A base, a task model and a language model whose values are unrelated to the base's, so
+/// `θ_task − θ_base` is not exact in f32 for many elements.
+fn far_apart_family(dir: &Path) -> PathBuf {
+    let root = dir.join("reg");
+    let config = "{\"model_type\":\"bert\",\"architectures\":[\"BertModel\"]}";
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // Values over several orders of magnitude, both signs.
+        let m = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        m * 10f32.powi(((state >> 8) % 7) as i32 - 3)
+    };
+    for (name, kind) in [("base", "base"), ("task", "task"), ("lang", "language")] {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let values: Vec<u8> = (0..4096).flat_map(|_| next().to_le_bytes()).collect();
+        crate::common::write_safetensors(
+            &d.join("model.safetensors"),
+            &[("encoder.w", crossmerge::Dtype::F32, vec![64, 64], values)],
+        );
+        std::fs::write(d.join("config.json"), config).unwrap();
+        let mut args = vec![
+            "register",
+            d.to_str().unwrap(),
+            "--name",
+            name,
+            "--kind",
+            kind,
+        ];
+        match kind {
+            "task" => args.extend(["--task", "pos", "--base", "base"]),
+            "language" => args.extend(["--language", "es", "--base", "base"]),
+            _ => {}
+        }
+        cm(&root, &args).assert().success();
+    }
+    root
+}
+
+#[test]
+fn lambda_zero_is_the_task_model_bit_for_bit_even_when_differences_round() {
+    let tmp = TempDir::new().unwrap();
+    let root = far_apart_family(tmp.path());
+    let recipe = write_recipe(
+        tmp.path(),
+        "study.toml",
+        "name = \"study\"\nmethod = \"task_arithmetic\"\nbase = \"base\"\n\
+         [[inputs]]\ncheckpoint = \"task\"\n[[inputs]]\ncheckpoint = \"lang\"\n\
+         weight = { sweep = [0.0, 0.5] }\n",
+    );
+    cm(&root, &["merge", recipe.to_str().unwrap()])
+        .assert()
+        .success();
+    let reg = Registry::open(&root).unwrap();
+    let zero = reg.resolve("study/lang=0").unwrap();
+    let task = reg.resolve("task").unwrap();
+    assert_eq!(
+        zero.manifest_id, task.manifest_id,
+        "λ = 0 must be the task model"
+    );
+    // The other point is computed (not copied), and differs.
+    assert_ne!(
+        reg.resolve("study/lang=0.5").unwrap().manifest_id,
+        task.manifest_id
+    );
+}
+
+#[test]
+fn linear_without_normalize_is_the_weighted_sum() {
+    let tmp = TempDir::new().unwrap();
+    let root = far_apart_family(tmp.path());
+    let reg = Registry::open(&root).unwrap();
+    let read = |name: &str| -> Vec<f32> {
+        let row = reg.resolve(name).unwrap();
+        let m = reg.manifest(&row).unwrap();
+        reg.read_tensor(&m, "encoder.w")
+            .unwrap()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (task, lang) = (read("task"), read("lang"));
+    for (normalize, yaml) in [(false, false), (true, false), (false, true)] {
+        let name = format!("lin-{normalize}-{yaml}");
+        let recipe = if yaml {
+            write_recipe(
+                tmp.path(),
+                &format!("{name}.yml"),
+                "models:\n  - model: task\n    parameters: {weight: 0.25}\n  - model: lang\n    parameters: {weight: 0.5}\nmerge_method: linear\nparameters: {normalize: false}\n",
+            )
+        } else {
+            write_recipe(
+                tmp.path(),
+                &format!("{name}.toml"),
+                &format!(
+                    "name = \"{name}\"\nmethod = \"linear\"\nnormalize = {normalize}\n\
+                     [[inputs]]\ncheckpoint = \"task\"\nweight = 0.25\n\
+                     [[inputs]]\ncheckpoint = \"lang\"\nweight = 0.5\n"
+                ),
+            )
+        };
+        cm(&root, &["merge", recipe.to_str().unwrap(), "--name", &name])
+            .assert()
+            .success();
+        let reg = Registry::open(&root).unwrap();
+        let row = reg.resolve(&name).unwrap();
+        let m = reg.manifest(&row).unwrap();
+        let got: Vec<f32> = reg
+            .read_tensor(&m, "encoder.w")
+            .unwrap()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let want: Vec<f64> = task
+            .iter()
+            .zip(&lang)
+            .map(|(a, b)| {
+                let s = 0.25 * f64::from(*a) + 0.5 * f64::from(*b);
+                if normalize { s / 0.75 } else { s }
+            })
+            .collect();
+        assert_close(&got, &want, &name);
+    }
+}

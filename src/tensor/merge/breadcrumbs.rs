@@ -7,7 +7,9 @@
 //! outliers) and keeps the next `round(density · n)`; the masked vectors are summed with their
 //! weights (task arithmetic). Ranks order by |v| descending, then index ascending, found by
 //! O(n) selection; both counts round as `round(fraction · n)`, and `density` is exactly the
-//! kept fraction (after the outliers). Deterministic: no randomness.
+//! kept fraction (after the outliers). mergekit 0.1.5 truncates both counts (`int(fraction ·
+//! n)`) and, when `density + gamma > 1`, removes fewer outliers; crossmerge rounds and refuses
+//! nothing. Deterministic: no randomness.
 
 use super::select::{kept, rank_range_mask};
 use super::{Weighted, sparse_sum};

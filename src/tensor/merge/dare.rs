@@ -4,7 +4,11 @@
 //! homologous models as a free lunch" (ICML).
 //!
 //! Numeric variant: each entry of τᵢ is kept with probability `density` and, with `rescale`
-//! (the paper's and mergekit's default), divided by `density`; dropped entries become 0. Then
+//! (the paper's rule, and crossmerge's default), divided by `density`; dropped entries become
+//! 0. mergekit 0.1.5's `rescale` instead scales each whole masked tensor so its L1 norm equals
+//! the unmasked one's (`rescaled_masked_tensor`); the two agree in expectation, not per tensor.
+//! crossmerge offers only the paper's rule so far (the L1 variant needs a second pass over each
+//! streamed tensor); imported mergekit YAML uses it too, a documented difference. Then
 //! `dare_linear` sums the weighted vectors (task arithmetic) and `dare_ties` applies TIES's
 //! sign election and disjoint merge to them (no magnitude trim). mergekit draws its mask with
 //! `torch.bernoulli` on the device's generator, so its bits differ from ours for the same

@@ -1,9 +1,12 @@
 //! `magnitude_prune`: keep the largest entries of each task vector, then add.
 //!
-//! Method: magnitude pruning of task vectors as in mergekit's `magnitude_prune` (the trim step
-//! of TIES without its sign election; Yadav et al. 2023 use it as an ablation).
+//! Method: magnitude pruning of task vectors (the trim step of TIES without its sign election;
+//! Yadav et al. 2023 use it as an ablation). mergekit 0.1.5 has no method of this name (its
+//! nearest is `ties` with the sign election): a crossmerge-only method, refused in imported
+//! mergekit YAML.
 //!
-//! Numeric variant: each τᵢ keeps its `round(density · n)` entries of largest magnitude (ties
+//! Numeric variant: each τᵢ keeps its `round(density · n)` entries of largest magnitude
+//! (mergekit's trims keep `int(density · n)`; ties
 //! at the threshold lowest index first, O(n) selection); the masked vectors are summed with
 //! their weights in f64. Deterministic: no randomness.
 

@@ -19,9 +19,17 @@ fn task_arithmetic_and_linear_exact() {
         [0.0, -6.0, 2.0, 4.0]
     );
     let (x, y) = ([1.0, 2.0], [3.0, 6.0]);
-    assert_eq!(run(|o| linear(&[w(&x, 1.0), w(&y, 3.0)], o), 2), [2.5, 5.0]);
     assert_eq!(
-        run(|o| linear(&[w(&x, 1.0), w(&y, -1.0)], o), 2),
+        run(|o| linear(&[w(&x, 1.0), w(&y, 3.0)], true, o), 2),
+        [2.5, 5.0]
+    );
+    // normalize = false: the weighted sum, as mergekit gives it.
+    assert_eq!(
+        run(|o| linear(&[w(&x, 1.0), w(&y, 3.0)], false, o), 2),
+        [10.0, 20.0]
+    );
+    assert_eq!(
+        run(|o| linear(&[w(&x, 1.0), w(&y, -1.0)], true, o), 2),
         [-2.0, -4.0],
         "weights summing to 0 stay unnormalised"
     );
@@ -261,7 +269,7 @@ fn agrees_with_a_separate_f64_reference() {
 
     let wsum: f64 = weights.iter().map(|w| f64::from(*w)).sum();
     close(
-        &run(|o| linear(&inputs, o), n),
+        &run(|o| linear(&inputs, true, o), n),
         &want.iter().map(|v| v / wsum).collect::<Vec<_>>(),
     );
 

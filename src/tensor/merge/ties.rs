@@ -4,7 +4,9 @@
 //! (`NeurIPS`).
 //!
 //! Numeric variant:
-//! - *Trim*: each τᵢ keeps its `round(density · n)` entries of largest magnitude, found by
+//! - *Trim*: each τᵢ keeps its `round(density · n)` entries of largest magnitude (mergekit
+//!   0.1.5 keeps `int(density · n)`, truncating: the two differ by one entry when the
+//!   fraction is ≥ ½; mergekit also never keeps 0 entries, where crossmerge may), found by
 //!   O(n) selection (`select_nth_unstable` on a tensor in memory, an exact two-pass radix
 //!   select on a streamed one, see `select`), never a sort. Entries tied at the threshold are
 //!   kept lowest index first, so the mask is a pure function of the values.
@@ -15,7 +17,9 @@
 //!   `normalize: true`), or left undivided ([`TiesNormalize::None`]). Where the elected sum is
 //!   exactly 0 the result is 0.
 //!
-//! All sums in f64, rounded once. Deterministic: no randomness.
+//! mergekit's `rescale: true` on ties (each trimmed vector scaled back to its L1 norm) is not
+//! implemented; an imported YAML asking for it is refused. All sums in f64, rounded once.
+//! Deterministic: no randomness.
 
 use super::{Weighted, check_lengths, magnitude_mask};
 
