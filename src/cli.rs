@@ -23,13 +23,8 @@ use clap::{Parser, Subcommand};
     about = "Content-addressed registry for cross-lingual model merging"
 )]
 pub struct Cli {
-    /// The registry folder (created on first use).
-    #[arg(
-        long,
-        global = true,
-        env = "CROSSMERGE_REGISTRY",
-        default_value = "registry"
-    )]
+    /// The registry folder, for every command that uses one (also accepted after the command).
+    #[arg(long, env = "CROSSMERGE_REGISTRY", default_value = "registry")]
     registry: PathBuf,
 
     /// Never draw progress bars.
@@ -40,10 +35,26 @@ pub struct Cli {
     command: Command,
 }
 
+/// `--registry DIR` after a command that uses a registry (before the command works too).
+#[derive(clap::Args, Debug, Clone, Default)]
+#[allow(clippy::doc_markdown)] // help text, shown as written
+pub struct RegistryArg {
+    /// The registry folder [default: $CROSSMERGE_REGISTRY, else ./registry].
+    #[arg(long = "registry", value_name = "DIR")]
+    pub registry: Option<PathBuf>,
+}
+
+/// `init`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub reg: RegistryArg,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create an empty registry (any command creates one on first use).
-    Init,
+    Init(InitArgs),
     /// Register a Hugging Face model folder or a .safetensors file.
     Register(commands::RegisterArgs),
     /// List registered checkpoints (or vectors, with `--vectors`).
@@ -68,7 +79,7 @@ enum Command {
     Diff(vectors::DiffArgs),
     /// Merge checkpoints and vectors by a recipe (TOML, or mergekit YAML) and register the result.
     Merge(merge::MergeArgs),
-    /// Evaluate a checkpoint on a task (pos, ner, nli, mlm) and store the result.
+    /// Evaluate a checkpoint on a task (pos, ner, nli, mlm, dp) and store the result.
     Eval(eval::EvalArgs),
     /// Tables of stored results.
     #[command(subcommand)]
@@ -82,7 +93,19 @@ enum Command {
 /// Parses, runs, prints; maps errors to exit codes 0 (ok), 1 (user-visible failure), 2
 /// (unexpected). A closed stdout (`| head`) is not an error.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are the user's to fix: exit 1, as every other such error (clap's own
+    // choice is 2, which crossmerge keeps for the unexpected).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let result = run(cli);
     report_peak_memory();
     match result {
@@ -122,26 +145,31 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ctx = commands::Context {
-        registry: cli.registry,
-        quiet: cli.quiet,
+    let (top, quiet) = (cli.registry, cli.quiet);
+    // The folder named after the command wins over the one before it (or the default).
+    let ctx = |r: &RegistryArg| commands::Context {
+        registry: r.registry.clone().unwrap_or_else(|| top.clone()),
+        quiet,
     };
     match cli.command {
-        Command::Init => commands::init(&ctx),
-        Command::Register(a) => commands::register(&ctx, &a),
-        Command::List(a) => commands::list(&ctx, &a),
-        Command::Show(a) => commands::show(&ctx, &a),
-        Command::Export(a) => commands::export(&ctx, &a),
-        Command::Verify(a) => commands::verify(&ctx, &a),
-        Command::Gc(a) => commands::gc(&ctx, &a),
-        Command::RebuildCatalog(a) => commands::rebuild_catalog(&ctx, &a),
-        Command::Du(a) => commands::du(&ctx, &a),
-        Command::Derive(a) => vectors::derive(&ctx, &a),
-        Command::Compare(a) => vectors::compare(&ctx, &a),
-        Command::Diff(a) => vectors::diff(&ctx, &a),
-        Command::Merge(a) => merge::merge(&ctx, &a),
-        Command::Eval(a) => eval::eval(&ctx, &a),
-        Command::Report(c) => eval::report(&ctx, &c),
+        Command::Init(a) => commands::init(&ctx(&a.reg)),
+        Command::Register(a) => commands::register(&ctx(&a.reg), &a),
+        Command::List(a) => commands::list(&ctx(&a.reg), &a),
+        Command::Show(a) => commands::show(&ctx(&a.reg), &a),
+        Command::Export(a) => commands::export(&ctx(&a.reg), &a),
+        Command::Verify(a) => commands::verify(&ctx(&a.reg), &a),
+        Command::Gc(a) => commands::gc(&ctx(&a.reg), &a),
+        Command::RebuildCatalog(a) => commands::rebuild_catalog(&ctx(&a.reg), &a),
+        Command::Du(a) => commands::du(&ctx(&a.reg), &a),
+        Command::Derive(a) => vectors::derive(&ctx(&a.reg), &a),
+        Command::Compare(a) => vectors::compare(&ctx(&a.reg), &a),
+        Command::Diff(a) => vectors::diff(&ctx(&a.reg), &a),
+        Command::Merge(a) => merge::merge(&ctx(&a.reg), &a),
+        Command::Eval(a) => eval::eval(&ctx(&a.reg), &a),
+        Command::Report(c) => {
+            let eval::ReportCommand::Evals(a) = &c;
+            eval::report(&ctx(&a.reg), &c)
+        }
         Command::Synth(a) => bench::synth(&a),
         Command::Bench(a) => bench::bench(&a),
     }
@@ -155,5 +183,46 @@ fn report_peak_memory() {
     }
     if let Some(kib) = progress::peak_rss_kib() {
         eprintln!("peak_rss_kib: {kib}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command says what it is (`--help` is the first thing a new
+    /// user reads), and `--registry` appears only where a registry is used.
+    #[test]
+    fn every_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "crossmerge", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without a description: {missing:?}"
+        );
+        for name in ["synth", "bench"] {
+            let sub = cmd.find_subcommand(name).unwrap();
+            assert!(
+                sub.get_arguments().all(|a| a.get_id() != "registry"),
+                "`{name}` uses no registry but offers --registry"
+            );
+        }
     }
 }

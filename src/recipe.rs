@@ -385,20 +385,52 @@ impl Errors<'_> {
     }
 }
 
-/// Reads and checks a recipe file: TOML, or mergekit YAML by extension (`.yml`/`.yaml`).
-pub fn load(path: &Path) -> Result<Recipe> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => Error::bad_input(
+/// Largest recipe file read.
+pub const MAX_RECIPE_BYTES: u64 = 16 << 20;
+
+/// Reads a recipe file's text: a regular file of at most [`MAX_RECIPE_BYTES`], UTF-8.
+pub fn read_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+    if !meta.is_file() || meta.len() > MAX_RECIPE_BYTES {
+        return Err(Error::bad_input(
+            path,
+            if meta.is_file() {
+                format!(
+                    "is {} bytes, over the {MAX_RECIPE_BYTES}-byte limit for a recipe",
+                    meta.len()
+                )
+            } else {
+                "is not a regular file".to_owned()
+            },
+            "a recipe is a TOML (or mergekit YAML) text file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_RECIPE_BYTES).read_to_end(&mut bytes))
+        .map_err(|e| Error::io("reading", path, e))?;
+    String::from_utf8(bytes).map_err(|_| {
+        Error::bad_input(
             path,
             "is not UTF-8 text",
             "a recipe is a TOML (or mergekit YAML) text file",
-        ),
-        _ => Error::io("reading", path, e),
-    })?;
+        )
+    })
+}
+
+/// Reads and checks a recipe file: TOML, or mergekit YAML by extension (`.yml`/`.yaml`).
+pub fn load(path: &Path) -> Result<Recipe> {
+    parse_any(path, &read_text(path)?)
+}
+
+/// Parses recipe text as its path's extension says: mergekit YAML for `.yml`/`.yaml`, else
+/// TOML.
+pub fn parse_any(path: &Path, text: &str) -> Result<Recipe> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     match ext {
-        "yml" | "yaml" => mergekit::parse(path, &text),
-        _ => parse(path, &text),
+        "yml" | "yaml" => mergekit::parse(path, text),
+        _ => parse(path, text),
     }
 }
 

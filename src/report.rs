@@ -247,11 +247,22 @@ impl Drawer for Heatmap {
                 ))?;
             }
         }
+        // The rows' name with a drawn arrow: the embedded font has no arrow glyph, and a
+        // missing glyph renders as a box in the PNG.
         let y_axis = label.clone().pos(Pos::new(HPos::Right, VPos::Bottom));
         root.draw(&Text::new(
-            format!("{} ↓", h.y_label),
-            ((left - 8) as i32, (top - 6) as i32),
+            h.y_label.clone(),
+            ((left - 20) as i32, (top - 6) as i32),
             y_axis,
+        ))?;
+        let (ax, ay) = ((left - 12) as i32, (top - 6) as i32);
+        root.draw(&PathElement::new(
+            vec![(ax, ay - 14), (ax, ay - 4)],
+            BLACK.stroke_width(1),
+        ))?;
+        root.draw(&Polygon::new(
+            vec![(ax - 4, ay - 6), (ax + 4, ay - 6), (ax, ay)],
+            BLACK.filled(),
         ))?;
         // Colour bar.
         let bx = (left + cell_w * h.cols.len() as u32 + 30) as i32;

@@ -28,6 +28,7 @@ pub struct SynthArgs {
     /// How many fine-tunes to write beside the base.
     #[arg(long, default_value_t = 1)]
     finetunes: usize,
+    /// Seed of the synthetic weights: the same seed writes the same bytes.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Relative noise of fine-tunes against the base.
@@ -80,6 +81,7 @@ pub enum Suite {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to measure: registry (register, export), compare, merge or eval.
     #[arg(long, value_enum, default_value = "registry")]
     suite: Suite,
     /// Vectors for the compare suite.
@@ -100,6 +102,7 @@ pub struct BenchArgs {
     /// Scratch folder for the family, registries and exports.
     #[arg(long, default_value = "target/bench")]
     workdir: PathBuf,
+    /// Print the figures as JSON instead of text.
     #[arg(long)]
     json: bool,
 }

@@ -44,10 +44,14 @@ impl From<KindArg> for CheckpointKind {
 
 #[derive(Args, Debug)]
 pub struct RegisterArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// A Hugging Face model folder or a .safetensors file.
     path: PathBuf,
+    /// Name to register it under; the same name with other content becomes the next version.
     #[arg(long)]
     name: String,
+    /// What the checkpoint is: a base model, a language or task fine-tune, or a merge.
     #[arg(long, value_enum)]
     kind: KindArg,
     /// The base checkpoint (name, name@version or id prefix); tensors are stored against it.
@@ -62,6 +66,7 @@ pub struct RegisterArgs {
     /// Free tags, `key=value`; repeatable.
     #[arg(long = "tag", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -114,15 +119,21 @@ pub fn register(ctx: &Context, a: &RegisterArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
+    /// Only checkpoints of this kind.
     #[arg(long, value_enum)]
     kind: Option<KindArg>,
+    /// Only checkpoints of this language (BCP-47, e.g. `es`).
     #[arg(long)]
     language: Option<String>,
+    /// Only checkpoints of this task (e.g. `pos`).
     #[arg(long)]
     task: Option<String>,
     /// List vectors instead of checkpoints.
     #[arg(long)]
     vectors: bool,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -176,11 +187,14 @@ pub fn list(ctx: &Context, a: &ListArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ShowArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// name, name@version, or an id prefix of at least 6 hex characters.
     reference: String,
     /// List every tensor.
     #[arg(long)]
     tensors: bool,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -286,6 +300,9 @@ pub fn show(ctx: &Context, a: &ShowArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct ExportArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
+    /// The checkpoint: name, name@version, or an id prefix of at least 6 hex characters.
     reference: String,
     /// The folder to write (must be absent or empty).
     #[arg(long)]
@@ -293,6 +310,7 @@ pub struct ExportArgs {
     /// Split weights into shards of at most this size, e.g. `5GB`, `500MB`, `2GiB`.
     #[arg(long)]
     max_shard_size: Option<String>,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -338,6 +356,9 @@ pub fn export(ctx: &Context, a: &ExportArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct JsonArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -386,6 +407,8 @@ pub fn verify(ctx: &Context, a: &JsonArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct GcArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// Print what would be removed and remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -393,6 +416,7 @@ pub struct GcArgs {
     /// `rebuild-catalog` first).
     #[arg(long)]
     force: bool,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -468,9 +492,12 @@ pub fn du(ctx: &Context, a: &JsonArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct RebuildArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// Rebuild even though the catalog is readable and lists checkpoints (it is moved aside).
     #[arg(long)]
     force: bool,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }

@@ -11,6 +11,8 @@ use super::output;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// The checkpoint (name, name@version or id prefix).
     reference: String,
     /// pos | ner | nli | mlm | dp
@@ -28,6 +30,7 @@ pub struct EvalArgs {
     /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Sentences (or texts, pairs) per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
     /// Subwords per sequence; longer sentences are cut and the cut words counted.
@@ -44,6 +47,11 @@ pub struct EvalArgs {
     /// relation or its universal part). Unmapped gold labels must be the model's.
     #[arg(long, value_name = "FILE")]
     label_map: Option<PathBuf>,
+    /// ner: seqeval's `default` mode (conlleval's rules) or `strict` (IOB2: only B-X I-X…
+    /// runs are entities).
+    #[arg(long, default_value = "default", value_parser = ["default", "strict"])]
+    ner_mode: String,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -72,6 +80,8 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     opts.seed = a.seed;
     opts.pseudo_perplexity = a.pseudo_perplexity;
     opts.label_map.clone_from(&a.label_map);
+    opts.ner_mode =
+        crossmerge::eval::metrics::NerMode::parse(&a.ner_mode).expect("clap checked it");
     let r = reg.evaluate(&a.reference, &opts, &Bar::new(ctx.quiet))?;
     if a.json {
         output::json(&r)?;
@@ -81,22 +91,36 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     for (k, v) in &r.outcome.metrics {
         writeln!(out, "{k}\t{v:.6}")?;
     }
+    // What happens to what did not fit, said as it is for each task.
+    let (cut, scored) = match task {
+        Task::Pos | Task::Dp => ("words", "scored as wrong"),
+        Task::Ner => ("words", "tagged `O`: wrong where gold names an entity"),
+        Task::Nli => ("pairs", "scored on what fits"),
+        Task::Mlm => ("texts", "scored on what fits"),
+    };
+    let mut notes = String::new();
+    if r.outcome.truncated_words > 0 {
+        let _ = write!(
+            notes,
+            "; {} {cut} cut by --max-length {} ({scored})",
+            r.outcome.truncated_words, a.max_length
+        );
+    }
+    if r.outcome.unaligned_words > 0 {
+        let _ = write!(
+            notes,
+            "; {} words are empty or whitespace and have no subword ({scored})",
+            r.outcome.unaligned_words
+        );
+    }
     eprintln!(
-        "{} on {} ({} examples, {}): {:.1} s on {}{}",
+        "{} on {} ({} examples, {}): {:.1} s on {}{notes}",
         r.checkpoint,
         a.data.display(),
         r.outcome.examples,
         r.split.as_deref().unwrap_or("no split"),
         r.duration_s,
         r.device,
-        if r.outcome.truncated_words > 0 {
-            format!(
-                "; {} words cut by --max-length {} (scored as wrong)",
-                r.outcome.truncated_words, a.max_length
-            )
-        } else {
-            String::new()
-        }
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -118,12 +142,18 @@ pub enum ReportCommand {
 
 #[derive(Args, Debug)]
 pub struct ReportEvalsArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
+    /// Only evaluations of this checkpoint (name, name@version or id prefix).
     #[arg(long)]
     checkpoint: Option<String>,
+    /// Only evaluations of this task (pos, ner, nli, mlm, dp).
     #[arg(long)]
     task: Option<String>,
+    /// Only evaluations in this language.
     #[arg(long)]
     language: Option<String>,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
     /// Also write the table as CSV here.

@@ -13,6 +13,8 @@ use super::progress::Bar;
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// The recipe: a .toml file, or a mergekit .yml/.yaml file.
     recipe: PathBuf,
     /// Name of the merged checkpoint (replaces the recipe's `name`).
@@ -27,13 +29,14 @@ pub struct MergeArgs {
     /// Refuse sweep grids of more points than this (each point is one merged checkpoint).
     #[arg(long, default_value_t = crossmerge::registry::DEFAULT_MAX_POINTS)]
     max_points: u64,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn merge(ctx: &Context, a: &MergeArgs) -> anyhow::Result<ExitCode> {
-    let recipe = crossmerge::recipe::load(&a.recipe)?;
-    let text = std::fs::read_to_string(&a.recipe)?;
+    let text = crossmerge::recipe::read_text(&a.recipe)?;
+    let recipe = crossmerge::recipe::parse_any(&a.recipe, &text)?;
     let mut reg = ctx.open()?;
     let mut opts = MergeOptions::default().dry_run(a.dry_run);
     opts.name.clone_from(&a.name);

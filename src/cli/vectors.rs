@@ -21,6 +21,9 @@ pub enum VectorKindArg {
 
 #[derive(Args, Debug)]
 pub struct DeriveArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
+    /// A task vector (task model − base) or a language vector (language model − base).
     #[arg(value_enum)]
     kind: VectorKindArg,
     /// The fine-tuned checkpoint.
@@ -29,6 +32,7 @@ pub struct DeriveArgs {
     /// The checkpoint to subtract (default: the registered base of `--from`).
     #[arg(long)]
     minus: Option<String>,
+    /// Name of the vector; the same name with another definition becomes the next version.
     #[arg(long)]
     name: String,
     /// Keep only tensors matching a glob; repeatable.
@@ -37,6 +41,7 @@ pub struct DeriveArgs {
     /// Drop tensors matching a glob; repeatable.
     #[arg(long)]
     exclude: Vec<String>,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -192,16 +197,20 @@ pub enum ByArg {
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
     /// Vectors (name or name@version).
     vectors: Vec<String>,
     /// Compare every vector against this one only.
     #[arg(long)]
     reference: Option<String>,
+    /// Group tensors by whole model, layer, module or tensor.
     #[arg(long, value_enum, default_value = "model")]
     by: ByArg,
     /// Count a tensor stored once under two names (tied embeddings and decoder) twice.
     #[arg(long)]
     count_tied: bool,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
     /// Also write the statistics as CSV.
@@ -311,8 +320,13 @@ fn print_compare(r: &CompareReport) -> io::Result<()> {
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
+    #[command(flatten)]
+    pub reg: super::RegistryArg,
+    /// The first checkpoint (name, name@version or id prefix).
     a: String,
+    /// The second checkpoint, compared against the first.
     b: String,
+    /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
 }

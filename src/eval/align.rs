@@ -17,6 +17,16 @@ pub struct Aligned {
     pub first: Vec<Option<usize>>,
     /// Subwords dropped to fit `max_length`.
     pub truncated: usize,
+    /// Words the tokenizer turned into no subword at all (an empty or whitespace-only form):
+    /// `None` in `first` for that reason, not because of truncation.
+    pub unaligned: usize,
+}
+
+impl Aligned {
+    /// Words whose first subword was cut by `max_length`.
+    pub fn truncated_words(&self) -> usize {
+        self.first.iter().filter(|f| f.is_none()).count() - self.unaligned
+    }
 }
 
 /// Loads a tokenizer.json, without the padding and truncation it may configure (batches are
@@ -56,6 +66,7 @@ pub fn align<S: AsRef<str>>(
             }
         }
     }
+    let unaligned = first.iter().filter(|f| f.is_none()).count();
     let mut truncated = 0;
     if ids.len() > max_length && max_length >= 2 {
         truncated = ids.len() - max_length;
@@ -72,5 +83,6 @@ pub fn align<S: AsRef<str>>(
         ids,
         first,
         truncated,
+        unaligned,
     })
 }

@@ -44,7 +44,7 @@ fn bad(path: &Path, line: usize, problem: impl std::fmt::Display) -> Error {
 
 /// Reads a CoNLL-U file.
 pub fn read(path: &Path) -> Result<Vec<Sentence>> {
-    let text = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let text = crate::eval::read_data(path)?;
     let text = String::from_utf8(text).map_err(|e| {
         Error::bad_input(
             path,

@@ -23,7 +23,7 @@ pub struct LabelMap(BTreeMap<String, String>);
 impl LabelMap {
     /// Reads a JSON object (the text starts with `{`) or `GOLD MODEL` lines.
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+        let bytes = crate::eval::read_data(path)?;
         let text =
             String::from_utf8(bytes).map_err(|_| Error::bad_input(path, "is not UTF-8", HINT))?;
         Self::parse(path, &text)

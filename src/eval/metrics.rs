@@ -3,7 +3,8 @@
 //! - Entity-level precision, recall and F1 for NER as `seqeval` computes them in its default
 //!   (conlleval-compatible) mode: chunks start at `B-`, `S-`, or an `I-`/`E-` whose type
 //!   differs from the previous tag's or that follows `O`/`E-`/`S-`; they end on the
-//!   conlleval rules; sentences are joined with `O` between them; micro-averaged.
+//!   conlleval rules; sentences are joined with `O` between them; micro-averaged. Or in its
+//!   strict IOB2 mode ([`NerMode::Strict`]): only `B-X I-X*` runs are entities.
 //! - UAS and LAS at word level as the CoNLL 2018 shared-task script computes them when the
 //!   system's words are the gold words: a word counts when its head is right (and, for LAS, its
 //!   relation's universal part, before `:`). Every syntactic word counts, punctuation
@@ -67,6 +68,70 @@ pub fn entities<S: AsRef<str>>(sentences: &[Vec<S>]) -> Vec<Chunk> {
     chunks
 }
 
+/// How entities are read from tags: seqeval's default (conlleval) rules, or its strict IOB2
+/// mode (`mode="strict", scheme=IOB2`), where an entity is a `B-X` followed by `I-X`s and an
+/// `I-X` that does not continue one is no entity at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NerMode {
+    #[default]
+    Default,
+    Strict,
+}
+
+impl NerMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "default" => Some(Self::Default),
+            "strict" => Some(Self::Strict),
+            _ => None,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Strict => "strict",
+        }
+    }
+}
+
+/// The entities of IOB2 tag sequences in seqeval's strict mode; `Err` names a tag that is not
+/// `O`, `B-TYPE` or `I-TYPE` (seqeval refuses those too). Indexes as in [`entities`].
+pub fn entities_strict<S: AsRef<str>>(sentences: &[Vec<S>]) -> Result<Vec<Chunk>, String> {
+    let mut chunks = Vec::new();
+    let mut offset = 0;
+    for s in sentences {
+        let mut open: Option<(String, usize)> = None;
+        for (i, t) in s.iter().map(AsRef::as_ref).enumerate() {
+            let parsed = match t {
+                "O" => None,
+                _ => match t.split_once('-') {
+                    Some(("B", ty)) if !ty.is_empty() => Some((true, ty)),
+                    Some(("I", ty)) if !ty.is_empty() => Some((false, ty)),
+                    _ => return Err(format!("`{t}` is not an IOB2 tag (O, B-TYPE, I-TYPE)")),
+                },
+            };
+            let continues =
+                matches!((&open, parsed), (Some((oty, _)), Some((false, ty))) if oty == ty);
+            if continues {
+                continue;
+            }
+            if let Some((ty, begin)) = open.take() {
+                chunks.push((ty, offset + begin, offset + i - 1));
+            }
+            if let Some((true, ty)) = parsed {
+                open = Some((ty.to_owned(), i));
+            }
+        }
+        if let Some((ty, begin)) = open {
+            chunks.push((ty, offset + begin, offset + s.len() - 1));
+        }
+        offset += s.len() + 1;
+    }
+    Ok(chunks)
+}
+
 /// Precision, recall, F1 and support.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Prf {
@@ -117,8 +182,21 @@ pub struct EntityScores {
 
 /// seqeval's `classification_report` numbers (default mode) for gold and predicted tags.
 pub fn entity_scores<S: AsRef<str>>(gold: &[Vec<S>], pred: &[Vec<S>]) -> EntityScores {
-    let g: std::collections::HashSet<Chunk> = entities(gold).into_iter().collect();
-    let p: std::collections::HashSet<Chunk> = entities(pred).into_iter().collect();
+    entity_scores_in(NerMode::Default, gold, pred).expect("the default mode reads any tags")
+}
+
+/// [`entity_scores`] in either mode; strict mode refuses tags that are not IOB2.
+pub fn entity_scores_in<S: AsRef<str>>(
+    mode: NerMode,
+    gold: &[Vec<S>],
+    pred: &[Vec<S>],
+) -> Result<EntityScores, String> {
+    let read = |x: &[Vec<S>]| match mode {
+        NerMode::Default => Ok(entities(x)),
+        NerMode::Strict => entities_strict(x),
+    };
+    let g: std::collections::HashSet<Chunk> = read(gold)?.into_iter().collect();
+    let p: std::collections::HashSet<Chunk> = read(pred)?.into_iter().collect();
     let mut types: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     for c in &g {
         types.entry(c.0.clone()).or_default().2 += 1;
@@ -131,13 +209,13 @@ pub fn entity_scores<S: AsRef<str>>(gold: &[Vec<S>], pred: &[Vec<S>]) -> EntityS
         }
     }
     let correct = g.intersection(&p).count() as u64;
-    EntityScores {
+    Ok(EntityScores {
         micro: Prf::new(correct, p.len() as u64, g.len() as u64),
         per_type: types
             .into_iter()
             .map(|(t, (c, pr, go))| (t, Prf::new(c, pr, go)))
             .collect(),
-    }
+    })
 }
 
 /// UAS and LAS.

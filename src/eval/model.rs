@@ -38,9 +38,10 @@ pub struct Config {
     pub id2label: BTreeMap<String, String>,
     #[serde(default)]
     pub architectures: Vec<String>,
-    /// The biaffine parser head's settings (schemas/parser.md).
+    /// The biaffine parser head's settings (schemas/parser.md), read only by `--task dp`
+    /// ([`Config::parser`]): a key it does not know must not break the other tasks.
     #[serde(default, rename = "crossmerge_parser")]
-    pub parser: Option<super::parser::ParserConfig>,
+    pub parser_raw: Option<serde_json::Value>,
 }
 
 fn default_type_vocab() -> usize {
@@ -87,6 +88,47 @@ impl Config {
 
     pub fn is_roberta(&self) -> bool {
         self.model_type != "bert"
+    }
+
+    /// The parser head's settings, if config.json has `crossmerge_parser`.
+    pub fn parser(&self) -> Result<Option<super::parser::ParserConfig>> {
+        self.parser_raw
+            .clone()
+            .map(|v| {
+                serde_json::from_value(v).map_err(|e| {
+                    Error::invalid(
+                        format!("config.json's `crossmerge_parser`: {e}"),
+                        "its keys are `word` (first or mean) and `activation` (leaky_relu, relu or gelu); see schemas/parser.md",
+                    )
+                })
+            })
+            .transpose()
+    }
+
+    /// Labels by id, checked: `id2label`'s keys must be exactly the ids 0..n-1, or labels
+    /// would shift onto the wrong outputs.
+    pub fn checked_labels(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<(usize, &String)> = Vec::with_capacity(self.id2label.len());
+        for (k, v) in &self.id2label {
+            let id = k.parse::<usize>().map_err(|_| {
+                Error::invalid(
+                    format!("config.json's id2label has key `{k}`, which is not an id"),
+                    "id2label maps ids \"0\", \"1\", … to label names, as transformers saves it",
+                )
+            })?;
+            ids.push((id, v));
+        }
+        ids.sort();
+        if let Some((want, (got, _))) = ids.iter().enumerate().find(|(i, (id, _))| i != id) {
+            return Err(Error::invalid(
+                format!(
+                    "config.json's id2label has {} labels but no id {want} (it jumps to {got})",
+                    ids.len()
+                ),
+                "id2label must name every output 0..n-1 of the head; fix config.json",
+            ));
+        }
+        Ok(ids.into_iter().map(|(_, l)| l.clone()).collect())
     }
 
     /// Labels by id (`id2label`), in id order.
@@ -571,7 +613,8 @@ impl Head {
             },
             (HeadKind::Sequence, false) => Layers::BertSequence {
                 pooler: Linear::load(weights, "bert.pooler.dense", false)
-                    .or_else(|_| Linear::load(weights, "pooler.dense", false))?,
+                    .or_else(|_| Linear::load(weights, "pooler.dense", false))
+                    .map_err(|_| missing("bert.pooler.dense.weight"))?,
                 classifier: Linear::load(weights, "classifier", false)?,
             },
             (HeadKind::Sequence, true) => Layers::RobertaSequence {
@@ -579,6 +622,17 @@ impl Head {
                 out_proj: Linear::load(weights, "classifier.out_proj", false)?,
             },
         }))
+    }
+
+    /// How many labels a classification head scores (`None` for the masked-LM head).
+    pub fn outputs(&self) -> Option<usize> {
+        match &self.0 {
+            Layers::MaskedLm { .. } => None,
+            Layers::Token { classifier } | Layers::BertSequence { classifier, .. } => {
+                classifier.wt.dim(1).ok()
+            }
+            Layers::RobertaSequence { out_proj, .. } => out_proj.wt.dim(1).ok(),
+        }
     }
 
     /// Logits: `(batch, len, vocab|labels)` for token-level heads, `(batch, labels)` for

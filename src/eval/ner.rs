@@ -32,7 +32,7 @@ fn valid_tag(tag: &str) -> bool {
 
 /// Reads an IOB2 file.
 pub fn read(path: &Path) -> Result<Vec<NerSentence>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let bytes = crate::eval::read_data(path)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::bad_input(path, "is not UTF-8", "NER files are UTF-8 text"))?;
     parse(path, &text)

@@ -27,7 +27,7 @@ fn bad(path: &Path, line: usize, problem: impl std::fmt::Display) -> Error {
 
 /// Reads TSV or JSONL (by extension: `.jsonl`/`.json` is JSONL, anything else TSV).
 pub fn read(path: &Path) -> Result<Vec<Example>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let bytes = crate::eval::read_data(path)?;
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::bad_input(path, "is not UTF-8", "NLI files are UTF-8 text"))?;
     let jsonl = path

@@ -94,6 +94,11 @@ impl Parser {
         })
     }
 
+    /// How many relations the head scores.
+    pub fn relations(&self) -> Option<usize> {
+        self.rel_attn.dim(0).ok()
+    }
+
     fn mlp(&self, m: &Mlp, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = x.broadcast_matmul(&m.w.t()?)?.broadcast_add(&m.b)?;
         match self.config.activation.as_str() {

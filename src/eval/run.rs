@@ -67,6 +67,10 @@ pub struct Outcome {
     pub examples: u64,
     /// Words (or tokens) whose first subword fell past `max_length`: scored as wrong.
     pub truncated_words: u64,
+    /// Words the tokenizer gave no subword (empty or whitespace-only forms): scored like
+    /// truncated words, counted apart.
+    #[serde(default)]
+    pub unaligned_words: u64,
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(candle)`
@@ -158,6 +162,7 @@ impl Model {
 /// Gold labels must all be in the model's label map: an unseen label is an error naming it.
 fn label_index(
     config: &Config,
+    task: Task,
     gold: impl Iterator<Item = String>,
 ) -> Result<(Vec<String>, BTreeMap<String, usize>)> {
     let labels = config.labels();
@@ -183,7 +188,17 @@ fn label_index(
                 unseen.join(", "),
                 labels.len()
             ),
-            "map them onto the model's labels with --label-map FILE, or evaluate a head trained on this label set; labels are never mapped to O silently",
+            match task {
+                Task::Ner => {
+                    "map them onto the model's entity tags with --label-map FILE, or evaluate a head trained on these tags; tags are never mapped to O silently"
+                }
+                Task::Pos => {
+                    "map them onto the model's UPOS tags with --label-map FILE, or evaluate a tagger trained on this tag set"
+                }
+                _ => {
+                    "map them onto the model's labels with --label-map FILE, or evaluate a head trained on this label set"
+                }
+            },
         ));
     }
     Ok((labels, index))
@@ -196,6 +211,10 @@ fn batches(lengths: &[usize], size: usize) -> Vec<Vec<usize>> {
     order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
 }
 
+/// Per sentence, per word, the predicted label index (`None` where the word has no subword in
+/// the sequence); then the words cut by truncation and the words with no subword at all.
+type Tagged = (Vec<Vec<Option<usize>>>, u64, u64);
+
 /// Predicted label per word (first subword's argmax), `None` for truncated words.
 fn tag_words(
     model: &Model,
@@ -203,16 +222,14 @@ fn tag_words(
     batch_size: usize,
     max_length: usize,
     progress: &dyn Fn(u64),
-) -> Result<(Vec<Vec<Option<usize>>>, u64)> {
+) -> Result<Tagged> {
     // Tokenizing is independent per sentence: spread over the cores.
     let aligned: Vec<Aligned> = sentences
         .par_iter()
         .map(|s| align(&model.tokenizer, s, max_length))
         .collect::<Result<_>>()?;
-    let truncated = aligned
-        .iter()
-        .map(|a| a.first.iter().filter(|f| f.is_none()).count() as u64)
-        .sum();
+    let truncated = aligned.iter().map(|a| a.truncated_words() as u64).sum();
+    let unaligned = aligned.iter().map(|a| a.unaligned as u64).sum();
     let mut out: Vec<Vec<Option<usize>>> = vec![Vec::new(); sentences.len()];
     let lengths: Vec<usize> = aligned.iter().map(|a| a.ids.len()).collect();
     for batch in batches(&lengths, batch_size) {
@@ -231,7 +248,7 @@ fn tag_words(
         }
         progress(batch.len() as u64);
     }
-    Ok((out, truncated))
+    Ok((out, truncated, unaligned))
 }
 
 /// UPOS tagging on a CoNLL-U file: UPOS accuracy over words (truncated words count as wrong).
@@ -244,6 +261,7 @@ pub fn pos(
 ) -> Result<Outcome> {
     let (labels, _) = label_index(
         &model.config,
+        Task::Pos,
         data.iter()
             .flat_map(|s| s.words.iter().map(|w| w.upos.clone())),
     )?;
@@ -251,7 +269,7 @@ pub fn pos(
         .iter()
         .map(|s| s.words.iter().map(|w| w.form.clone()).collect())
         .collect();
-    let (pred, truncated) = tag_words(model, &words, batch_size, max_length, progress)?;
+    let (pred, truncated, unaligned) = tag_words(model, &words, batch_size, max_length, progress)?;
     let (mut ok, mut n) = (0u64, 0u64);
     for (s, p) in data.iter().zip(&pred) {
         for (w, l) in s.words.iter().zip(p) {
@@ -267,6 +285,7 @@ pub fn pos(
         metrics,
         examples: data.len() as u64,
         truncated_words: truncated,
+        unaligned_words: unaligned,
     })
 }
 
@@ -275,16 +294,18 @@ pub fn pos(
 pub fn ner(
     model: &Model,
     data: &[ner::NerSentence],
+    mode: metrics::NerMode,
     batch_size: usize,
     max_length: usize,
     progress: &dyn Fn(u64),
 ) -> Result<Outcome> {
     let (labels, _) = label_index(
         &model.config,
+        Task::Ner,
         data.iter().flat_map(|s| s.tags.iter().cloned()),
     )?;
     let words: Vec<Vec<String>> = data.iter().map(|s| s.tokens.clone()).collect();
-    let (pred, truncated) = tag_words(model, &words, batch_size, max_length, progress)?;
+    let (pred, truncated, unaligned) = tag_words(model, &words, batch_size, max_length, progress)?;
     let pred_tags: Vec<Vec<String>> = pred
         .iter()
         .map(|p| {
@@ -294,7 +315,12 @@ pub fn ner(
         })
         .collect();
     let gold: Vec<Vec<String>> = data.iter().map(|s| s.tags.clone()).collect();
-    let scores = metrics::entity_scores(&gold, &pred_tags);
+    let scores = metrics::entity_scores_in(mode, &gold, &pred_tags).map_err(|why| {
+        Error::invalid(
+            format!("strict NER scoring: {why}"),
+            "--ner-mode strict reads IOB2 tags only; use --ner-mode default (conlleval's rules) for other schemes",
+        )
+    })?;
     let (mut ok, mut n) = (0u64, 0u64);
     for (g, p) in gold.iter().zip(&pred_tags) {
         for (a, b) in g.iter().zip(p) {
@@ -314,6 +340,7 @@ pub fn ner(
         metrics,
         examples: data.len() as u64,
         truncated_words: truncated,
+        unaligned_words: unaligned,
     })
 }
 
@@ -325,7 +352,11 @@ pub fn nli(
     max_length: usize,
     progress: &dyn Fn(u64),
 ) -> Result<Outcome> {
-    let (_, index) = label_index(&model.config, data.iter().map(|e| e.label.clone()))?;
+    let (_, index) = label_index(
+        &model.config,
+        Task::Nli,
+        data.iter().map(|e| e.label.clone()),
+    )?;
     let mut truncated = 0u64;
     let mut ids = Vec::with_capacity(data.len());
     for e in data {
@@ -366,6 +397,7 @@ pub fn nli(
         metrics,
         examples: data.len() as u64,
         truncated_words: truncated,
+        unaligned_words: 0,
     })
 }
 
@@ -534,6 +566,7 @@ pub fn mlm(
         metrics,
         examples: inputs.len() as u64,
         truncated_words: truncated,
+        unaligned_words: 0,
     })
 }
 
@@ -545,6 +578,34 @@ pub fn head_kind(task: Task) -> Option<super::model::HeadKind> {
         Task::Mlm => Some(super::model::HeadKind::MaskedLm),
         Task::Dp => None,
     }
+}
+
+/// Whether a sentence's gold heads form a tree: every head in 0..=n, exactly one word on the
+/// root (head 0), and every word reaches the root (no cycle).
+fn check_tree(s: &conllu::Sentence) -> std::result::Result<(), String> {
+    let n = s.words.len();
+    let roots = s.words.iter().filter(|w| w.head == 0).count();
+    if let Some((i, w)) = s.words.iter().enumerate().find(|(_, w)| w.head > n) {
+        return Err(format!(
+            "word {} has head {}, past the sentence's {n} words",
+            i + 1,
+            w.head
+        ));
+    }
+    if roots != 1 {
+        return Err(format!("{roots} words have head 0 (the root)"));
+    }
+    for start in 0..n {
+        let (mut at, mut steps) = (start + 1, 0);
+        while at != 0 {
+            at = s.words[at - 1].head;
+            steps += 1;
+            if steps > n {
+                return Err(format!("word {} is on a cycle of heads", start + 1));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Dependency parsing on a CoNLL-U file: UAS and LAS over words as the CoNLL 2018 script
@@ -578,6 +639,19 @@ pub fn dp(
             "map them onto the parser's relations with --label-map FILE, or evaluate a parser trained on this relation set",
         ));
     }
+    for (k, s) in data.iter().enumerate() {
+        check_tree(s).map_err(|why| {
+            Error::invalid(
+                format!(
+                    "sentence {} has no valid gold tree: {why}",
+                    s.sent_id
+                        .as_deref()
+                        .map_or_else(|| format!("{}", k + 1), |id| format!("`{id}`"))
+                ),
+                "UD trees have one word on the root (head 0) and no cycles; the CoNLL 2018 scorer refuses such a file too: fix or drop the sentence",
+            )
+        })?;
+    }
     let aligned: Vec<Aligned> = data
         .par_iter()
         .map(|s| {
@@ -585,28 +659,38 @@ pub fn dp(
             align(&model.tokenizer, &forms, max_length)
         })
         .collect::<Result<_>>()?;
-    let truncated = aligned
-        .iter()
-        .map(|a| a.first.iter().filter(|f| f.is_none()).count() as u64)
-        .sum();
+    let truncated = aligned.iter().map(|a| a.truncated_words() as u64).sum();
+    let unaligned = aligned.iter().map(|a| a.unaligned as u64).sum();
     let mut system: Vec<conllu::Sentence> = data.to_vec();
     let lengths: Vec<usize> = aligned.iter().map(|a| a.ids.len()).collect();
     for batch in batches(&lengths, batch_size) {
         let seqs: Vec<&[u32]> = batch.iter().map(|&i| aligned[i].ids.as_slice()).collect();
         let hidden = model.hidden(&seqs)?;
-        let ranges: Vec<Vec<Option<std::ops::Range<usize>>>> = batch
+        // Only the words that have a subword in the (cut) sequence are parsed, so the
+        // parser's (words² · relations) scores are bounded by --max-length, not by the
+        // sentence; the others keep no head and count as wrong.
+        let kept: Vec<Vec<usize>> = batch
             .iter()
             .map(|&i| {
                 let a = &aligned[i];
-                let close = a.ids.len() - 1;
                 (0..a.first.len())
-                    .map(|w| {
-                        let start = a.first[w]?;
-                        let end = a.first[w + 1..]
-                            .iter()
-                            .flatten()
-                            .next()
-                            .copied()
+                    .filter(|&w| a.first[w].is_some())
+                    .collect()
+            })
+            .collect();
+        let ranges: Vec<Vec<Option<std::ops::Range<usize>>>> = batch
+            .iter()
+            .zip(&kept)
+            .map(|(&i, kept)| {
+                let a = &aligned[i];
+                let close = a.ids.len() - 1;
+                kept.iter()
+                    .enumerate()
+                    .map(|(k, &w)| {
+                        let start = a.first[w].expect("kept words have a subword");
+                        let end = kept
+                            .get(k + 1)
+                            .and_then(|&next| a.first[next])
                             .unwrap_or(close);
                         Some(start..end.max(start + 1))
                     })
@@ -614,15 +698,16 @@ pub fn dp(
             })
             .collect();
         let parses = parser.parse(&hidden, &ranges, &model.device)?;
-        for ((&i, parse), r) in batch.iter().zip(parses).zip(&ranges) {
-            for ((w, (head, rel)), range) in system[i].words.iter_mut().zip(parse).zip(r) {
-                if range.is_some() {
-                    w.head = head;
-                    w.deprel.clone_from(&labels[rel]);
-                } else {
-                    w.head = usize::MAX;
-                    "_".clone_into(&mut w.deprel);
-                }
+        for ((&i, parse), kept) in batch.iter().zip(parses).zip(&kept) {
+            for w in &mut system[i].words {
+                w.head = usize::MAX;
+                "_".clone_into(&mut w.deprel);
+            }
+            for (&w, (head, rel)) in kept.iter().zip(parse) {
+                let word = &mut system[i].words[w];
+                // Heads index [ROOT] + the kept words: back to the sentence's word numbers.
+                word.head = if head == 0 { 0 } else { kept[head - 1] + 1 };
+                word.deprel.clone_from(&labels[rel]);
             }
         }
         progress(batch.len() as u64);
@@ -638,5 +723,6 @@ pub fn dp(
         metrics,
         examples: data.len() as u64,
         truncated_words: truncated,
+        unaligned_words: unaligned,
     })
 }

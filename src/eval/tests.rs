@@ -134,6 +134,17 @@ fn the_shared_treebanks_and_ner_files_read() {
         #[allow(clippy::print_stderr)] // says why the test does nothing
         {
             eprintln!("skipping: ../shared/data is absent");
+            // Listed at the end of .ci/run with the integration tests' skips.
+            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+            let _ = std::fs::create_dir_all(&target);
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(target.join("skipped-checks.txt"))
+            {
+                use std::io::Write as _;
+                let _ = writeln!(f, "reading the shared treebanks: ../shared/data is absent");
+            }
         }
         return;
     }
@@ -183,4 +194,42 @@ fn nli_reads_tsv_and_jsonl() {
         panic!()
     };
     assert_eq!(problem, "line 2: 2 fields, the header has 3");
+}
+
+#[test]
+fn strict_ner_scores_equal_seqeval_strict_iob2() {
+    let gold = ner::read(&fixture("ner-gold.iob2")).unwrap();
+    let pred = ner::read(&fixture("ner-pred.iob2")).unwrap();
+    let g: Vec<Vec<String>> = gold.iter().map(|s| s.tags.clone()).collect();
+    let p: Vec<Vec<String>> = pred.iter().map(|s| s.tags.clone()).collect();
+    let strict = metrics::entity_scores_in(metrics::NerMode::Strict, &g, &p).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("ner-strict.json")).unwrap()).unwrap();
+    close(strict.micro.precision, &r["precision"]);
+    close(strict.micro.recall, &r["recall"]);
+    close(strict.micro.f1, &r["f1"]);
+    let types = r["per_type"].as_object().unwrap();
+    assert_eq!(
+        strict.per_type.len(),
+        types.len(),
+        "{:?}",
+        strict.per_type.keys()
+    );
+    for (t, v) in types {
+        let mine = &strict.per_type[t];
+        close(mine.precision, &v["precision"]);
+        close(mine.recall, &v["recall"]);
+        close(mine.f1, &v["f1"]);
+        assert_eq!(mine.support, v["support"].as_u64().unwrap(), "{t}");
+    }
+    // The default mode scores the same files differently (I- starts count there).
+    let d = metrics::entity_scores(&g, &p);
+    assert!((d.micro.f1 - strict.micro.f1).abs() > 1e-9);
+    // Strict mode reads IOB2 only.
+    let err = metrics::entities_strict(&[vec!["S-PER"]]).unwrap_err();
+    assert!(err.contains("`S-PER`"), "{err}");
+    assert_eq!(
+        metrics::entities_strict(&[vec!["I-PER", "B-PER", "I-PER", "I-LOC", "B-LOC"]]).unwrap(),
+        vec![("PER".to_owned(), 1, 2), ("LOC".to_owned(), 4, 4)]
+    );
 }

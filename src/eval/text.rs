@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// The non-empty lines of a UTF-8 text file.
 pub fn read(path: &Path) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("reading", path, e))?;
+    let bytes = crate::eval::read_data(path)?;
     let text = String::from_utf8(bytes).map_err(|_| {
         Error::bad_input(path, "is not UTF-8", "give UTF-8 text, a paragraph a line")
     })?;

@@ -19,6 +19,9 @@ use crate::eval::run::{self, Model, Outcome, Scoring, Task};
 use crate::eval::{align, conllu, ner, nli, text};
 use crate::tensor::Dtype;
 
+/// The shortest `max_length` accepted: room for the special tokens and a few subwords.
+pub const MIN_MAX_LENGTH: usize = 8;
+
 /// How to evaluate.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -38,6 +41,8 @@ pub struct EvalOptions {
     pub pseudo_perplexity: bool,
     /// Gold label → model label (`--label-map FILE`).
     pub label_map: Option<PathBuf>,
+    /// NER: seqeval's default or strict IOB2 mode.
+    pub ner_mode: crate::eval::metrics::NerMode,
 }
 
 impl EvalOptions {
@@ -53,6 +58,7 @@ impl EvalOptions {
             seed: 42,
             pseudo_perplexity: false,
             label_map: None,
+            ner_mode: crate::eval::metrics::NerMode::Default,
         }
     }
 }
@@ -104,6 +110,24 @@ fn device(spec: &str) -> Result<Device> {
     }
 }
 
+/// What to do about a missing head, per task.
+fn head_hint(task: Task) -> &'static str {
+    match task {
+        Task::Mlm => {
+            "evaluate a masked-LM checkpoint (BertForMaskedLM's `cls.predictions.*` or XLMRobertaForMaskedLM's `lm_head.*`, as transformers saves them)"
+        }
+        Task::Pos | Task::Ner => {
+            "evaluate a token-classification checkpoint (`classifier.*`, as transformers' *ForTokenClassification saves it)"
+        }
+        Task::Nli => {
+            "evaluate a sequence-classification checkpoint (`classifier.*` and BERT's `bert.pooler.dense.*`, as transformers' *ForSequenceClassification saves it)"
+        }
+        Task::Dp => {
+            "evaluate a checkpoint with the biaffine parser head of schemas/parser.md (`parser.*` tensors and `crossmerge_parser` in config.json)"
+        }
+    }
+}
+
 /// A label compared whole (relations are compared by [`conllu::universal`]).
 fn whole(l: &str) -> &str {
     l
@@ -141,6 +165,53 @@ impl Registry {
         let device = device(device_spec)?;
         let manifest = self.manifest(row)?;
         let config = Config::parse(&self.file_of(&manifest, row, "config.json")?)?;
+        // The head, from the manifest's names, before a weight is read.
+        let head_tensors: &[&[&str]] = match task {
+            Task::Mlm => &[&[
+                "cls.predictions.transform.dense.weight",
+                "lm_head.dense.weight",
+            ]],
+            Task::Pos | Task::Ner => &[&["classifier.weight"]],
+            Task::Nli => &[&["classifier.weight", "classifier.out_proj.weight"]],
+            Task::Dp => &[&["parser.root"], &["parser.rel_attn.weight"]],
+        };
+        for any_of in head_tensors {
+            let found = any_of.iter().any(|n| {
+                manifest.tensor(n).is_some()
+                    || ["bert.", "roberta."]
+                        .iter()
+                        .any(|p| manifest.tensor(&format!("{p}{n}")).is_some())
+            });
+            if !found {
+                return Err(Error::invalid(
+                    format!(
+                        "`{}` has no {} head (no tensor `{}`)",
+                        row.reference(),
+                        task.name(),
+                        any_of.join("` or `")
+                    ),
+                    head_hint(task),
+                ));
+            }
+        }
+        let labels = if task == Task::Mlm {
+            Vec::new()
+        } else {
+            config.checked_labels()?
+        };
+        let parser_config = if task == Task::Dp {
+            Some(config.parser()?.ok_or_else(|| {
+                Error::invalid(
+                    format!(
+                        "`{}` has no dp head: config.json has no `crossmerge_parser`",
+                        row.reference()
+                    ),
+                    head_hint(task),
+                )
+            })?)
+        } else {
+            None
+        };
         let tokenizer = align::load(&self.file_of(&manifest, row, "tokenizer.json")?)?;
         let vocab = tokenizer.get_vocab_size(true);
         if vocab > config.vocab_size {
@@ -179,10 +250,7 @@ impl Registry {
                     row.reference(),
                     task.name()
                 ),
-                format!(
-                    "evaluate a checkpoint with a {} head (e.g. a fine-tuned model saved by transformers; parser: schemas/parser.md)",
-                    task.name()
-                ),
+                head_hint(task),
             ),
             other => other,
         };
@@ -192,11 +260,27 @@ impl Registry {
                 None,
             )
         } else {
-            let pc = config.parser.clone().ok_or_else(|| {
-                no_head(Error::invalid("config.json has no `crossmerge_parser`", ""))
-            })?;
+            let pc = parser_config.expect("read above for dp");
             (None, Some(Parser::load(&weights, pc).map_err(no_head)?))
         };
+        // The head must score exactly the labels config.json names.
+        let outputs = head
+            .as_ref()
+            .and_then(Head::outputs)
+            .or_else(|| parser.as_ref().and_then(Parser::relations));
+        if let Some(n) = outputs
+            && n != labels.len()
+        {
+            return Err(Error::invalid(
+                format!(
+                    "`{}`'s {} head has {n} outputs but config.json's id2label names {} labels",
+                    row.reference(),
+                    task.name(),
+                    labels.len()
+                ),
+                "id2label must name each output of the head once; fix config.json (or the head)",
+            ));
+        }
         Ok(Model {
             config,
             encoder,
@@ -214,8 +298,17 @@ impl Registry {
         opts: &EvalOptions,
         progress: &dyn Progress,
     ) -> Result<EvalReport> {
+        if opts.max_length < MIN_MAX_LENGTH {
+            return Err(Error::invalid(
+                format!(
+                    "--max-length {} is below {MIN_MAX_LENGTH}, the shortest sequence crossmerge evaluates",
+                    opts.max_length
+                ),
+                "give --max-length between 8 and the model's max_position_embeddings (default 512)",
+            ));
+        }
         let row = self.resolve(reference)?;
-        let bytes = std::fs::read(&opts.data).map_err(|e| Error::io("reading", &opts.data, e))?;
+        let bytes = crate::eval::read_data(&opts.data)?;
         let dataset_hash = blake3::hash(&bytes).to_hex().to_string();
         let label_map = opts
             .label_map
@@ -252,7 +345,7 @@ impl Registry {
         };
         let started = Instant::now();
         let advance = |n: u64| progress.advance(n);
-        let (b, m) = (opts.batch_size.max(1), opts.max_length.max(8));
+        let (b, m) = (opts.batch_size.max(1), opts.max_length);
         let outcome = match opts.task {
             Task::Pos => {
                 let mut data = conllu::read(&opts.data)?;
@@ -268,7 +361,7 @@ impl Registry {
                     *t = label_map.apply(t);
                 }
                 progress.start("evaluating", data.len() as u64);
-                run::ner(&model, &data, b, m, &advance)?
+                run::ner(&model, &data, opts.ner_mode, b, m, &advance)?
             }
             Task::Nli => {
                 let mut data = nli::read(&opts.data)?;
@@ -302,6 +395,9 @@ impl Registry {
         }
         if opts.task == Task::Mlm {
             settings["scoring"] = serde_json::to_value(scoring).expect("serialises");
+        }
+        if opts.task == Task::Ner {
+            settings["ner_mode"] = opts.ner_mode.name().into();
         }
         self.catalog.insert_evaluation(&NewEvaluation {
             checkpoint: row.rowid,

@@ -205,3 +205,38 @@ fn registry_comes_from_the_environment() {
         "crossmerge registry v1\n"
     );
 }
+
+#[test]
+fn registry_goes_before_or_after_the_command_and_usage_errors_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    common::bin()
+        .args(["--quiet", "--registry", a.to_str().unwrap(), "init"])
+        .assert()
+        .success();
+    common::bin()
+        .args(["--quiet", "init", "--registry", b.to_str().unwrap()])
+        .assert()
+        .success();
+    // After the command wins over before it.
+    common::bin()
+        .args([
+            "--registry",
+            "/nonexistent/x",
+            "list",
+            "--registry",
+            a.to_str().unwrap(),
+        ])
+        .assert()
+        .success();
+    assert!(a.join("FORMAT").is_file() && b.join("FORMAT").is_file());
+    // A usage error is the user's to fix: exit 1 (2 means unexpected), and it says how.
+    for args in [vec!["list", "--bogus"], vec!["frobnicate"], vec!["export"]] {
+        let out = common::bin().args(&args).assert().code(1);
+        assert!(stderr(&out).contains("Usage:"), "{args:?}");
+    }
+    common::bin().arg("--help").assert().success();
+    // Commands that use no registry do not offer --registry.
+    let help = common::bin().args(["synth", "--help"]).assert().success();
+    assert!(!stdout(&help).contains("--registry"));
+}

@@ -7,6 +7,31 @@ use std::path::{Path, PathBuf};
 use crossmerge::synth::{FamilySpec, Shape, write_family};
 use crossmerge::{CheckpointFilter, Dtype, NoProgress, Registry};
 
+/// Says that a check skipped, and why: on stderr (captured with the test's output) and as a
+/// line of `target/skipped-checks.txt`, which `.ci/run` prints at the end so no skip goes
+/// unseen.
+pub fn skipped(check: &str, why: &str) {
+    use std::io::Write;
+    eprintln!("skipping {check}: {why}");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    );
+    let _ = std::fs::create_dir_all(&target);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(target.join("skipped-checks.txt"))
+    {
+        let _ = writeln!(f, "{check}: {why}");
+    }
+}
+
+/// The Python the independent checks run: `$CROSSMERGE_PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("CROSSMERGE_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// `../shared` beside the crate, if present.
 pub fn shared() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
@@ -15,7 +40,10 @@ pub fn shared() -> Option<PathBuf> {
     {
         Some(p)
     } else {
-        eprintln!("skipping: ../shared (with models/all-MiniLM-L6-v2) is absent");
+        skipped(
+            "tests on real models and data",
+            "../shared (with models/all-MiniLM-L6-v2) is absent",
+        );
         None
     }
 }

@@ -132,13 +132,14 @@ fn golden_vectors_pin_every_id() {
 }
 
 fn python_ready() -> bool {
-    let ok = Command::new("python3")
+    let ok = Command::new(common::python())
         .args(["-c", "import blake3, safetensors, numpy"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!(
-            "skipping the independent Python check: `pip install blake3 safetensors numpy` enables it"
+        common::skipped(
+            "the independent Python check of the id format",
+            "`pip install blake3 safetensors numpy` (or CROSSMERGE_PYTHON) enables it",
         );
     }
     ok
@@ -146,7 +147,7 @@ fn python_ready() -> bool {
 
 fn python(args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/canonical_ids.py");
-    let out = Command::new("python3")
+    let out = Command::new(common::python())
         .arg(script)
         .args(args)
         .output()

@@ -247,3 +247,112 @@ fn a_folder_that_is_not_a_registry_is_left_alone() {
     );
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+/// The committed corpus (tests/fixtures/hostile, written by its make.py): every file is refused
+/// with one error line and one hint line (exit 1), and the registry stays byte for byte as it
+/// was. Safetensors by `register`, recipes by `merge` (TOML and mergekit YAML), CoNLL-U by
+/// `eval --task dp`, IOB2 by `eval --task ner`; manifests by the parser every stored manifest
+/// goes through (a manifest is never an input file).
+#[test]
+fn the_hostile_corpus_is_refused_cleanly() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = crate::merge::fixture(tmp.path());
+    // An evaluable parser and tagger in the same registry (tiny BERT of the parity fixtures).
+    let parity = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/bert-parser");
+    let tagger = tmp.path().join("tagger");
+    common::copy_dir(&parity, &tagger);
+    let mut tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> =
+        common::read_safetensors(&parity.join("model.safetensors"))
+            .into_iter()
+            .map(|(n, (d, s, b))| (n, Dtype::from_name(&d).unwrap(), s, b))
+            .collect();
+    tensors.push((
+        "classifier.weight".into(),
+        Dtype::F32,
+        vec![3, 32],
+        f32s(96),
+    ));
+    tensors.push(("classifier.bias".into(), Dtype::F32, vec![3], f32s(3)));
+    let refs: Vec<(&str, Dtype, Vec<u64>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    write_safetensors(&tagger.join("model.safetensors"), &refs);
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(parity.join("config.json")).unwrap()).unwrap();
+    cfg["id2label"] = serde_json::json!({"0": "O", "1": "B-PER", "2": "I-PER"});
+    std::fs::write(tagger.join("config.json"), cfg.to_string()).unwrap();
+    for (name, dir) in [("parser", &parity), ("tagger", &tagger)] {
+        cm(
+            &root,
+            &[
+                "register",
+                dir.to_str().unwrap(),
+                "--name",
+                name,
+                "--kind",
+                "base",
+            ],
+        )
+        .assert()
+        .success();
+    }
+    let before = snapshot(&root);
+    let mut seen = 0;
+    for (sub, args) in [
+        (
+            "safetensors",
+            &["register", "{}", "--name", "bad", "--kind", "base"][..],
+        ),
+        ("recipes", &["merge", "{}"][..]),
+        (
+            "conllu",
+            &["eval", "parser", "--task", "dp", "--data", "{}"][..],
+        ),
+        (
+            "iob2",
+            &["eval", "tagger", "--task", "ner", "--data", "{}"][..],
+        ),
+    ] {
+        let mut files: Vec<_> = std::fs::read_dir(corpus.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= 3, "{sub}");
+        for f in files {
+            let args: Vec<&str> = args
+                .iter()
+                .map(|a| if *a == "{}" { f.to_str().unwrap() } else { a })
+                .collect();
+            let out = cm(&root, &args).assert();
+            let code = out.get_output().status.code();
+            let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+            let lines: Vec<&str> = stderr.lines().collect();
+            assert_eq!(code, Some(1), "{}: {stderr}", f.display());
+            assert!(
+                lines.len() == 2
+                    && lines[0].starts_with("error: ")
+                    && lines[1].starts_with("hint: "),
+                "{}: want one error line and one hint line:\n{stderr}",
+                f.display()
+            );
+            assert_eq!(
+                snapshot(&root),
+                before,
+                "{} changed the registry",
+                f.display()
+            );
+            seen += 1;
+        }
+    }
+    for f in std::fs::read_dir(corpus.join("manifests")).unwrap() {
+        let f = f.unwrap().path();
+        let err = crossmerge::checkpoint::Manifest::parse(&std::fs::read(&f).unwrap())
+            .expect_err(&f.display().to_string());
+        assert!(!err.contains('\n'), "{}: {err}", f.display());
+        seen += 1;
+    }
+    assert!(seen >= 50, "{seen} files");
+}

@@ -11,6 +11,8 @@ mod concurrency;
 mod corruption;
 mod crash;
 #[cfg(feature = "eval")]
+mod eval_checks;
+#[cfg(feature = "eval")]
 mod evaluate;
 mod format;
 mod hostile;

@@ -575,7 +575,7 @@ fn an_exported_merge_is_a_hugging_face_folder() {
         "XLMRobertaForTokenClassification"
     );
     // An independent reader, and transformers where it is installed.
-    let python = std::env::var("CROSSMERGE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::common::python();
     let script = r#"
 import sys, json
 from safetensors.numpy import load_file
@@ -601,18 +601,25 @@ print("transformers-ok", m.config.num_labels)
             let text = String::from_utf8_lossy(&o.stdout);
             assert!(text.starts_with(&tensors.len().to_string()), "{text}");
             if text.contains("no-transformers") {
-                eprintln!(
-                    "skipping the from_pretrained check: transformers is not installed for {python}"
+                crate::common::skipped(
+                    "the transformers from_pretrained check of an exported merge",
+                    &format!("transformers (with torch) is not installed for {python}"),
                 );
             } else {
                 assert!(text.contains("transformers-ok 5"), "{text}");
             }
         }
         Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'safetensors'") => {
-            eprintln!("skipping the Python check: safetensors is not installed for {python}");
+            crate::common::skipped(
+                "the Python safetensors check of an exported merge",
+                &format!("safetensors is not installed for {python}"),
+            );
         }
         Ok(o) => panic!("python failed: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => eprintln!("skipping the Python check: {python}: {e}"),
+        Err(e) => crate::common::skipped(
+            "the Python safetensors check of an exported merge",
+            &format!("{python}: {e}"),
+        ),
     }
 }
 

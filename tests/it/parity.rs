@@ -128,9 +128,9 @@ fn parser_head_matches_pytorch() {
         )
         .unwrap();
     let words = spans(&reference["spans"]);
-    assert_eq!(config.parser.as_ref().unwrap().word, "first");
+    assert_eq!(config.parser().unwrap().unwrap().word, "first");
     for word in ["first", "mean"] {
-        let mut pc: ParserConfig = config.parser.clone().unwrap();
+        let mut pc: ParserConfig = config.parser().unwrap().unwrap();
         pc.word = word.to_owned();
         let parser = Parser::load(&weights, pc).unwrap();
         let (arc, rel) = parser.scores(&hidden, &words, &Device::Cpu).unwrap();
