@@ -230,7 +230,10 @@ fn read_sharded(dir: &Path, index: &Path) -> Result<(Vec<InputTensor>, BTreeMap<
         if !is_plain_file_name(shard) {
             return Err(Error::bad_input(
                 index,
-                format!("names shard `{shard}`, which is not a plain file name"),
+                format!(
+                    "names shard `{}`, which is not a plain file name",
+                    shard.escape_debug()
+                ),
                 "shards must sit in the model folder itself; fix the index",
             ));
         }
@@ -238,7 +241,10 @@ fn read_sharded(dir: &Path, index: &Path) -> Result<(Vec<InputTensor>, BTreeMap<
         if !p.is_file() {
             return Err(Error::bad_input(
                 index,
-                format!("names shard `{shard}`, which does not exist"),
+                format!(
+                    "names shard `{}`, which does not exist",
+                    shard.escape_debug()
+                ),
                 "the folder is incomplete: copy or download the missing shard",
             ));
         }

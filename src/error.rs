@@ -173,3 +173,40 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error as IoError, ErrorKind};
+
+    use super::Error;
+
+    #[test]
+    fn io_failures_say_what_to_do() {
+        let full = Error::io(
+            "writing",
+            "/r/objects",
+            IoError::from(ErrorKind::StorageFull),
+        );
+        assert!(full.hint().unwrap().contains("disk is full"));
+        assert!(
+            full.is_user_error(),
+            "a full disk is the user's to fix (exit 1)"
+        );
+        let denied = Error::io("writing", "/r", IoError::from(ErrorKind::PermissionDenied));
+        assert!(denied.hint().unwrap().contains("permissions"));
+        let dir = Error::io("cleaning", "/r/tmp", IoError::from(ErrorKind::IsADirectory));
+        assert!(dir.hint().is_some());
+        let other = Error::io("reading", "/r", IoError::other("weird"));
+        assert!(other.hint().is_some() && !other.is_user_error());
+        let sqlite = Error::Catalog(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(11),
+            Some("database disk image is malformed".into()),
+        ));
+        assert_eq!(
+            sqlite.to_string().matches("malformed").count(),
+            1,
+            "{sqlite}"
+        );
+        assert!(sqlite.hint().unwrap().contains("rebuild-catalog"));
+    }
+}

@@ -435,3 +435,26 @@ fn render(path: &Path, size: (u32, u32), drawer: &impl Drawer) -> Result<()> {
         )),
     }
 }
+
+#[cfg(test)]
+mod glyph_tests {
+    use ab_glyph::{Font, FontRef};
+
+    /// Every character the plot code writes is in the embedded font: a missing glyph renders
+    /// as a box in the PNG (the heatmap's corner arrow once did).
+    #[test]
+    fn the_embedded_font_has_every_character_the_plots_draw() {
+        let font = FontRef::try_from_slice(epaint_default_fonts::UBUNTU_LIGHT).unwrap();
+        assert_eq!(font.glyph_id('↓').0, 0, "the font has no arrows: draw them");
+        let source = include_str!("report.rs");
+        let code = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
+        let missing: Vec<char> = code
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .flat_map(str::chars)
+            .filter(|c| !c.is_ascii())
+            .filter(|c| font.glyph_id(*c).0 == 0)
+            .collect();
+        assert!(missing.is_empty(), "drawn but not in the font: {missing:?}");
+    }
+}

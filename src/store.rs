@@ -200,7 +200,13 @@ impl Backend for FsBackend {
     fn clean_tmp(&self) -> io::Result<usize> {
         let mut n = 0;
         for entry in fs::read_dir(self.tmp_dir())? {
-            fs::remove_file(entry?.path())?;
+            let entry = entry?;
+            // tmp/ is crossmerge's own scratch: whatever stands there (a folder too) goes.
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())?;
+            } else {
+                fs::remove_file(entry.path())?;
+            }
             n += 1;
         }
         Ok(n)

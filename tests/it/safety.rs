@@ -650,3 +650,47 @@ fn a_killed_exports_leftovers_are_removed_by_the_next_export_there() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+#[test]
+fn unexpected_failures_are_one_line_with_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    cm(&root, &["init"]).assert().success();
+    // A folder someone left in tmp/ is scratch like the rest: gc removes it.
+    std::fs::create_dir_all(root.join("tmp/left/deeper")).unwrap();
+    std::fs::write(root.join("tmp/left/deeper/x"), b"x").unwrap();
+    cm(&root, &["gc"]).assert().success();
+    assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    // A catalog that is not a database: SQLite's message once, and the way out.
+    std::fs::write(root.join("catalog.sqlite3"), vec![0x5a; 8192]).unwrap();
+    let out = cm(&root, &["list"]).assert().code(1);
+    let (err, hint) = one_line_error(&out);
+    assert_eq!(err.matches("not a database").count(), 1, "{err}");
+    assert!(hint.contains("rebuild-catalog"), "{hint}");
+    // A NUL in a shard name is shown escaped, never raw.
+    let model = tmp.path().join("sharded");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("model.safetensors.index.json"),
+        "{\"metadata\":{},\"weight_map\":{\"w\":\"a\\u0000b.safetensors\"}}",
+    )
+    .unwrap();
+    let other = tmp.path().join("reg2");
+    let out = cm(
+        &other,
+        &[
+            "register",
+            model.to_str().unwrap(),
+            "--name",
+            "m",
+            "--kind",
+            "base",
+        ],
+    )
+    .assert()
+    .code(1);
+    let stderr = out.get_output().stderr.clone();
+    assert!(!stderr.contains(&0u8), "a raw NUL reached the terminal");
+    let (err, _) = one_line_error(&out);
+    assert!(err.contains("a\\0b"), "{err}");
+}
