@@ -26,7 +26,8 @@ use crate::store::Backend;
 use crate::store::codec::{EncodeError, Finished, Header, ObjectKind, Sink};
 use crate::tensor::merge::select::{RadixSelect, Threshold, Trim, kept, threshold_of};
 use crate::tensor::merge::{
-    self, TiesNormalize, Weighted, dare_in_place, slerp_coefficients, stream_of,
+    self, TiesNormalize, Weighted, dare_in_place, dare_l1_sums, l1_factor, slerp_coefficients,
+    stream_of,
 };
 use crate::tensor::{Dtype, canonical_prefix};
 use crate::window::{WINDOW_ELEMENTS, Windows};
@@ -43,6 +44,9 @@ pub struct Settings {
     pub lambda: f64,
     pub normalize: bool,
     pub rescale: bool,
+    /// DARE with `rescale`: match each masked tensor's L1 norm (mergekit) instead of dividing
+    /// by the density.
+    pub rescale_l1: bool,
     pub seed: u64,
     /// Per input.
     pub weights: Vec<f64>,
@@ -289,6 +293,40 @@ fn merge_tensor(
         }
     }
 
+    // mergekit's DARE rescale: each input's masked tensor back to its L1 norm, which needs the
+    // sums over the whole tensor before the first window is merged (an extra pass when the
+    // tensor is streamed).
+    let l1 = s.rescale && s.rescale_l1 && method.is_dare();
+    let mut l1_sums = vec![(0f64, 0f64); k];
+    let add_l1 = |sums: &mut [(f64, f64)], vals: &[Vec<f32>], start: usize, n: usize| {
+        sums.par_iter_mut()
+            .zip(&active)
+            .zip(vals)
+            .for_each(|((acc, a), v)| {
+                let (b, m) = dare_l1_sums(
+                    a.density as f32,
+                    s.seed,
+                    stream_of(&t.name, a.input),
+                    start as u64,
+                    &v[..n],
+                );
+                acc.0 += b;
+                acc.1 += m;
+            });
+    };
+    if l1 && !single {
+        let mut w = open()?;
+        let mut start = 0;
+        while start < n_total {
+            let n = window.min(n_total - start);
+            w.load(start, n)?;
+            form(&w, &mut vals, n);
+            add_l1(&mut l1_sums, &vals, start, n);
+            start += n;
+        }
+        w.finish()?;
+    }
+
     let out_dtype = t.dtype;
     let delta_base = base.filter(|b| *base_dtype == out_dtype && delta_ok(b) && n_total > 0);
     let mut header = Header::new(
@@ -332,11 +370,15 @@ fn merge_tensor(
             let b = windows.values(base_slot.expect("slerp has a base"), n);
             slerp_stats = slerp_sums(b, &vals[0][..n]);
         }
+        if l1 && single {
+            add_l1(&mut l1_sums, &vals, start, n);
+        }
         // Sparsify in place.
         vals.par_iter_mut()
             .zip(&active)
             .zip(trims.par_iter_mut())
-            .for_each(|((v, a), trim)| {
+            .zip(&l1_sums)
+            .for_each(|(((v, a), trim), sums)| {
                 let v = &mut v[..n];
                 match method {
                     Method::Ties | Method::MagnitudePrune => trim[0].apply(v),
@@ -353,12 +395,18 @@ fn merge_tensor(
                     Method::DareLinear | Method::DareTies => {
                         dare_in_place(
                             a.density as f32,
-                            s.rescale,
+                            s.rescale && !l1,
                             s.seed,
                             stream_of(&t.name, a.input),
                             start as u64,
                             v,
                         );
+                        if l1 {
+                            let f = l1_factor(sums.0, sums.1);
+                            for x in v.iter_mut() {
+                                *x = (f64::from(*x) * f) as f32;
+                            }
+                        }
                     }
                     _ => {}
                 }

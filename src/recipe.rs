@@ -136,8 +136,11 @@ pub struct RecipeFile {
     /// `magnitude_prune`: divide the combined change by the sum of the weights, as mergekit
     /// does (default false).
     pub normalize: Option<bool>,
-    /// dare_*: rescale kept entries by 1/density (default true).
+    /// dare_*: rescale kept entries (default true).
     pub rescale: Option<bool>,
+    /// dare_*, with `rescale`: `density` divides the kept entries by the density (the paper's
+    /// rule, default); `l1` scales each masked tensor back to its L1 norm (mergekit 0.1.5's).
+    pub rescale_norm: Option<RescaleNorm>,
     #[serde(default)]
     pub inputs: Vec<InputFile>,
     pub heads: Option<HeadsFile>,
@@ -145,6 +148,17 @@ pub struct RecipeFile {
     #[serde(default)]
     pub parameters: Vec<OverrideFile>,
     pub output: Option<OutputFile>,
+}
+
+/// How DARE scales the entries it keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RescaleNorm {
+    /// Divide by the density: unbiased per entry (Yu et al. 2024).
+    #[default]
+    Density,
+    /// Scale each masked tensor so its L1 norm equals the unmasked one's (mergekit 0.1.5).
+    L1,
 }
 
 /// A number, or a sweep over numbers (one merged checkpoint per value).
@@ -306,6 +320,8 @@ pub struct Recipe {
     pub t: Option<Param>,
     pub normalize: bool,
     pub rescale: bool,
+    /// How DARE rescales when `rescale` (see [`RescaleNorm`]).
+    pub rescale_norm: RescaleNorm,
     pub inputs: Vec<Input>,
     pub heads: Option<Located<String>>,
     pub overrides: Vec<Override>,
@@ -632,6 +648,7 @@ fn from_file(path: &Path, text: &str, f: &RecipeFile) -> Result<Recipe> {
         t: t.as_ref().map(|(p, _)| p.clone()),
         normalize: f.normalize.unwrap_or(method.default_normalize()),
         rescale: f.rescale.unwrap_or(true),
+        rescale_norm: f.rescale_norm.unwrap_or_default(),
         inputs,
         heads: f.heads.as_ref().map(|h| located(text, &h.from)),
         overrides,
@@ -648,7 +665,9 @@ fn from_file(path: &Path, text: &str, f: &RecipeFile) -> Result<Recipe> {
             .and_then(|_| find_key_line(text, "normalize").or(method_line)),
         rescale: f
             .rescale
-            .and_then(|_| find_key_line(text, "rescale").or(method_line)),
+            .map(|_| ())
+            .or(f.rescale_norm.map(|_| ()))
+            .and_then(|()| find_key_line(text, "rescale").or(method_line)),
         seed: f
             .output
             .as_ref()

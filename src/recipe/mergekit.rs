@@ -6,6 +6,10 @@
 //! What differs from mergekit, on purpose:
 //! - mergekit's DARE draws from torch's generator and its YAML has no seed; an imported DARE
 //!   recipe uses seed 0 (deterministic, but other bits than mergekit's for the same config).
+//! - Defaults are mergekit 0.1.5's per method (`normalize` true for ties and linear only;
+//!   `rescale` true for DARE, with its L1 rule; density 1; gamma 0.01), not the TOML ones.
+//! - `rescale: true` on ties (mergekit rescales trimmed tensors to their L1 norm) and
+//!   `magnitude_prune` (not a mergekit method) are refused.
 //! - `int8_mask` (a mergekit memory option) is accepted and has no effect.
 //! - Keys crossmerge does not implement (`slices`, `tokenizer_source`, per-layer gradients as
 //!   weight lists, other methods) are errors, never silently ignored.
@@ -242,6 +246,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         rescale: params
             .and_then(|p| p.rescale)
             .unwrap_or_else(|| method.is_dare()),
+        // mergekit rescales a DARE-masked tensor to its L1 norm, not by 1/density.
+        rescale_norm: super::RescaleNorm::L1,
         inputs,
         heads: None,
         overrides: Vec::new(),

@@ -179,6 +179,11 @@ fn mergekit_yaml_takes_mergekits_defaults_and_flow_style_like_block_style() {
     ] {
         let r = load(&yaml(method, "")).unwrap();
         assert_eq!((r.normalize, r.rescale), (normalize, rescale), "{method}");
+        assert_eq!(
+            r.rescale_norm,
+            RescaleNorm::L1,
+            "mergekit rescales DARE to the L1 norm"
+        );
     }
     // The same parameters in flow and block style give the same recipe, or the same error.
     for (method, flow, block) in [

@@ -349,6 +349,7 @@ impl Registry {
             lambda: plan.point.lambda,
             normalize: recipe.normalize,
             rescale: recipe.rescale,
+            rescale_l1: recipe.rescale_norm == crate::recipe::RescaleNorm::L1,
             seed: recipe.output.seed.unwrap_or(0),
             weights: plan.point.weights.clone(),
             max_window: opts.max_window,
@@ -578,6 +579,11 @@ fn canonical(recipe: &Recipe, plan: &MergePlan, resolved: &Inputs) -> (String, V
         "dtype": recipe.output.dtype.map(crate::tensor::Dtype::name),
         "parameters": overrides,
     });
+    // Only where it is not the default, so recipes written before the option keep their hash.
+    let mut v = v;
+    if recipe.method.is_dare() && recipe.rescale_norm != crate::recipe::RescaleNorm::Density {
+        v["rescale_norm"] = json!("l1");
+    }
     // serde_json's map is ordered by key: this is canonical (sorted keys, no spaces).
     (serde_json::to_string(&v).expect("json"), ids)
 }

@@ -27,7 +27,7 @@ mod task_arithmetic;
 mod ties;
 
 pub use self::breadcrumbs::{breadcrumbs, breadcrumbs_mask};
-pub use self::dare::{dare, dare_at, dare_in_place, stream_of};
+pub use self::dare::{dare, dare_at, dare_in_place, dare_l1_sums, l1_factor, stream_of};
 pub use self::linear::linear;
 pub use self::magnitude_prune::{magnitude_mask, magnitude_prune};
 pub use self::slerp::{slerp, slerp_coefficients};

@@ -191,9 +191,14 @@ fn merges_agree_with_an_f64_reference() {
         ("task_arithmetic", "lambda = 0.8\n"),
         ("ties", "density = 0.3\n"),
         ("dare_linear", "density = 0.4\n[output]\nseed = 9\n"),
+        (
+            "dare_linear-l1",
+            "density = 0.4\nrescale_norm = \"l1\"\n[output]\nseed = 9\n",
+        ),
         ("linear", ""),
     ] {
-        let body = format!("name = \"ref-{method}\"\nmethod = \"{method}\"\n{extra}");
+        let (method, variant) = method.split_once('-').unwrap_or((method, ""));
+        let body = format!("name = \"ref-{method}{variant}\"\nmethod = \"{method}\"\n{extra}");
         // TOML: top-level keys before tables.
         let (top, tables) = body
             .split_once("[output]")
@@ -201,7 +206,7 @@ fn merges_agree_with_an_f64_reference() {
                 (a, format!("[output]{b}"))
             });
         let text = format!("{top}{inputs}{tables}");
-        let path = r(&format!("{method}.toml"), &text);
+        let path = r(&format!("{method}{variant}.toml"), &text);
         let out = run(&mut reg, &path, &MergeOptions::default()).unwrap();
         let merged = tensors_of(&reg, &out[0].name);
         let base = tensors_of(&reg, "xlmr-base");
@@ -274,6 +279,37 @@ fn merges_agree_with_an_f64_reference() {
                         })
                         .collect()
                 }
+                "dare_linear" if variant == "l1" => {
+                    // mergekit's rule: each masked τᵢ scaled back to its own L1 norm.
+                    let kept = |i: usize, e: usize| {
+                        let mut o = [0f32];
+                        dare_at(&[1.0], 0.4, false, 9, stream_of(name, i), e as u64, &mut o);
+                        o[0] != 0.0
+                    };
+                    let factors: Vec<f64> = (0..3)
+                        .map(|i| {
+                            let before: f64 = taus[i].iter().map(|x| x.abs()).sum();
+                            let after: f64 = (0..n)
+                                .filter(|&e| kept(i, e))
+                                .map(|e| taus[i][e].abs())
+                                .sum();
+                            if before < 1e-7 || after < 1e-7 {
+                                1.0
+                            } else {
+                                before / after
+                            }
+                        })
+                        .collect();
+                    (0..n)
+                        .map(|e| {
+                            let d: f64 = (0..3)
+                                .filter(|&i| kept(i, e))
+                                .map(|i| weights[i] * factors[i] * taus[i][e])
+                                .sum();
+                            f64::from(b[e]) + d
+                        })
+                        .collect()
+                }
                 "dare_linear" => {
                     // The engine's mask, fixed: kept where dare_at keeps, rescaled by 1/0.4.
                     (0..n)
@@ -321,6 +357,7 @@ fn streaming_windows_give_the_same_bits_as_whole_tensors() {
         ("breadcrumbs", "density = 0.5\ngamma = 0.05\n"),
         ("magnitude_prune", "density = 0.1\n"),
         ("dare_ties", "density = 0.5\n"),
+        ("dare_linear", "density = 0.5\nrescale_norm = \"l1\"\n"),
         ("slerp", "t = 0.3\n"),
     ];
     for (method, extra) in methods {
@@ -329,7 +366,7 @@ fn streaming_windows_give_the_same_bits_as_whole_tensors() {
         } else {
             "[[inputs]]\nvector = \"language/es\"\n[[inputs]]\nvector = \"language/de\"\nweight = 0.5\n"
         };
-        let seed = if method == "dare_ties" {
+        let seed = if method.starts_with("dare") {
             "[output]\nseed = 7\n"
         } else {
             ""

@@ -3,12 +3,13 @@
 //! Paper: Yu et al. 2024, "Language models are Super Mario: absorbing abilities from
 //! homologous models as a free lunch" (ICML).
 //!
-//! Numeric variant: each entry of τᵢ is kept with probability `density` and, with `rescale`
-//! (the paper's rule, and crossmerge's default), divided by `density`; dropped entries become
-//! 0. mergekit 0.1.5's `rescale` instead scales each whole masked tensor so its L1 norm equals
-//! the unmasked one's (`rescaled_masked_tensor`); the two agree in expectation, not per tensor.
-//! crossmerge offers only the paper's rule so far (the L1 variant needs a second pass over each
-//! streamed tensor); imported mergekit YAML uses it too, a documented difference. Then
+//! Numeric variant: each entry of τᵢ is kept with probability `density` and, with `rescale`,
+//! either divided by `density` (`rescale_norm = "density"`, the paper's rule and crossmerge's
+//! default) or scaled by `Σ|τᵢ| / Σ|kept τᵢ|` over the whole tensor so its L1 norm is kept
+//! (`rescale_norm = "l1"`, mergekit 0.1.5's `rescaled_masked_tensor`, left unscaled when
+//! either sum is below 1e-7; imported mergekit YAML uses it). The two agree in expectation, not
+//! per tensor; the L1 sums take one more streaming pass over a tensor too large for one
+//! window. Dropped entries become 0. Then
 //! `dare_linear` sums the weighted vectors (task arithmetic) and `dare_ties` applies TIES's
 //! sign election and disjoint merge to them (no magnitude trim). mergekit draws its mask with
 //! `torch.bernoulli` on the device's generator, so its bits differ from ours for the same
@@ -66,6 +67,38 @@ pub fn dare_in_place(
         } else {
             0.0
         };
+    }
+}
+
+/// For mergekit's L1 rescale: `(Σ|v|, Σ|v| over the entries DARE keeps)` of a window whose
+/// first element has index `first` (the same draws as [`dare_in_place`]).
+pub fn dare_l1_sums(
+    density: f32,
+    seed: u64,
+    stream: u64,
+    first: u64,
+    values: &[f32],
+) -> (f64, f64) {
+    let d = f64::from(density.clamp(0.0, 1.0));
+    let mut before = 0.0;
+    let mut after = 0.0;
+    for (e, v) in values.iter().enumerate() {
+        let a = f64::from(v.abs());
+        before += a;
+        if d > 0.0 && uniform(seed, stream, first + e as u64) < d {
+            after += a;
+        }
+    }
+    (before, after)
+}
+
+/// mergekit's factor: `before / after`, or 1 when either is below 1e-7 (it then leaves the
+/// masked tensor as it is).
+pub fn l1_factor(before: f64, after: f64) -> f64 {
+    if before < 1e-7 || after < 1e-7 {
+        1.0
+    } else {
+        before / after
     }
 }
 
