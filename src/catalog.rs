@@ -435,39 +435,7 @@ impl Catalog {
         if record.is_some_and(|r| r.version != version) {
             return Ok(Commit::VersionTaken);
         }
-        tx.execute(
-            "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
-             source_path, tensor_count, parameters, logical_size, record_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-             COALESCE(?14, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
-            params![
-                new.name,
-                version,
-                new.kind.as_str(),
-                new.manifest_id.to_hex(),
-                new.architecture,
-                new.base,
-                new.language,
-                new.task,
-                new.source_path,
-                new.tensor_count,
-                new.parameters,
-                new.logical_size,
-                record.map(|r| r.id.to_hex()),
-                record.map(|r| r.created_at.as_str()),
-            ],
-        )?;
-        let rowid = tx.last_insert_rowid();
-        for (k, v) in &new.tags {
-            tx.execute(
-                "INSERT INTO tags (checkpoint_id, key, value) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value",
-                params![rowid, k, v],
-            )?;
-        }
-        if let Some(m) = merge {
-            insert_merge(&tx, rowid, m)?;
-        }
+        let rowid = insert_checkpoint(&tx, new, version, record, merge)?;
         tx.commit()?;
         Ok(Commit::Done(
             Box::new(self.checkpoint_by_rowid(rowid)?),
@@ -586,39 +554,7 @@ impl Catalog {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
-             source_path, tensor_count, parameters, logical_size, record_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-             COALESCE(?14, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
-            params![
-                new.name,
-                version,
-                new.kind.as_str(),
-                new.manifest_id.to_hex(),
-                new.architecture,
-                new.base,
-                new.language,
-                new.task,
-                new.source_path,
-                new.tensor_count,
-                new.parameters,
-                new.logical_size,
-                record.map(|r| r.id.to_hex()),
-                record.map(|r| r.created_at.as_str()),
-            ],
-        )?;
-        let rowid = tx.last_insert_rowid();
-        for (k, v) in &new.tags {
-            tx.execute(
-                "INSERT INTO tags (checkpoint_id, key, value) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value",
-                params![rowid, k, v],
-            )?;
-        }
-        if let Some(m) = merge {
-            insert_merge(&tx, rowid, m)?;
-        }
+        let rowid = insert_checkpoint(&tx, new, version, record, merge)?;
         tx.commit()?;
         self.checkpoint_by_rowid(rowid)
     }
@@ -1052,6 +988,51 @@ fn merge_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MergeRow> {
         crossmerge_version: r.get(7)?,
         created_at: r.get(8)?,
     })
+}
+
+/// The one insert of a checkpoint row, its tags and its merge provenance, inside `tx`: for a
+/// commit and for a rebuild alike. Returns the row id.
+fn insert_checkpoint(
+    tx: &rusqlite::Transaction<'_>,
+    new: &NewCheckpoint,
+    version: u32,
+    record: Option<&RecordRef>,
+    merge: Option<&NewMerge>,
+) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO checkpoints (name, version, kind, manifest_id, architecture, base_id, language, task, \
+         source_path, tensor_count, parameters, logical_size, record_id, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+         COALESCE(?14, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        params![
+            new.name,
+            version,
+            new.kind.as_str(),
+            new.manifest_id.to_hex(),
+            new.architecture,
+            new.base,
+            new.language,
+            new.task,
+            new.source_path,
+            new.tensor_count,
+            new.parameters,
+            new.logical_size,
+            record.map(|r| r.id.to_hex()),
+            record.map(|r| r.created_at.as_str()),
+        ],
+    )?;
+    let rowid = tx.last_insert_rowid();
+    for (k, v) in &new.tags {
+        tx.execute(
+            "INSERT INTO tags (checkpoint_id, key, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (checkpoint_id, key) DO UPDATE SET value = excluded.value",
+            params![rowid, k, v],
+        )?;
+    }
+    if let Some(m) = merge {
+        insert_merge(tx, rowid, m)?;
+    }
+    Ok(rowid)
 }
 
 fn insert_merge(tx: &rusqlite::Transaction<'_>, checkpoint: i64, m: &NewMerge) -> Result<()> {
