@@ -23,6 +23,7 @@ out="${CARGO_TARGET_DIR:-target}/demo"
 cm() { "$bin" --registry "$out/registry" "$@"; }
 rm -rf "$out"
 set -x
+cm init                                                 # a named registry is made once, with init
 cm register "$model" --name minilm --kind base --tag source=all-MiniLM-L6-v2
 cm register "$model" --name minilm --kind base          # identical content: nothing new stored
 cm list

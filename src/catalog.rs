@@ -165,6 +165,20 @@ pub(crate) fn sqlite_message(e: &rusqlite::Error) -> String {
     }
 }
 
+/// A catalog value this build cannot read: an error naming the table, row and column, never a
+/// default standing in for it.
+fn damaged(table: &str, row: &str, column: &str, value: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        0,
+        rusqlite::types::Type::Text,
+        format!(
+            "damaged catalog row: {table} {row} has {column} `{}`",
+            value.escape_debug()
+        )
+        .into(),
+    )
+}
+
 fn parse_id(s: &str) -> rusqlite::Result<ObjectId> {
     ObjectId::parse_hex(s).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -196,7 +210,14 @@ fn checkpoint_from_row(row: &Row<'_>) -> rusqlite::Result<CheckpointRow> {
         rowid: row.get(0)?,
         name: row.get(1)?,
         version: row.get(2)?,
-        kind: CheckpointKind::parse(&kind).unwrap_or(CheckpointKind::Base),
+        kind: CheckpointKind::parse(&kind).ok_or_else(|| {
+            damaged(
+                "checkpoints",
+                &format!("id {}", row.get::<_, i64>(0).unwrap_or(-1)),
+                "kind",
+                &kind,
+            )
+        })?,
         manifest_id: parse_id(&manifest)?,
         architecture: row.get(5)?,
         base: row.get(6)?,
@@ -218,7 +239,8 @@ fn object_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectRow> {
     let base: Option<String> = row.get(5)?;
     Ok(ObjectRow {
         id: parse_id(&id)?,
-        kind: ObjectKind::from_name(&kind).unwrap_or(ObjectKind::Blob),
+        kind: ObjectKind::from_name(&kind)
+            .ok_or_else(|| damaged("objects", &format!("`{id}`"), "kind", &kind))?,
         stored: state == "stored",
         raw_size: row.get(3)?,
         stored_size: row.get(4)?,
@@ -700,6 +722,45 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Every row this build cannot read, as one message each (`verify` reports them): it reads
+    /// every checkpoint, object, vector, merge and evaluation row the way the commands do.
+    pub fn damaged_rows(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut scan = |sql: &str, read: &dyn Fn(&Row<'_>) -> rusqlite::Result<()>| -> Result<()> {
+            let mut stmt = self.conn.prepare(sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                if let Err(e) = read(row) {
+                    out.push(match e {
+                        rusqlite::Error::FromSqlConversionFailure(_, _, why) => why.to_string(),
+                        other => sqlite_message(&other),
+                    });
+                }
+            }
+            Ok(())
+        };
+        scan(
+            &format!("SELECT {CHECKPOINT_COLUMNS} FROM checkpoints c"),
+            &|r| checkpoint_from_row(r).map(drop),
+        )?;
+        scan(&format!("SELECT {OBJECT_COLUMNS} FROM objects"), &|r| {
+            object_from_row(r).map(drop)
+        })?;
+        scan(&format!("SELECT {VECTOR_COLUMNS} FROM vectors v"), &|r| {
+            vector_from_row(r).map(drop)
+        })?;
+        scan(&format!("SELECT {MERGE_COLUMNS} FROM merges m"), &|r| {
+            merge_from_row(r).map(drop)
+        })?;
+        if let Err(Error::Catalog(e)) = self.evaluations(None, None) {
+            out.push(match e {
+                rusqlite::Error::FromSqlConversionFailure(_, _, why) => why.to_string(),
+                other => sqlite_message(&other),
+            });
+        }
+        Ok(out)
+    }
+
     /// Checkpoints whose manifest row is absent or not stored: (reference, manifest id).
     pub fn checkpoints_without_manifest(&self) -> Result<Vec<(String, ObjectId)>> {
         let mut stmt = self.conn.prepare(
@@ -839,7 +900,14 @@ fn vector_from_row(row: &Row<'_>) -> rusqlite::Result<VectorRow> {
         rowid: row.get(0)?,
         name: row.get(1)?,
         version: row.get(2)?,
-        kind: crate::vector::VectorKind::parse(&kind).unwrap_or(crate::vector::VectorKind::Task),
+        kind: crate::vector::VectorKind::parse(&kind).ok_or_else(|| {
+            damaged(
+                "vectors",
+                &format!("id {}", row.get::<_, i64>(0).unwrap_or(-1)),
+                "kind",
+                &kind,
+            )
+        })?,
         from: row.get(4)?,
         minus: row.get(5)?,
         from_rowid: row.get(6)?,
@@ -984,7 +1052,14 @@ fn merge_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MergeRow> {
         recipe_canonical: r.get(3)?,
         recipe_source: r.get(4)?,
         recipe_path: r.get(5)?,
-        inputs: serde_json::from_str(&inputs).unwrap_or_default(),
+        inputs: serde_json::from_str(&inputs).map_err(|_| {
+            damaged(
+                "merges",
+                &format!("of checkpoint id {}", r.get::<_, i64>(0).unwrap_or(-1)),
+                "inputs",
+                &inputs,
+            )
+        })?,
         crossmerge_version: r.get(7)?,
         created_at: r.get(8)?,
     })
@@ -1145,14 +1220,28 @@ impl Catalog {
                 dataset_hash: r.get(4)?,
                 dataset_path: r.get(5)?,
                 split: r.get(6)?,
-                metrics: serde_json::from_str(&metrics).unwrap_or_default(),
+                metrics: serde_json::from_str(&metrics).map_err(|_| {
+                    damaged(
+                        "evaluations",
+                        &format!("of `{}`", r.get::<_, String>(0).unwrap_or_default()),
+                        "metrics",
+                        &metrics,
+                    )
+                })?,
                 examples: r.get(8)?,
                 truncated: r.get(9)?,
                 device: r.get(10)?,
                 crossmerge_version: r.get(11)?,
                 duration_s: r.get(12)?,
                 created_at: r.get(13)?,
-                settings: serde_json::from_str(&settings).unwrap_or_default(),
+                settings: serde_json::from_str(&settings).map_err(|_| {
+                    damaged(
+                        "evaluations",
+                        &format!("of `{}`", r.get::<_, String>(0).unwrap_or_default()),
+                        "settings",
+                        &settings,
+                    )
+                })?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -23,9 +23,10 @@ use clap::{Parser, Subcommand};
     about = "Content-addressed registry for cross-lingual model merging"
 )]
 pub struct Cli {
-    /// The registry folder, for every command that uses one (also accepted after the command).
-    #[arg(long, env = "CROSSMERGE_REGISTRY", default_value = "registry")]
-    registry: PathBuf,
+    /// The registry folder, for every command that uses one (also accepted after the command)
+    /// [default: ./registry, which `register` creates on first use].
+    #[arg(long, env = "CROSSMERGE_REGISTRY")]
+    registry: Option<PathBuf>,
 
     /// Never draw progress bars.
     #[arg(long, global = true)]
@@ -146,10 +147,15 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let (top, quiet) = (cli.registry, cli.quiet);
-    // The folder named after the command wins over the one before it (or the default).
-    let ctx = |r: &RegistryArg| commands::Context {
-        registry: r.registry.clone().unwrap_or_else(|| top.clone()),
-        quiet,
+    // The folder named after the command wins over the one before it (or the environment's),
+    // else the default `./registry`.
+    let ctx = |r: &RegistryArg| {
+        let named = r.registry.clone().or_else(|| top.clone());
+        commands::Context {
+            default_location: named.is_none(),
+            registry: named.unwrap_or_else(|| PathBuf::from("registry")),
+            quiet,
+        }
     };
     match cli.command {
         Command::Init(a) => commands::init(&ctx(&a.reg)),

@@ -97,7 +97,7 @@ impl Error {
                     .to_owned(),
             ),
             Error::NotARegistry { .. } => Some(
-                "point `--registry` (or CROSSMERGE_REGISTRY) at a registry, or run `crossmerge init`"
+                "point `--registry` (or CROSSMERGE_REGISTRY) at a registry, or create one there with `crossmerge init --registry DIR`"
                     .to_owned(),
             ),
             Error::CatalogLost { .. } => Some(

@@ -11,7 +11,7 @@
 //! ```no_run
 //! use crossmerge::{CheckpointKind, NoProgress, RegisterOptions, Registry};
 //! # fn main() -> crossmerge::Result<()> {
-//! let mut registry = Registry::open("registry".as_ref())?;
+//! let mut registry = Registry::create("registry".as_ref())?;
 //! let opts = RegisterOptions::new("minilm", CheckpointKind::Base);
 //! let done = registry.register("../shared/models/all-MiniLM-L6-v2".as_ref(), &opts, &NoProgress)?;
 //! println!("{} {}", done.checkpoint.reference(), done.checkpoint.manifest_id);

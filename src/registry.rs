@@ -69,15 +69,47 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// Opens the registry at `root`, creating it if the folder is absent or empty.
+    /// Opens the existing registry at `root`; a folder without a registry is an error (a
+    /// mistyped path never becomes a new, empty registry). [`Registry::create`] makes one.
     pub fn open(root: &Path) -> Result<Self> {
-        Self::prepare(root)?;
+        Self::check_format(root)?;
         let backend = FsBackend::new(root).map_err(|e| Error::io("opening", root, e))?;
         Self::open_with_backend(root, Arc::new(backend))
     }
 
-    /// Opens the registry at `root` with objects going through `backend` (tests use a
-    /// fault-injecting one). The catalog stays at `root/catalog.sqlite3`.
+    /// Opens the registry at `root`, creating it first if the folder is absent or empty.
+    pub fn create(root: &Path) -> Result<Self> {
+        Self::prepare(root)?;
+        Self::open(root)
+    }
+
+    /// Whether `root` holds a registry this build reads.
+    fn check_format(root: &Path) -> Result<()> {
+        let format = root.join("FORMAT");
+        match fs::read_to_string(&format) {
+            Ok(text) if text.lines().next() == Some(FORMAT_LINE) => Ok(()),
+            Ok(text) => Err(Error::NotARegistry {
+                path: root.to_path_buf(),
+                problem: format!(
+                    "its FORMAT says `{}`, this crossmerge reads `{FORMAT_LINE}`",
+                    text.lines().next().unwrap_or("")
+                ),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotARegistry {
+                path: root.to_path_buf(),
+                problem: if root.exists() {
+                    "the folder has no FORMAT file".to_owned()
+                } else {
+                    "the folder does not exist".to_owned()
+                },
+            }),
+            Err(e) => Err(Error::io("reading", &format, e)),
+        }
+    }
+
+    /// Opens (creating if needed, like [`Registry::create`]) the registry at `root` with
+    /// objects going through `backend` (tests use a fault-injecting one). The catalog stays at
+    /// `root/catalog.sqlite3`.
     pub fn open_with_backend(root: &Path, backend: Arc<dyn Backend>) -> Result<Self> {
         Self::prepare(root)?;
         // FORMAT is written only after a new registry's catalog exists: from here on a

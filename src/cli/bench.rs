@@ -215,6 +215,8 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
         let reg = a.workdir.join(format!("registry-{i}"));
         let exp = a.workdir.join(format!("export-{i}"));
         let _ = fs::remove_dir_all(&reg);
+        // A named registry must exist before a child writes to it.
+        Registry::create(&reg)?;
         let _ = fs::remove_dir_all(&exp);
         let mut r = Run {
             bound_s: io_bound(&input, &a.workdir.join("bound.out"))?,
@@ -257,7 +259,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
             q("--out"),
             exp.as_os_str(),
         ])?;
-        let before = Registry::open(&reg)?.du()?;
+        let before = Registry::create(&reg)?.du()?;
         child(&[
             q("--registry"),
             regs,
@@ -273,7 +275,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
             q("--base"),
             q("base"),
         ])?;
-        let after = Registry::open(&reg)?.du()?;
+        let after = Registry::create(&reg)?.du()?;
         r.reregister_added_bytes = after.total_stored.saturating_sub(before.total_stored);
         for row in &after.checkpoints {
             if row.checkpoint.starts_with("ner-en@") {
@@ -400,6 +402,7 @@ fn bench_compare(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     let paths = write_family(&family_dir, &spec)?;
     let reg_dir = a.workdir.join("registry-compare");
     let _ = fs::remove_dir_all(&reg_dir);
+    Registry::create(&reg_dir)?;
     let q = std::ffi::OsStr::new;
     let regs = reg_dir.as_os_str();
     child(&[
@@ -452,7 +455,7 @@ fn bench_compare(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for i in 0..a.runs.max(1) {
         settle();
-        let reg = Registry::open(&reg_dir)?;
+        let reg = Registry::create(&reg_dir)?;
         let t = Instant::now();
         let elements = reg.read_vectors(
             &names,
@@ -613,6 +616,7 @@ fn bench_merge(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let reg_dir = a.workdir.join("registry-merge");
     let _ = fs::remove_dir_all(&reg_dir);
+    Registry::create(&reg_dir)?;
     let q = std::ffi::OsStr::new;
     let regs = reg_dir.as_os_str();
     child(&[
@@ -718,7 +722,7 @@ fn bench_merge(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut runs = Vec::new();
     for i in 0..a.runs.max(1) {
         settle();
-        let reg = Registry::open(&reg_dir)?;
+        let reg = Registry::create(&reg_dir)?;
         let t = Instant::now();
         reg.read_vectors(
             &vectors,
@@ -840,6 +844,7 @@ fn bench_eval(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let reg_dir = a.workdir.join("registry-eval");
     let _ = fs::remove_dir_all(&reg_dir);
+    Registry::create(&reg_dir)?;
     let q = std::ffi::OsStr::new;
     let regs = reg_dir.as_os_str();
     child(&[

@@ -15,11 +15,26 @@ use super::progress::Bar;
 pub struct Context {
     pub registry: PathBuf,
     pub quiet: bool,
+    /// The registry is the default `./registry`: no `--registry`, no `CROSSMERGE_REGISTRY`.
+    pub default_location: bool,
 }
 
 impl Context {
+    /// The existing registry (read commands never create one).
     pub fn open(&self) -> anyhow::Result<Registry> {
         Ok(Registry::open(&self.registry)?)
+    }
+
+    /// The registry a write command writes to: created on first use only at the default
+    /// location, and said so; a named folder must have been made with `init`, so a mistyped
+    /// path is an error rather than a new registry.
+    pub fn open_for_write(&self) -> anyhow::Result<Registry> {
+        if self.default_location && !self.registry.join("FORMAT").exists() {
+            let reg = Registry::create(&self.registry)?;
+            eprintln!("created a new registry at {}", self.registry.display());
+            return Ok(reg);
+        }
+        self.open()
     }
 }
 
@@ -78,13 +93,13 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 }
 
 pub fn init(ctx: &Context) -> anyhow::Result<ExitCode> {
-    let reg = ctx.open()?;
+    let reg = Registry::create(&ctx.registry)?;
     eprintln!("registry at {}", reg.root().display());
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn register(ctx: &Context, a: &RegisterArgs) -> anyhow::Result<ExitCode> {
-    let mut reg = ctx.open()?;
+    let mut reg = ctx.open_for_write()?;
     let mut opts = RegisterOptions::new(a.name.clone(), a.kind.into());
     opts.base.clone_from(&a.base);
     opts.language.clone_from(&a.language);

@@ -675,7 +675,8 @@ impl Registry {
 /// One problem `verify` found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// `missing`, `truncated`, `corrupted`, `unreadable`, `unrecorded` or `orphan`.
+    /// `missing`, `truncated`, `corrupted`, `unreadable`, `unrecorded`, `orphan` or
+    /// `damaged-row` (a catalog row this build cannot read).
     pub class: &'static str,
     #[serde(serialize_with = "serialize_opt_hex")]
     pub object: Option<ObjectId>,
@@ -713,6 +714,27 @@ impl Registry {
     /// and every object file is known to the catalog. Findings are data, not errors.
     pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
         let _lock = self.lock_shared()?;
+        // Rows this build cannot read come first: the checks below read them.
+        let damaged = self.catalog.damaged_rows()?;
+        if !damaged.is_empty() {
+            return Ok(VerifyReport {
+                objects_checked: 0,
+                bytes_checked: 0,
+                checkpoints: 0,
+                interrupted_writes: 0,
+                temporary_files: 0,
+                findings: damaged
+                    .into_iter()
+                    .map(|message| Finding {
+                        class: "damaged-row",
+                        object: None,
+                        message: format!(
+                            "{message} (fix the row, or `crossmerge rebuild-catalog --force` rebuilds the catalog from the objects)"
+                        ),
+                    })
+                    .collect(),
+            });
+        }
         let rows = self.catalog.all_objects()?;
         let names = self.catalog.names_of_objects()?;
         let files: HashSet<ObjectId> = self

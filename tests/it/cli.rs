@@ -240,3 +240,73 @@ fn registry_goes_before_or_after_the_command_and_usage_errors_exit_1() {
     let help = common::bin().args(["synth", "--help"]).assert().success();
     assert!(!stdout(&help).contains("--registry"));
 }
+
+#[test]
+fn only_init_and_a_first_write_to_the_default_place_create_a_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let typo = tmp.path().join("regsitry");
+    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
+    // Reading or writing a named folder that holds no registry: an error, and no folder.
+    for args in [
+        vec!["list"],
+        vec!["verify"],
+        vec!["gc"],
+        vec![
+            "register",
+            fam[0].to_str().unwrap(),
+            "--name",
+            "b",
+            "--kind",
+            "base",
+        ],
+    ] {
+        let out = common::bin()
+            .arg("--registry")
+            .arg(&typo)
+            .args(&args)
+            .assert()
+            .code(1);
+        let err = stderr(&out);
+        assert!(
+            err.contains("not a crossmerge registry") && err.contains("does not exist"),
+            "{err}"
+        );
+        assert!(
+            err.contains("hint: ") && err.contains("crossmerge init"),
+            "{err}"
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // The default ./registry: reads refuse; the first register creates it, and says so.
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = common::bin();
+        c.current_dir(&work)
+            .env_remove("CROSSMERGE_REGISTRY")
+            .arg("--quiet")
+            .args(args);
+        c
+    };
+    run(&["list"]).assert().code(1);
+    assert!(!work.join("registry").exists());
+    let out = run(&[
+        "register",
+        fam[0].to_str().unwrap(),
+        "--name",
+        "b",
+        "--kind",
+        "base",
+    ])
+    .assert()
+    .success();
+    assert!(stderr(&out).contains("created a new registry at registry"));
+    run(&["list"]).assert().success();
+    // init creates a registry wherever it is pointed.
+    common::bin()
+        .args(["--quiet", "init", "--registry"])
+        .arg(&typo)
+        .assert()
+        .success();
+    assert!(typo.join("FORMAT").is_file());
+}

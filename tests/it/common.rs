@@ -67,8 +67,20 @@ pub fn bin() -> assert_cmd::Command {
     assert_cmd::Command::new(env!("CARGO_BIN_EXE_crossmerge"))
 }
 
-/// `crossmerge --registry REG --quiet ARGS…`.
+/// `crossmerge --registry REG --quiet ARGS…`. A registry named on the command line must exist
+/// (`init` makes it): so that tests can start from an empty folder, REG is initialised first
+/// when it is absent or empty (a folder of other files is left alone, for the tests that
+/// check such folders are refused).
 pub fn cm(reg: &Path, args: &[&str]) -> assert_cmd::Command {
+    let empty = std::fs::read_dir(reg).map_or(true, |mut d| d.next().is_none());
+    if empty && args.first() != Some(&"init") {
+        bin()
+            .arg("--registry")
+            .arg(reg)
+            .args(["--quiet", "init"])
+            .assert()
+            .success();
+    }
     let mut c = bin();
     c.arg("--registry").arg(reg).arg("--quiet").args(args);
     c
@@ -178,7 +190,7 @@ pub struct Snapshot {
 }
 
 pub fn snapshot(root: &Path) -> Snapshot {
-    let reg = Registry::open(root).unwrap();
+    let reg = Registry::create(root).unwrap();
     let checkpoints = reg
         .list(&CheckpointFilter::default())
         .unwrap()
@@ -229,7 +241,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Asserts `verify` finds nothing.
 pub fn assert_verify_clean(root: &Path) {
-    let reg = Registry::open(root).unwrap();
+    let reg = Registry::create(root).unwrap();
     let report = reg.verify(&NoProgress).unwrap();
     assert!(report.is_clean(), "verify found: {:#?}", report.findings);
 }

@@ -14,7 +14,7 @@ fn fine_tune_costs_at_most_half_its_bytes_and_reregistration_nothing() {
     )
     .unwrap();
     let root = tmp.path().join("reg");
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.register(
         &fam[0],
         &RegisterOptions::new("base", CheckpointKind::Base),
@@ -86,7 +86,7 @@ fn fine_tune_costs_at_most_half_its_bytes_and_reregistration_nothing() {
 fn a_changed_definition_becomes_the_next_version() {
     let tmp = tempfile::tempdir().unwrap();
     let fam = common::tiny_family(&tmp.path().join("fam"), 2, None);
-    let mut reg = Registry::open(&tmp.path().join("reg")).unwrap();
+    let mut reg = Registry::create(&tmp.path().join("reg")).unwrap();
     let v1 = reg
         .register(
             &fam[1],

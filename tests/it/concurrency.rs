@@ -13,9 +13,12 @@ fn register(
     name: &str,
     base: Option<&str>,
 ) -> Command {
+    // The default location (`./registry` in the working folder), which `register` creates on
+    // first use: so the processes can race to create it.
+    assert_eq!(reg.file_name().unwrap(), "registry");
     let mut c = Command::new(env!("CARGO_BIN_EXE_crossmerge"));
-    c.arg("--registry")
-        .arg(reg)
+    c.current_dir(reg.parent().unwrap())
+        .env_remove("CROSSMERGE_REGISTRY")
         .arg("--quiet")
         .arg("register")
         .arg(path)
@@ -37,7 +40,7 @@ fn four_processes_register_into_one_registry_at_once() {
     )
     .unwrap();
     // The registry does not exist yet: the four race to create it too.
-    let root = tmp.path().join("reg");
+    let root = tmp.path().join("registry");
     let children: Vec<_> = (0..4)
         .map(|i| {
             register(&root, &fam[i + 1], &format!("plain-{i}"), None)
@@ -79,12 +82,12 @@ fn four_processes_register_into_one_registry_at_once() {
         );
     }
     assert_verify_clean(&root);
-    let rows = Registry::open(&root)
+    let rows = Registry::create(&root)
         .unwrap()
         .list(&CheckpointFilter::default())
         .unwrap();
     assert_eq!(rows.len(), 9);
     // Same content as plain-i: no new bytes beyond the delta objects' own.
-    let du = Registry::open(&root).unwrap().du().unwrap();
+    let du = Registry::create(&root).unwrap().du().unwrap();
     assert!(du.total_ratio < 1.0);
 }

@@ -18,7 +18,7 @@ fn verify_reports_each_kind_of_damage_and_reads_refuse_wrong_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let fam = common::tiny_family(&tmp.path().join("fam"), 1, None);
     let root = tmp.path().join("reg");
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.register(
         &fam[0],
         &RegisterOptions::new("base", CheckpointKind::Base),
@@ -87,7 +87,7 @@ fn verify_reports_each_kind_of_damage_and_reads_refuse_wrong_bytes() {
     }
 
     // Reads fail naming the tensor and the object; nothing wrong is ever returned.
-    let reg = Registry::open(&root).unwrap();
+    let reg = Registry::create(&root).unwrap();
     match reg.read_tensor(
         &manifest,
         "roberta.encoder.layer.0.intermediate.dense.weight",
@@ -126,7 +126,7 @@ fn verify_reports_each_kind_of_damage_and_reads_refuse_wrong_bytes() {
 
     // The fine-tune stored against those tensors is unaffected where its bases are intact,
     // and gc removes the orphan.
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     let plan = reg.gc_plan().unwrap();
     assert_eq!(plan.orphans, vec![orphan]);
     reg.gc(false).unwrap();

@@ -32,7 +32,7 @@ fn check_recovers(root: &Path, ft: &Path, deep: bool) {
     if !deep {
         return;
     }
-    let mut reg = Registry::open(root).unwrap();
+    let mut reg = Registry::create(root).unwrap();
     reg.register(ft, &ft_options(), &NoProgress).unwrap();
     reg.gc(false).unwrap();
     assert_verify_clean(root);
@@ -55,7 +55,7 @@ fn check_recovers(root: &Path, ft: &Path, deep: bool) {
 fn template_with_base(dir: &Path) -> (Vec<std::path::PathBuf>, std::path::PathBuf) {
     let fam = common::tiny_family(&dir.join("fam"), 1, Some(3));
     let template = dir.join("template");
-    Registry::open(&template)
+    Registry::create(&template)
         .unwrap()
         .register(
             &fam[0],
@@ -77,7 +77,7 @@ fn a_fault_at_every_io_step_of_register_leaves_a_consistent_registry() {
         let (mut reg, backend) = faulty(&root, k);
         let result = reg.register(&fam[1], &ft_options(), &NoProgress);
         drop(reg);
-        let rows = Registry::open(&root)
+        let rows = Registry::create(&root)
             .unwrap()
             .list(&CheckpointFilter::default())
             .unwrap();
@@ -115,7 +115,7 @@ fn a_fault_at_every_io_step_of_gc_leaves_a_consistent_registry() {
     }
     std::fs::write(template.join("tmp/123-0-0.partial"), b"half an object").unwrap();
     assert_verify_clean(&template);
-    let before = Registry::open(&template).unwrap().gc_plan().unwrap();
+    let before = Registry::create(&template).unwrap().gc_plan().unwrap();
     assert!(
         !before.unreferenced.is_empty() && before.temporary_files == 1,
         "{before:?}"
@@ -130,7 +130,7 @@ fn a_fault_at_every_io_step_of_gc_leaves_a_consistent_registry() {
         drop(reg);
         check_recovers(&root, &fam[1], k % 5 == 0);
         if result.is_ok() {
-            let plan = Registry::open(&root).unwrap().gc_plan().unwrap();
+            let plan = Registry::create(&root).unwrap().gc_plan().unwrap();
             assert!(plan.unreferenced.is_empty() && plan.temporary_files == 0);
             break;
         }
@@ -160,7 +160,7 @@ fn killing_register_at_random_moments_never_damages_the_registry() {
     )
     .unwrap();
     let root = tmp.path().join("reg");
-    Registry::open(&root)
+    Registry::create(&root)
         .unwrap()
         .register(
             &fam[0],
@@ -201,7 +201,7 @@ fn killing_register_at_random_moments_never_damages_the_registry() {
         assert_verify_clean(&root);
     }
     eprintln!("24 kills over {full:?}: {completed} runs had finished before their kill");
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.register(&fam[1], &ft_options(), &NoProgress).unwrap();
     reg.gc(false).unwrap();
     assert_verify_clean(&root);

@@ -114,7 +114,7 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
     let shared = crate::common::require_shared!();
     let tmp = TempDir::new().unwrap();
     let reg_dir = tmp.path().join("reg");
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     reg.register(
         &minilm(&shared),
         &RegisterOptions::new("minilm", CheckpointKind::Base),
@@ -306,7 +306,7 @@ fn minilm_evaluates_pos_ner_and_mlm_on_real_data() {
     assert_eq!(json[0]["checkpoint"], "minilm-ner@1");
 
     // Bad input: one line and a hint each.
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     let no_head = reg
         .evaluate(
             "minilm",
@@ -392,7 +392,7 @@ fn label_map_renames_gold_labels_on_real_data() {
     let shared = crate::common::require_shared!();
     let tmp = TempDir::new().unwrap();
     let reg_dir = tmp.path().join("reg");
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     reg.register(
         &minilm(&shared),
         &RegisterOptions::new("minilm", CheckpointKind::Base),
@@ -478,7 +478,7 @@ fn label_map_renames_gold_labels_on_real_data() {
         assert_eq!(mapped["metrics"][k].as_f64(), Some(*v), "{k}");
     }
     assert_eq!(mapped["settings"]["label_map"]["B-PER"], "B-PERSON");
-    let rows = Registry::open(&reg_dir)
+    let rows = Registry::create(&reg_dir)
         .unwrap()
         .evaluations(Some("minilm-long-ner"), None, None)
         .unwrap();
@@ -512,7 +512,7 @@ fn label_map_renames_gold_labels_on_real_data() {
         "{err}"
     );
     assert_eq!(
-        Registry::open(&reg_dir)
+        Registry::create(&reg_dir)
             .unwrap()
             .evaluations(None, None, None)
             .unwrap()

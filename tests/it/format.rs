@@ -117,7 +117,7 @@ fn golden_vectors_pin_every_id() {
     // Registering that content yields exactly the golden manifest id.
     let tmp = tempfile::tempdir().unwrap();
     golden_folder(&tmp.path().join("golden"), &g);
-    let mut reg = Registry::open(&tmp.path().join("reg")).unwrap();
+    let mut reg = Registry::create(&tmp.path().join("reg")).unwrap();
     let done = reg
         .register(
             &tmp.path().join("golden"),
@@ -227,7 +227,7 @@ fn a_registry_written_by_format_v1_still_opens_and_verifies() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("registry-v1");
     copy_dir(&fixtures().join("registry-v1"), &root);
-    let reg = Registry::open(&root).unwrap();
+    let reg = Registry::create(&root).unwrap();
     assert!(reg.verify(&NoProgress).unwrap().is_clean());
     assert_eq!(
         reg.catalog().schema_version().unwrap(),

@@ -53,7 +53,7 @@ fn each_hostile_input_is_refused_cleanly() {
     let t = tmp.path();
     let root = t.join("reg");
     let fam = common::tiny_family(&t.join("fam"), 0, None);
-    Registry::open(&root)
+    Registry::create(&root)
         .unwrap()
         .register(
             &fam[0],
@@ -227,7 +227,7 @@ fn bad_options_are_refused_before_anything_is_read() {
         assert!(stderr.contains("\nhint: "), "{args:?}: {stderr}");
     }
     assert!(
-        Registry::open(&root)
+        Registry::create(&root)
             .unwrap()
             .list(&crossmerge::CheckpointFilter::default())
             .unwrap()

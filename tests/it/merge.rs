@@ -33,7 +33,7 @@ pub(crate) fn fixture(dir: &Path) -> PathBuf {
     let shape = Shape::TINY;
     write_checkpoint(&src.join("base"), &shape, 42, None, None).unwrap();
     let reg_dir = dir.join("reg");
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     reg.register(
         &src.join("base"),
         &RegisterOptions::new("xlmr-base", CheckpointKind::Base),
@@ -100,7 +100,7 @@ pub(crate) fn write_recipe(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn every_example_recipe_runs_and_keeps_its_ids() {
     let tmp = TempDir::new().unwrap();
     let reg_dir = fixture(tmp.path());
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     let mut ids = BTreeMap::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(recipes_dir())
         .unwrap()
@@ -184,7 +184,7 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 fn merges_agree_with_an_f64_reference() {
     let tmp = TempDir::new().unwrap();
     let reg_dir = fixture(tmp.path());
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     let r = |name: &str, body: &str| write_recipe(tmp.path(), name, body);
     let inputs = "base = \"xlmr-base\"\n[heads]\nfrom = \"xlmr-pos-en\"\n[[inputs]]\ncheckpoint = \"xlmr-pos-en\"\nweight = 0.7\n[[inputs]]\ncheckpoint = \"xlmr-ner-en\"\nweight = -0.4\n[[inputs]]\ncheckpoint = \"xlmr-nli-en\"\nweight = 1.3\n";
     for (method, extra) in [
@@ -375,9 +375,9 @@ fn streaming_windows_give_the_same_bits_as_whole_tensors() {
             "name = \"s-{method}\"\nmethod = \"{method}\"\nbase = \"xlmr-base\"\n{extra}{inputs}{seed}"
         );
         let path = write_recipe(tmp.path(), &format!("{method}.toml"), &text);
-        let mut a = Registry::open(&reg_dir).unwrap();
+        let mut a = Registry::create(&reg_dir).unwrap();
         let whole = run(&mut a, &path, &MergeOptions::default()).unwrap();
-        let mut b = Registry::open(&copy).unwrap();
+        let mut b = Registry::create(&copy).unwrap();
         let mut opts = MergeOptions::default();
         opts.max_window = Some(1000); // the 32 000-element embedding takes 32 windows
         let streamed = run(&mut b, &path, &opts).unwrap();
@@ -435,7 +435,7 @@ fn bad_recipes_fail_before_any_weight_is_read() {
     let mut shape = Shape::TINY;
     shape.hidden = 48;
     write_checkpoint(&other, &shape, 1, None, None).unwrap();
-    Registry::open(&reg_dir)
+    Registry::create(&reg_dir)
         .unwrap()
         .register(
             &other,
@@ -443,7 +443,7 @@ fn bad_recipes_fail_before_any_weight_is_read() {
             &NoProgress,
         )
         .unwrap();
-    let forbidden: HashSet<ObjectId> = Registry::open(&reg_dir)
+    let forbidden: HashSet<ObjectId> = Registry::create(&reg_dir)
         .unwrap()
         .catalog()
         .all_objects()
@@ -544,7 +544,7 @@ fn a_failed_merge_leaves_no_checkpoint_and_no_row() {
     let path = recipes_dir().join("ties-three-tasks.toml");
     let before = crate::common::snapshot(&reg_dir).checkpoints;
     let hash = {
-        let mut reg = Registry::open(&reg_dir).unwrap();
+        let mut reg = Registry::create(&reg_dir).unwrap();
         run(&mut reg, &path, &MergeOptions::default().dry_run(true)).unwrap()[0]
             .recipe_hash
             .clone()
@@ -559,7 +559,7 @@ fn a_failed_merge_leaves_no_checkpoint_and_no_row() {
             break;
         }
         drop(reg);
-        let reg = Registry::open(&reg_dir).unwrap();
+        let reg = Registry::create(&reg_dir).unwrap();
         let now: Vec<String> = reg
             .list(&CheckpointFilter::default())
             .unwrap()
@@ -575,7 +575,7 @@ fn a_failed_merge_leaves_no_checkpoint_and_no_row() {
         step += 3;
     }
     // The merge then completes, and verify and gc are clean.
-    let mut reg = Registry::open(&reg_dir).unwrap();
+    let mut reg = Registry::create(&reg_dir).unwrap();
     let again = run(&mut reg, &path, &MergeOptions::default()).unwrap();
     assert!(again[0].reused);
     reg.gc(false).unwrap();
@@ -691,7 +691,7 @@ fn killing_a_merge_at_random_moments_leaves_all_of_it_or_none() {
     let tmp = TempDir::new().unwrap();
     let shape = crate::common::medium_shape();
     let root = tmp.path().join("reg");
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     for (name, ft) in [("base", None), ("ft-1", Some(1)), ("ft-2", Some(2))] {
         let dir = tmp.path().join(name);
         write_checkpoint(&dir, &shape, 42, ft.map(|s| (s, 1e-2)), None).unwrap();
@@ -743,7 +743,7 @@ fn killing_a_merge_at_random_moments_leaves_all_of_it_or_none() {
         let _ = child.kill();
         completed += usize::from(child.wait().unwrap().success());
         assert_verify_clean(&root);
-        let reg = Registry::open(&root).unwrap();
+        let reg = Registry::create(&root).unwrap();
         let mut only_merged = CheckpointFilter::default();
         only_merged.kind = Some(CheckpointKind::Merged);
         let merged = reg.list(&only_merged).unwrap();
@@ -756,7 +756,7 @@ fn killing_a_merge_at_random_moments_leaves_all_of_it_or_none() {
         }
     }
     eprintln!("16 kills over {full:?}: {completed} merges had finished before their kill");
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.gc(false).unwrap();
     assert_verify_clean(&root);
 }
@@ -816,7 +816,7 @@ fn lambda_zero_is_the_task_model_bit_for_bit_even_when_differences_round() {
     cm(&root, &["merge", recipe.to_str().unwrap()])
         .assert()
         .success();
-    let reg = Registry::open(&root).unwrap();
+    let reg = Registry::create(&root).unwrap();
     let zero = reg.resolve("study/lang=0").unwrap();
     let task = reg.resolve("task").unwrap();
     assert_eq!(
@@ -834,7 +834,7 @@ fn lambda_zero_is_the_task_model_bit_for_bit_even_when_differences_round() {
 fn linear_without_normalize_is_the_weighted_sum() {
     let tmp = TempDir::new().unwrap();
     let root = far_apart_family(tmp.path());
-    let reg = Registry::open(&root).unwrap();
+    let reg = Registry::create(&root).unwrap();
     let read = |name: &str| -> Vec<f32> {
         let row = reg.resolve(name).unwrap();
         let m = reg.manifest(&row).unwrap();
@@ -867,7 +867,7 @@ fn linear_without_normalize_is_the_weighted_sum() {
         cm(&root, &["merge", recipe.to_str().unwrap(), "--name", &name])
             .assert()
             .success();
-        let reg = Registry::open(&root).unwrap();
+        let reg = Registry::create(&root).unwrap();
         let row = reg.resolve(&name).unwrap();
         let m = reg.manifest(&row).unwrap();
         let got: Vec<f32> = reg

@@ -154,7 +154,7 @@ fn parser_checkpoint_recovers_its_best_trees() {
     use crossmerge::registry::EvalOptions;
     use crossmerge::{CheckpointKind, NoProgress, RegisterOptions, Registry};
     let tmp = tempfile::TempDir::new().unwrap();
-    let mut reg = Registry::open(tmp.path()).unwrap();
+    let mut reg = Registry::create(tmp.path()).unwrap();
     let dir = fixtures().join("bert-parser");
     reg.register(
         &dir,
@@ -182,7 +182,7 @@ fn pseudo_perplexity_matches_pytorch() {
     use crossmerge::registry::EvalOptions;
     use crossmerge::{CheckpointKind, NoProgress, RegisterOptions, Registry};
     let tmp = tempfile::TempDir::new().unwrap();
-    let mut reg = Registry::open(tmp.path()).unwrap();
+    let mut reg = Registry::create(tmp.path()).unwrap();
     let dir = fixtures().join("bert-pppl");
     reg.register(
         &dir,

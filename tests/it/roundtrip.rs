@@ -63,7 +63,7 @@ fn minilm_round_trips_bit_for_bit_through_the_cli() {
 fn sharded_export_reregisters_to_the_same_manifest() {
     let shared = require_shared!();
     let tmp = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(&tmp.path().join("reg")).unwrap();
+    let mut reg = Registry::create(&tmp.path().join("reg")).unwrap();
     let a = reg
         .register(
             &common::minilm(&shared),
@@ -134,7 +134,7 @@ fn every_dtype_round_trips_from_a_single_file() {
     with_scalar.push(("empty", Dtype::F32, vec![0, 4], vec![]));
     common::write_safetensors(&file, &with_scalar);
 
-    let mut reg = Registry::open(&tmp.path().join("reg")).unwrap();
+    let mut reg = Registry::create(&tmp.path().join("reg")).unwrap();
     reg.register(
         &file,
         &RegisterOptions::new("dtypes", CheckpointKind::Base),
@@ -154,7 +154,7 @@ fn every_dtype_round_trips_from_a_single_file() {
 fn fine_tune_with_head_round_trips_against_its_base() {
     let tmp = tempfile::tempdir().unwrap();
     let fam = common::tiny_family(&tmp.path().join("fam"), 2, Some(5));
-    let mut reg = Registry::open(&tmp.path().join("reg")).unwrap();
+    let mut reg = Registry::create(&tmp.path().join("reg")).unwrap();
     reg.register(
         &fam[0],
         &RegisterOptions::new("base", CheckpointKind::Base),

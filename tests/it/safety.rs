@@ -62,7 +62,7 @@ fn verify_finds_a_manifest_whose_references_are_not_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
     let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.register(
         &fam[0],
         &RegisterOptions::new("base", CheckpointKind::Base),
@@ -79,7 +79,10 @@ fn verify_finds_a_manifest_whose_references_are_not_recorded() {
         .unwrap();
     assert_eq!(n, 1);
     drop(db);
-    let report = Registry::open(&root).unwrap().verify(&NoProgress).unwrap();
+    let report = Registry::create(&root)
+        .unwrap()
+        .verify(&NoProgress)
+        .unwrap();
     assert!(
         report
             .findings
@@ -129,7 +132,7 @@ fn populated(dir: &Path) -> std::path::PathBuf {
 }
 
 fn listing(root: &Path) -> Vec<String> {
-    let reg = Registry::open(root).unwrap();
+    let reg = Registry::create(root).unwrap();
     reg.list(&CheckpointFilter::default())
         .unwrap()
         .into_iter()
@@ -160,7 +163,7 @@ fn a_lost_catalog_is_an_error_and_rebuild_catalog_recovers_every_checkpoint() {
     let root = populated(tmp.path());
     let before = listing(&root);
     assert!(before.len() >= 10, "{before:#?}");
-    let exports: Vec<_> = Registry::open(&root)
+    let exports: Vec<_> = Registry::create(&root)
         .unwrap()
         .list(&CheckpointFilter::default())
         .unwrap()
@@ -217,7 +220,7 @@ fn a_lost_catalog_is_an_error_and_rebuild_catalog_recovers_every_checkpoint() {
             assert_eq!(&read_model_tensors(&out), tensors, "{reference}");
         }
         // gc finds nothing to delete: every object is reachable again.
-        let plan = Registry::open(&root).unwrap().gc_plan().unwrap();
+        let plan = Registry::create(&root).unwrap().gc_plan().unwrap();
         assert!(
             plan.unreferenced.is_empty() && plan.orphans.is_empty(),
             "{plan:?}"
@@ -235,7 +238,7 @@ fn gc_refuses_when_the_catalog_knows_nothing_but_objects_exist() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
     let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    Registry::open(&a)
+    Registry::create(&a)
         .unwrap()
         .register(
             &fam[0],
@@ -264,7 +267,7 @@ fn a_manifest_with_paths_outside_its_folder_is_refused_by_export_and_verify() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
     let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     let done = reg
         .register(
             &fam[0],
@@ -305,7 +308,10 @@ fn a_manifest_with_paths_outside_its_folder_is_refused_by_export_and_verify() {
         assert!(err.contains("manifest names file"), "{err}");
         assert!(!tmp.path().join("out/escaped.json").exists());
         assert!(!Path::new("/tmp/crossmerge-escaped.json").exists());
-        let report = Registry::open(&root).unwrap().verify(&NoProgress).unwrap();
+        let report = Registry::create(&root)
+            .unwrap()
+            .verify(&NoProgress)
+            .unwrap();
         assert!(
             report
                 .findings
@@ -359,7 +365,7 @@ fn gc_counts_the_bytes_of_pending_objects_it_removes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
     let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.register(
         &fam[0],
         &RegisterOptions::new("base", CheckpointKind::Base),
@@ -380,7 +386,7 @@ fn gc_counts_the_bytes_of_pending_objects_it_removes() {
         .map(|p| std::fs::metadata(root.join(p)).unwrap().len())
         .sum();
     assert!(on_disk > 0);
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     assert_eq!(reg.gc_plan().unwrap().bytes, on_disk);
     let report = reg.gc(false).unwrap();
     assert_eq!(report.bytes_freed, on_disk);
@@ -391,7 +397,7 @@ fn gc_counts_the_bytes_of_pending_objects_it_removes() {
 fn gc_of_many_unreferenced_rows_uses_the_delta_base_index() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    Registry::open(&root).unwrap();
+    Registry::create(&root).unwrap();
     let db = rusqlite::Connection::open(root.join("catalog.sqlite3")).unwrap();
     let plan: Vec<String> = db
         .prepare("EXPLAIN QUERY PLAN SELECT 1 FROM objects WHERE delta_base = 'x'")
@@ -417,7 +423,7 @@ fn gc_of_many_unreferenced_rows_uses_the_delta_base_index() {
     }
     tx.commit().unwrap();
     drop(db);
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     let report = reg.gc(false).unwrap();
     assert_eq!(report.objects_removed, 20_000);
     assert!(reg.catalog().all_objects().unwrap().is_empty());
@@ -611,7 +617,7 @@ fn a_killed_exports_leftovers_are_removed_by_the_next_export_there() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
     let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    Registry::open(&root)
+    Registry::create(&root)
         .unwrap()
         .register(
             &fam[0],
@@ -693,4 +699,40 @@ fn unexpected_failures_are_one_line_with_a_hint() {
     assert!(!stderr.contains(&0u8), "a raw NUL reached the terminal");
     let (err, _) = one_line_error(&out);
     assert!(err.contains("a\\0b"), "{err}");
+}
+
+#[test]
+fn a_damaged_catalog_row_is_named_not_read_as_a_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
+    Registry::create(&root)
+        .unwrap()
+        .register(
+            &fam[0],
+            &RegisterOptions::new("base", CheckpointKind::Base),
+            &NoProgress,
+        )
+        .unwrap();
+    let db = rusqlite::Connection::open(root.join("catalog.sqlite3")).unwrap();
+    db.pragma_update(None, "ignore_check_constraints", true)
+        .unwrap();
+    db.execute(
+        "UPDATE checkpoints SET kind = 'bogus' WHERE name = 'base'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    // Was listed as a base checkpoint.
+    let out = cm(&root, &["list"]).assert().code(2);
+    let (err, hint) = one_line_error(&out);
+    assert!(err.contains("checkpoints id 1 has kind `bogus`"), "{err}");
+    assert!(hint.contains("verify"), "{hint}");
+    let out = cm(&root, &["verify"]).assert().code(1);
+    let stdout = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        (stdout + &stderr).contains("damaged catalog row: checkpoints id 1 has kind `bogus`"),
+        "verify does not name the row"
+    );
 }

@@ -130,7 +130,7 @@ fn expected(
 }
 
 fn exact_registry(root: &Path, tmp: &Path) -> Registry {
-    let mut reg = Registry::open(root).unwrap();
+    let mut reg = Registry::create(root).unwrap();
     write_exact(&tmp.join("base"), None);
     reg.register(
         &tmp.join("base"),
@@ -520,7 +520,7 @@ fn perturbed_minilm_copies_recover_their_per_layer_pattern() {
         std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
     }
     let root = tmp.path().join("reg");
-    let mut reg = Registry::open(&root).unwrap();
+    let mut reg = Registry::create(&root).unwrap();
     reg.register(
         &src,
         &RegisterOptions::new("minilm", CheckpointKind::Base),
