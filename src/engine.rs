@@ -1,6 +1,6 @@
 //! The streaming merge engine: a [`MergePlan`] in, one new tensor object per merged tensor out.
 //!
-//! Each merged tensor is read window by window from the registry ([`Windows`]: every distinct
+//! Each merged tensor is read window by window from the registry (`Windows`: every distinct
 //! object decoded once per window, deltas over their base, everything re-hashed), its inputs'
 //! task vectors (or models) formed in f32, sparsified, combined by the method in f64, and the
 //! result converted to the output dtype and streamed into a [`Sink`] that compresses on all

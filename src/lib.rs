@@ -24,6 +24,7 @@
 //! [`checkpoint`] (safetensors and Hugging Face folders in and out), [`registry`] (the facade),
 //! [`synth`] (synthetic checkpoints for tests and benchmarks).
 
+mod atomic;
 pub mod catalog;
 pub mod checkpoint;
 pub mod engine;

@@ -170,8 +170,8 @@ impl Registry {
         fs::create_dir_all(root.join("objects")).map_err(|e| Error::io("creating", root, e))?;
         drop(Catalog::open(&root.join("catalog.sqlite3"))?);
         let tmp = root.join(format!(".FORMAT.{}", std::process::id()));
-        fs::write(&tmp, format!("{FORMAT_LINE}\n")).map_err(|e| Error::io("writing", &tmp, e))?;
-        fs::rename(&tmp, &format).map_err(|e| Error::io("writing", &format, e))?;
+        crate::atomic::write_file(&format, &tmp, format!("{FORMAT_LINE}\n").as_bytes())
+            .map_err(|e| Error::io("writing", &format, e))?;
         Ok(())
     }
 

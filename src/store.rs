@@ -123,9 +123,8 @@ impl ObjectWriter for FsWriter {
         let hex = id.to_hex();
         let dir = self.objects.join(&hex[..2]);
         fs::create_dir_all(&dir)?;
-        fs::rename(&self.tmp, dir.join(&hex))?;
         // The rename is durable once the directory entry is.
-        File::open(&dir)?.sync_all()
+        crate::atomic::rename_durably(&self.tmp, &dir.join(&hex))
     }
 }
 

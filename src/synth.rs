@@ -304,7 +304,7 @@ pub fn write_checkpoint(
     w.into_inner()
         .map_err(io::IntoInnerError::into_error)?
         .sync_all()?;
-    fs::rename(&tmp, dir.join("model.safetensors"))?;
+    crate::atomic::rename_durably(&tmp, &dir.join("model.safetensors"))?;
     let mut config = json!({
         "architectures": [if head_labels.is_some() { "XLMRobertaForTokenClassification" } else { "XLMRobertaModel" }],
         "model_type": "xlm-roberta",

@@ -598,7 +598,9 @@ impl Registry {
         if out.exists() {
             fs::remove_dir(out).map_err(|e| Error::io("replacing", out, e))?;
         }
-        fs::rename(&tmp, out).map_err(|e| Error::io("renaming into", out, e))?;
+        crate::atomic::sync_dir(&tmp)
+            .and_then(|()| crate::atomic::rename_durably(&tmp, out))
+            .map_err(|e| Error::io("renaming into", out, e))?;
         Ok(ExportReport {
             checkpoint: checkpoint.reference(),
             out: out.to_path_buf(),
@@ -621,7 +623,8 @@ impl Registry {
         for f in &manifest.files {
             let bytes = self.read_object(&f.object(), Some(&f.path))?;
             let path = dir.join(&f.path);
-            fs::write(&path, bytes).map_err(|e| Error::io("writing", &path, e))?;
+            crate::atomic::write_synced(&path, &bytes)
+                .map_err(|e| Error::io("writing", &path, e))?;
             written.push(f.path.clone());
         }
         let shards = plan_shards(manifest, opts.max_shard_size);
@@ -661,7 +664,8 @@ impl Registry {
         }
         if let Some((name, bytes)) = index_json(manifest, &shards) {
             let path = dir.join(&name);
-            fs::write(&path, bytes).map_err(|e| Error::io("writing", &path, e))?;
+            crate::atomic::write_synced(&path, &bytes)
+                .map_err(|e| Error::io("writing", &path, e))?;
             written.push(name);
         }
         progress.finish();

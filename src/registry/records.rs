@@ -250,7 +250,7 @@ pub fn rebuild_catalog(root: &Path, force: bool, progress: &dyn Progress) -> Res
     let mut catalog = Catalog::open(&building)?;
     recover_into(&mut catalog, &backend, root, &mut report, progress)?;
     drop(catalog);
-    fs::rename(&building, &catalog_path)
+    crate::atomic::rename_durably(&building, &catalog_path)
         .map_err(|e| Error::io("renaming into", &catalog_path, e))?;
     drop(lock);
     Ok(report)
