@@ -78,7 +78,6 @@ pub struct CheckpointRow {
     pub name: String,
     pub version: u32,
     pub kind: CheckpointKind,
-    #[serde(serialize_with = "serialize_hex")]
     pub manifest_id: ObjectId,
     pub architecture: Option<String>,
     pub base: Option<String>,
@@ -97,10 +96,6 @@ impl CheckpointRow {
     pub fn reference(&self) -> String {
         format!("{}@{}", self.name, self.version)
     }
-}
-
-pub(crate) fn serialize_hex<S: serde::Serializer>(id: &ObjectId, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&id.to_hex())
 }
 
 /// What a new checkpoint row holds (the version is assigned by the catalog).
@@ -853,7 +848,6 @@ pub struct VectorRow {
     pub minus_rowid: i64,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
-    #[serde(serialize_with = "serialize_hex")]
     pub definition: ObjectId,
     pub tensor_count: u64,
     pub parameters: u64,
@@ -1136,7 +1130,6 @@ fn insert_merge(tx: &rusqlite::Transaction<'_>, checkpoint: i64, m: &NewMerge) -
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvaluationRow {
     pub checkpoint: String,
-    #[serde(serialize_with = "serialize_hex")]
     pub manifest_id: ObjectId,
     pub task: String,
     pub language: Option<String>,

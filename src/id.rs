@@ -24,6 +24,13 @@ pub const MIN_PREFIX: usize = 6;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId([u8; 32]);
 
+/// Serialised as its 64 lowercase hex characters, as every JSON output and manifest spells it.
+impl serde::Serialize for ObjectId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
 impl ObjectId {
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)

@@ -31,22 +31,12 @@ pub enum Resolved<'a> {
 /// The stored objects of `plus − minus` (or `plus`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Operand {
-    #[serde(serialize_with = "crate::catalog::serialize_hex")]
     pub plus: ObjectId,
     pub plus_dtype: Dtype,
-    #[serde(serialize_with = "serialize_opt_hex")]
     pub minus: Option<ObjectId>,
     pub minus_dtype: Dtype,
     /// The operand is a model θ (linear, slerp on checkpoints) rather than a task vector τ.
     pub model: bool,
-}
-
-#[allow(clippy::ref_option)] // serde's `serialize_with` hands over `&Option<T>`
-fn serialize_opt_hex<S: serde::Serializer>(id: &Option<ObjectId>, s: S) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => s.serialize_str(&id.to_hex()),
-        None => s.serialize_none(),
-    }
 }
 
 /// How one output tensor is made.
@@ -54,14 +44,9 @@ fn serialize_opt_hex<S: serde::Serializer>(id: &Option<ObjectId>, s: S) -> Resul
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// An existing object, reused as is (no bytes read or written).
-    Copy {
-        #[serde(serialize_with = "crate::catalog::serialize_hex")]
-        object: ObjectId,
-        from: String,
-    },
+    Copy { object: ObjectId, from: String },
     /// Computed by the method from the base and the operands.
     Merge {
-        #[serde(serialize_with = "serialize_opt_hex")]
         base: Option<ObjectId>,
         base_dtype: Dtype,
         /// Per input; `None` where the input has nothing for this tensor (a vector's filter).

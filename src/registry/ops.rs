@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::{Progress, Registry, decode_error};
-use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, ObjectRow, serialize_hex};
+use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, ObjectRow};
 use crate::checkpoint::export::{index_json, plan_shards, shard_header};
 use crate::checkpoint::{InputTensor, Manifest, ManifestFile, ManifestTensor, read_model};
 use crate::error::{Error, Result};
@@ -420,7 +420,6 @@ pub struct TensorDetails {
     pub name: String,
     pub dtype: crate::tensor::Dtype,
     pub shape: Vec<u64>,
-    #[serde(serialize_with = "serialize_hex")]
     pub id: ObjectId,
     pub raw_size: u64,
     pub stored_size: Option<u64>,
@@ -682,17 +681,8 @@ pub struct Finding {
     /// `missing`, `truncated`, `corrupted`, `unreadable`, `unrecorded`, `orphan` or
     /// `damaged-row` (a catalog row this build cannot read).
     pub class: &'static str,
-    #[serde(serialize_with = "serialize_opt_hex")]
     pub object: Option<ObjectId>,
     pub message: String,
-}
-
-#[allow(clippy::ref_option)] // serde hands fields by reference
-fn serialize_opt_hex<S: serde::Serializer>(id: &Option<ObjectId>, s: S) -> Result<S::Ok, S::Error> {
-    match id {
-        Some(id) => s.serialize_str(&id.to_hex()),
-        None => s.serialize_none(),
-    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -904,18 +894,12 @@ fn detail(e: &codec::DecodeError) -> String {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GcPlan {
     /// Catalogued objects no checkpoint needs.
-    #[serde(serialize_with = "serialize_ids")]
     pub unreferenced: Vec<ObjectId>,
     /// Object files the catalog does not know.
-    #[serde(serialize_with = "serialize_ids")]
     pub orphans: Vec<ObjectId>,
     pub temporary_files: usize,
     /// Bytes on disk the objects take.
     pub bytes: u64,
-}
-
-fn serialize_ids<S: serde::Serializer>(ids: &[ObjectId], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(ids.iter().map(ObjectId::to_hex))
 }
 
 #[derive(Clone, Debug, Serialize)]
