@@ -21,4 +21,5 @@ mod merge;
 mod parity;
 mod roundtrip;
 mod safety;
+mod snapshots;
 mod vectors;
