@@ -371,9 +371,11 @@ impl Catalog {
     /// inserts the checkpoint, unless the latest version of `name` already is this exact
     /// checkpoint. Returns the row and whether it is new.
     ///
-    /// `record` is the checkpoint's record object (already stored), written for `version`: if
-    /// another writer took that version meanwhile, nothing is committed and the answer is
-    /// [`Commit::VersionTaken`] (the caller writes a record for the next version and retries).
+    /// `record` is the checkpoint's record object (already stored), written for the version
+    /// the row gets: if another writer took that version meanwhile, nothing is committed and
+    /// the answer is [`Commit::VersionTaken`] (the caller writes a record for the next version
+    /// and retries). `None` only commits when the latest row already is this content; no new
+    /// row is ever inserted without its record.
     /// Merge provenance, when given, goes in the same transaction, so a merged checkpoint never
     /// exists without it.
     pub fn commit_checkpoint(
@@ -449,7 +451,10 @@ impl Catalog {
             }
         }
         let version = next_version(&tx, "checkpoints", &new.name)?;
-        if record.is_some_and(|r| r.version != version) {
+        // Every new row has its record, written for exactly this version: without one (the
+        // caller expected the latest row to be this content, and another writer changed that)
+        // or with one for another version, nothing is committed.
+        if record.is_none_or(|r| r.version != version) {
             return Ok(Commit::VersionTaken);
         }
         let rowid = insert_checkpoint(&tx, new, version, record, merge)?;
@@ -1238,5 +1243,76 @@ impl Catalog {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_checkpoint(manifest: ObjectId) -> NewCheckpoint {
+        NewCheckpoint {
+            name: "m".to_owned(),
+            kind: CheckpointKind::Base,
+            manifest_id: manifest,
+            architecture: None,
+            base: None,
+            language: None,
+            task: None,
+            source_path: None,
+            tensor_count: 0,
+            parameters: 0,
+            logical_size: 0,
+            tags: Vec::new(),
+        }
+    }
+
+    /// No checkpoint row without its record: a commit that carries none (the caller believed
+    /// the latest row already was this content) inserts nothing, and so does one whose record
+    /// was written for a version another writer has taken.
+    #[test]
+    fn no_row_is_inserted_without_a_record_for_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&dir.path().join("catalog.sqlite3")).unwrap();
+        let manifest = ObjectId::from_bytes([1; 32]);
+        let record = ObjectId::from_bytes([2; 32]);
+        let row = |id| ObjectRow {
+            id,
+            kind: ObjectKind::Manifest,
+            stored: false,
+            raw_size: 1,
+            stored_size: None,
+            delta_base: None,
+        };
+        c.insert_pending(&[row(manifest), row(record)]).unwrap();
+        let new = new_checkpoint(manifest);
+        let stored = [(manifest, 1), (record, 1)];
+        let none = c.commit_checkpoint(&stored, &[], &new, None, None).unwrap();
+        assert!(matches!(none, Commit::VersionTaken));
+        let stale = RecordRef {
+            id: record,
+            version: 2,
+            created_at: "2026-11-30T00:00:00.000Z".to_owned(),
+        };
+        let taken = c
+            .commit_checkpoint(&stored, &[], &new, None, Some(&stale))
+            .unwrap();
+        assert!(matches!(taken, Commit::VersionTaken));
+        assert!(
+            c.checkpoints(&CheckpointFilter::default())
+                .unwrap()
+                .is_empty()
+        );
+        let fresh = RecordRef {
+            version: 1,
+            ..stale
+        };
+        let done = c
+            .commit_checkpoint(&stored, &[], &new, None, Some(&fresh))
+            .unwrap();
+        assert!(matches!(done, Commit::Done(_, true)));
+        // The same content again needs no record.
+        let again = c.commit_checkpoint(&stored, &[], &new, None, None).unwrap();
+        assert!(matches!(again, Commit::Done(_, false)));
     }
 }

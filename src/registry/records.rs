@@ -81,7 +81,8 @@ impl Registry {
         merge: Option<&NewMerge>,
     ) -> Result<(CheckpointRow, bool)> {
         if self.catalog.latest_if_same(new)?.is_some() {
-            // Registering the same thing again: no record, the row is there.
+            // Registering the same thing again: no record, the row is there. (If another
+            // writer added a version meanwhile, this commits nothing and a record follows.)
             if let Commit::Done(row, created) = self
                 .catalog
                 .commit_checkpoint(stored, refs, new, merge, None)?
