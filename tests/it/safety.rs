@@ -9,6 +9,19 @@ use crossmerge::{CheckpointFilter, CheckpointKind, Dtype, NoProgress, RegisterOp
 
 use crate::common::{self, assert_verify_clean, cm, read_model_tensors, snapshot};
 
+/// A registry at `root` holding one tiny base checkpoint, `base` (its family under `dir`).
+fn registered_base(dir: &Path, root: &Path) -> crossmerge::registry::Registered {
+    let fam = common::tiny_family(&dir.join("fam"), 0, None);
+    Registry::create(root)
+        .unwrap()
+        .register(
+            &fam[0],
+            &RegisterOptions::new("base", CheckpointKind::Base),
+            &NoProgress,
+        )
+        .unwrap()
+}
+
 fn f32s(n: usize) -> Vec<u8> {
     (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
 }
@@ -61,15 +74,7 @@ fn a_tensor_named_like_a_file_reference_is_refused() {
 fn verify_finds_a_manifest_whose_references_are_not_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    let mut reg = Registry::create(&root).unwrap();
-    reg.register(
-        &fam[0],
-        &RegisterOptions::new("base", CheckpointKind::Base),
-        &NoProgress,
-    )
-    .unwrap();
-    drop(reg);
+    registered_base(tmp.path(), &root);
     let db = rusqlite::Connection::open(root.join("catalog.sqlite3")).unwrap();
     let n = db
         .execute(
@@ -237,15 +242,7 @@ fn a_lost_catalog_is_an_error_and_rebuild_catalog_recovers_every_checkpoint() {
 fn gc_refuses_when_the_catalog_knows_nothing_but_objects_exist() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a");
-    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    Registry::create(&a)
-        .unwrap()
-        .register(
-            &fam[0],
-            &RegisterOptions::new("base", CheckpointKind::Base),
-            &NoProgress,
-        )
-        .unwrap();
+    registered_base(tmp.path(), &a);
     let b = tmp.path().join("b");
     cm(&b, &["init"]).assert().success();
     common::copy_dir(&a.join("objects"), &b.join("objects"));
@@ -266,15 +263,8 @@ fn gc_refuses_when_the_catalog_knows_nothing_but_objects_exist() {
 fn a_manifest_with_paths_outside_its_folder_is_refused_by_export_and_verify() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    let mut reg = Registry::create(&root).unwrap();
-    let done = reg
-        .register(
-            &fam[0],
-            &RegisterOptions::new("base", CheckpointKind::Base),
-            &NoProgress,
-        )
-        .unwrap();
+    let done = registered_base(tmp.path(), &root);
+    let reg = Registry::open(&root).unwrap();
     // Forge a hash-valid manifest whose config.json is exported to `../escaped.json`.
     let bytes = reg.read_object(&done.checkpoint.manifest_id, None).unwrap();
     let text = String::from_utf8(bytes).unwrap();
@@ -364,14 +354,7 @@ fn duplicate_header_keys_are_refused() {
 fn gc_counts_the_bytes_of_pending_objects_it_removes() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    let mut reg = Registry::create(&root).unwrap();
-    reg.register(
-        &fam[0],
-        &RegisterOptions::new("base", CheckpointKind::Base),
-        &NoProgress,
-    )
-    .unwrap();
+    registered_base(tmp.path(), &root);
     // What an interrupted register leaves: its rows pending, its files written.
     let db = rusqlite::Connection::open(root.join("catalog.sqlite3")).unwrap();
     db.execute_batch(
@@ -616,15 +599,7 @@ fn merge_out_is_checked_before_anything_is_merged() {
 fn a_killed_exports_leftovers_are_removed_by_the_next_export_there() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    Registry::create(&root)
-        .unwrap()
-        .register(
-            &fam[0],
-            &RegisterOptions::new("base", CheckpointKind::Base),
-            &NoProgress,
-        )
-        .unwrap();
+    registered_base(tmp.path(), &root);
     // What a SIGKILL mid-export leaves: a partial copy named after a process that is gone.
     let stale = tmp.path().join(".out.crossmerge-export-4194999");
     std::fs::create_dir_all(&stale).unwrap();
@@ -705,15 +680,7 @@ fn unexpected_failures_are_one_line_with_a_hint() {
 fn a_damaged_catalog_row_is_named_not_read_as_a_default() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reg");
-    let fam = common::tiny_family(&tmp.path().join("fam"), 0, None);
-    Registry::create(&root)
-        .unwrap()
-        .register(
-            &fam[0],
-            &RegisterOptions::new("base", CheckpointKind::Base),
-            &NoProgress,
-        )
-        .unwrap();
+    registered_base(tmp.path(), &root);
     let db = rusqlite::Connection::open(root.join("catalog.sqlite3")).unwrap();
     db.pragma_update(None, "ignore_check_constraints", true)
         .unwrap();
