@@ -18,17 +18,14 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
+use crate::method::{Combine, Method, Operands, Sparsify};
 use crate::pool;
-use crate::recipe::Method;
 use crate::recipe::plan::{Action, MergePlan, Operand, PlannedTensor};
 use crate::registry::Progress;
 use crate::store::Backend;
 use crate::store::codec::{EncodeError, Finished, Header, ObjectKind, Sink};
 use crate::tensor::merge::select::{RadixSelect, Threshold, Trim, kept, threshold_of};
-use crate::tensor::merge::{
-    self, TiesNormalize, Weighted, dare_in_place, dare_l1_sums, l1_factor, slerp_coefficients,
-    stream_of,
-};
+use crate::tensor::merge::{Weighted, dare_in_place, dare_l1_sums, l1_factor, stream_of};
 use crate::tensor::{Dtype, canonical_prefix};
 use crate::window::{WINDOW_ELEMENTS, Windows};
 
@@ -182,9 +179,10 @@ fn merge_tensor(
         a.plus = windows.slot(a.plus);
         a.minus = a.minus.map(|m| windows.slot(m));
     }
-    let method = s.method;
-    // Trim methods select on the task vectors; linear and slerp combine models.
-    let wants_models = matches!(method, Method::Linear | Method::Slerp);
+    let method = s.method.get();
+    let sparsify = method.sparsify();
+    // Trim methods select on the task vectors; model methods (linear, slerp) combine models.
+    let wants_models = method.operands() == Operands::Models;
     let k = active.len();
     let mut vals: Vec<Vec<f32>> = (0..k).map(|_| pool::take(&pool::FLOATS, window)).collect();
     let form = |windows: &Windows, vals: &mut [Vec<f32>], n: usize| {
@@ -230,21 +228,22 @@ fn merge_tensor(
         .iter()
         .map(|a| {
             let d = a.density as f32;
-            match method {
-                Method::Ties | Method::MagnitudePrune => vec![kept(n_total, d) as u64],
-                Method::Breadcrumbs => {
+            match sparsify {
+                Sparsify::TopK => vec![kept(n_total, d) as u64],
+                Sparsify::Band => {
                     let lo = kept(n_total, gamma.unwrap_or(0.0) as f32);
                     vec![(lo + kept(n_total, d)).min(n_total) as u64, lo as u64]
                 }
-                _ => Vec::new(),
+                Sparsify::None | Sparsify::Random => Vec::new(),
             }
         })
         .collect();
     let trims_needed = ranks.iter().any(|r| !r.is_empty());
     let single = n_total <= window;
     let mut thresholds: Vec<Vec<Threshold>> = Vec::new();
-    let mut slerp_stats = (0f64, 0f64, 0f64);
-    if !single && (trims_needed || method == Method::Slerp) {
+    let mut norms = (0f64, 0f64, 0f64);
+    let needs_norms = method.needs_norms();
+    if !single && (trims_needed || needs_norms) {
         let mut radix: Vec<RadixSelect> = ranks
             .iter()
             .map(|r| RadixSelect::new(n_total as u64, r))
@@ -270,9 +269,9 @@ fn merge_tensor(
                         }
                     });
                 } else {
-                    let b = w.values(base_slot.expect("slerp has a base"), n);
-                    let (x, y, z) = slerp_sums(b, &vals[0][..n]);
-                    slerp_stats = (slerp_stats.0 + x, slerp_stats.1 + y, slerp_stats.2 + z);
+                    let b = w.values(base_slot.expect("a norms method has a base"), n);
+                    let (x, y, z) = norm_sums(b, &vals[0][..n]);
+                    norms = (norms.0 + x, norms.1 + y, norms.2 + z);
                 }
                 start += n;
             }
@@ -296,7 +295,7 @@ fn merge_tensor(
     // mergekit's DARE rescale: each input's masked tensor back to its L1 norm, which needs the
     // sums over the whole tensor before the first window is merged (an extra pass when the
     // tensor is streamed).
-    let l1 = s.rescale && s.rescale_l1 && method.is_dare();
+    let l1 = s.rescale && s.rescale_l1 && sparsify == Sparsify::Random;
     let mut l1_sums = vec![(0f64, 0f64); k];
     let add_l1 = |sums: &mut [(f64, f64)], vals: &[Vec<f32>], start: usize, n: usize| {
         sums.par_iter_mut()
@@ -366,9 +365,9 @@ fn merge_tensor(
                 .map(|ts| ts.iter().map(|t| t.walker()).collect())
                 .collect();
         }
-        if method == Method::Slerp && single {
-            let b = windows.values(base_slot.expect("slerp has a base"), n);
-            slerp_stats = slerp_sums(b, &vals[0][..n]);
+        if needs_norms && single {
+            let b = windows.values(base_slot.expect("a norms method has a base"), n);
+            norms = norm_sums(b, &vals[0][..n]);
         }
         if l1 && single {
             add_l1(&mut l1_sums, &vals, start, n);
@@ -380,9 +379,9 @@ fn merge_tensor(
             .zip(&l1_sums)
             .for_each(|(((v, a), trim), sums)| {
                 let v = &mut v[..n];
-                match method {
-                    Method::Ties | Method::MagnitudePrune => trim[0].apply(v),
-                    Method::Breadcrumbs => {
+                match sparsify {
+                    Sparsify::TopK => trim[0].apply(v),
+                    Sparsify::Band => {
                         let (hi, lo) = trim.split_at_mut(1);
                         for x in v.iter_mut() {
                             let in_hi = hi[0].keep(*x);
@@ -392,7 +391,7 @@ fn merge_tensor(
                             }
                         }
                     }
-                    Method::DareLinear | Method::DareTies => {
+                    Sparsify::Random => {
                         dare_in_place(
                             a.density as f32,
                             s.rescale && !l1,
@@ -408,14 +407,13 @@ fn merge_tensor(
                             }
                         }
                     }
-                    _ => {}
+                    Sparsify::None => {}
                 }
             });
-        let (ca, cb) = if method == Method::Slerp {
-            let (nb, nt, dot) = slerp_stats;
-            slerp_coefficients(nb.sqrt(), nt.sqrt(), dot, slerp_t.unwrap_or(0.0) as f32)
-        } else {
-            (0.0, 0.0)
+        let how = Combine {
+            normalize: s.normalize,
+            t: *slerp_t,
+            norms,
         };
         let base_vals = base_slot.map(|b| windows.values(b, n));
         merged[..n]
@@ -433,48 +431,19 @@ fn merge_tensor(
                     })
                     .collect();
                 let b = base_vals.map(|b| &b[r.clone()]);
-                match method {
-                    Method::TaskArithmetic
-                    | Method::MagnitudePrune
-                    | Method::Breadcrumbs
-                    | Method::DareLinear => {
-                        merge::task_arithmetic(&inputs, m);
-                        if s.normalize {
-                            // mergekit: the combined change over Σ wᵢ (left as it is when
-                            // |Σ wᵢ| < 1e-8).
-                            let total: f64 = inputs.iter().map(|i| f64::from(i.weight)).sum();
-                            if total.abs() >= 1e-8 {
-                                for o in m.iter_mut() {
-                                    *o = (f64::from(*o) / total) as f32;
-                                }
-                            }
-                        }
-                    }
-                    Method::Ties | Method::DareTies => {
-                        let norm = if s.normalize {
-                            TiesNormalize::WeightSum
-                        } else {
-                            TiesNormalize::None
-                        };
-                        merge::ties_merge(&inputs, norm, m);
-                    }
-                    Method::Linear => merge::linear(&inputs, s.normalize, m),
-                    Method::Slerp => {
-                        let (b, th) = (b.expect("slerp has a base"), inputs[0].values);
-                        for ((o, x), y) in m.iter_mut().zip(b).zip(th) {
-                            *o = (ca * f64::from(*x) + cb * f64::from(*y)) as f32;
-                        }
-                    }
-                }
-                if inputs.is_empty() && matches!(method, Method::Linear | Method::Slerp) {
+                if inputs.is_empty() && wants_models {
                     // Nothing contributes: the base, converted.
                     if let Some(b) = b {
                         m.copy_from_slice(b);
+                    } else {
+                        m.fill(0.0);
                     }
+                } else {
+                    method.combine(&inputs, b, &how, m);
                 }
                 // θ = base + λ·scale·Δ (task-vector methods) or base + scale·(θ_m − base).
                 if let Some(b) = b {
-                    if method.uses_lambda() {
+                    if !wants_models {
                         for (o, x) in m.iter_mut().zip(b) {
                             *o = (f64::from(*x) + lambda_scale * f64::from(*o)) as f32;
                         }
@@ -503,7 +472,7 @@ fn merge_tensor(
 }
 
 /// (‖a‖², ‖b‖², a·b) in f64.
-fn slerp_sums(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
+fn norm_sums(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
     a.par_chunks(BLOCK)
         .zip(b.par_chunks(BLOCK))
         .map(|(x, y)| {

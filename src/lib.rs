@@ -31,6 +31,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod id;
+pub mod method;
 mod pool;
 pub mod recipe;
 pub mod registry;

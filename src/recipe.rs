@@ -21,83 +21,7 @@ use toml::Spanned;
 use crate::error::{Error, Result};
 use crate::tensor::Dtype;
 
-/// A merge method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    Linear,
-    TaskArithmetic,
-    Ties,
-    DareLinear,
-    DareTies,
-    Breadcrumbs,
-    MagnitudePrune,
-    Slerp,
-}
-
-impl Method {
-    pub const ALL: [Method; 8] = [
-        Method::Linear,
-        Method::TaskArithmetic,
-        Method::Ties,
-        Method::DareLinear,
-        Method::DareTies,
-        Method::Breadcrumbs,
-        Method::MagnitudePrune,
-        Method::Slerp,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Method::Linear => "linear",
-            Method::TaskArithmetic => "task_arithmetic",
-            Method::Ties => "ties",
-            Method::DareLinear => "dare_linear",
-            Method::DareTies => "dare_ties",
-            Method::Breadcrumbs => "breadcrumbs",
-            Method::MagnitudePrune => "magnitude_prune",
-            Method::Slerp => "slerp",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    /// Whether the method trims or drops entries by `density`.
-    pub const fn uses_density(self) -> bool {
-        matches!(
-            self,
-            Method::Ties
-                | Method::DareLinear
-                | Method::DareTies
-                | Method::Breadcrumbs
-                | Method::MagnitudePrune
-        )
-    }
-
-    /// `normalize` when a TOML recipe does not say: divide the combined change by the sum of
-    /// the weights for ties, `dare_ties` and linear (crossmerge's documented defaults), not for
-    /// the other task-vector methods. mergekit's own per-method defaults apply to imported
-    /// YAML ([`mergekit`]).
-    pub const fn default_normalize(self) -> bool {
-        matches!(self, Method::Ties | Method::DareTies | Method::Linear)
-    }
-
-    /// Whether `normalize` means anything for the method (everything but slerp).
-    pub const fn uses_normalize(self) -> bool {
-        !matches!(self, Method::Slerp)
-    }
-
-    pub const fn is_dare(self) -> bool {
-        matches!(self, Method::DareLinear | Method::DareTies)
-    }
-
-    /// Whether the method works on task vectors (`base + λ·Δ`) rather than on models.
-    pub const fn uses_lambda(self) -> bool {
-        !matches!(self, Method::Linear | Method::Slerp)
-    }
-}
+pub use crate::method::Method;
 
 // ---------------------------------------------------------------------------------------------
 // The file as written.
@@ -112,8 +36,7 @@ pub struct RecipeFile {
     pub name: Spanned<String>,
     /// Free text kept with the recipe.
     pub description: Option<String>,
-    /// linear | `task_arithmetic` | ties | `dare_linear` | `dare_ties` | breadcrumbs |
-    /// `magnitude_prune` | slerp
+    /// The merge method: one of the names in `enum` (the registered methods).
     #[schemars(with = "String")]
     pub method: Spanned<String>,
     /// The base checkpoint (name, name@version or id prefix); task vectors are relative to it.
@@ -238,7 +161,17 @@ pub struct OutputFile {
 
 /// The JSON Schema of [`RecipeFile`], as committed in `schemas/recipe.schema.json`.
 pub fn json_schema() -> String {
-    let schema = schemars::schema_for!(RecipeFile);
+    let mut schema = schemars::schema_for!(RecipeFile);
+    // The method names come from the registered methods, so a new method appears here.
+    if let Some(method) = schema
+        .as_object_mut()
+        .and_then(|o| o.get_mut("properties"))
+        .and_then(|p| p.get_mut("method"))
+        .and_then(|m| m.as_object_mut())
+    {
+        let names: Vec<&str> = Method::all().map(Method::name).collect();
+        method.insert("enum".to_owned(), serde_json::json!(names));
+    }
     let mut s = serde_json::to_string_pretty(&schema).expect("a schema serialises");
     s.push('\n');
     s
@@ -493,8 +426,11 @@ fn from_file(path: &Path, text: &str, f: &RecipeFile) -> Result<Recipe> {
             format!("unknown method `{}`", f.method.get_ref()),
             format!(
                 "{}methods are {}",
-                did_you_mean(f.method.get_ref(), Method::ALL.iter().map(|m| m.name())),
-                Method::ALL.map(Method::name).join(", ")
+                did_you_mean(f.method.get_ref(), Method::all().map(Method::name)),
+                Method::all()
+                    .map(Method::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })?;
@@ -770,7 +706,8 @@ impl Recipe {
                 "add `[[inputs]]` tables with `vector = \"NAME\"` or `checkpoint = \"NAME\"`",
             ));
         }
-        let needs_base = self.method != Method::Linear
+        let params = self.method.get().parameters();
+        let needs_base = params.base == crate::method::BaseUse::Always
             || self
                 .inputs
                 .iter()
@@ -813,56 +750,62 @@ impl Recipe {
                 return Err(not_for("density", i.source.reference().line));
             }
         }
-        match (&self.gamma, self.method) {
-            (Some(g), Method::Breadcrumbs) => {
+        match (&self.gamma, params.gamma) {
+            (Some(g), true) => {
                 check_param(&errors, g, lines.gamma, "gamma", Some(()))?;
             }
-            (None, Method::Breadcrumbs) => {
+            (None, true) => {
                 return Err(errors.at(
                     lines.method,
-                    "`breadcrumbs` needs a `gamma`",
+                    format!("`{m}` needs a `gamma`"),
                     "add e.g. `gamma = 0.01` (the fraction of largest outliers dropped)",
                 ));
             }
-            (Some(_), _) => return Err(not_for("gamma", lines.gamma)),
-            (None, _) => {}
+            (Some(_), false) => return Err(not_for("gamma", lines.gamma)),
+            (None, false) => {}
         }
-        match (&self.t, self.method) {
-            (Some(t), Method::Slerp) => check_param(&errors, t, lines.t, "t", Some(()))?,
-            (None, Method::Slerp) => {
+        match (&self.t, params.t) {
+            (Some(t), true) => check_param(&errors, t, lines.t, "t", Some(()))?,
+            (None, true) => {
                 return Err(errors.at(
                     lines.method,
-                    "`slerp` needs `t`",
+                    format!("`{m}` needs `t`"),
                     "add e.g. `t = 0.5` (0 is the base, 1 the input)",
                 ));
             }
-            (Some(_), _) => return Err(not_for("t", lines.t)),
-            (None, _) => {}
+            (Some(_), false) => return Err(not_for("t", lines.t)),
+            (None, false) => {}
         }
-        if self.method == Method::Slerp && self.inputs.len() != 1 {
+        if let Some(n) = params.inputs
+            && self.inputs.len() != n
+        {
             return Err(errors.at(
                 lines.method,
                 format!(
-                    "`slerp` interpolates the base and one input; the recipe has {}",
+                    "`{m}` combines the base and {n} input{}; the recipe has {}",
+                    if n == 1 { "" } else { "s" },
                     self.inputs.len()
                 ),
-                "keep one `[[inputs]]` table",
+                format!(
+                    "keep {n} `[[inputs]]` table{}",
+                    if n == 1 { "" } else { "s" }
+                ),
             ));
         }
         if !self.method.uses_normalize() && lines.normalize.is_some() {
             return Err(not_for("normalize", lines.normalize));
         }
-        if !self.method.is_dare() && lines.rescale.is_some() {
+        if !self.method.is_random() && lines.rescale.is_some() {
             return Err(not_for("rescale", lines.rescale));
         }
-        if self.method.is_dare() && self.output.seed.is_none() {
+        if self.method.is_random() && self.output.seed.is_none() {
             return Err(errors.at(
                 lines.method,
                 format!("`{m}` drops entries at random and needs a seed"),
                 "add `[output]` with `seed = 42`: the same seed gives the same bits",
             ));
         }
-        if !self.method.is_dare() && lines.seed.is_some() {
+        if !self.method.is_random() && lines.seed.is_some() {
             return Err(not_for("seed", lines.seed));
         }
         for o in &self.overrides {
@@ -871,11 +814,8 @@ impl Recipe {
                     o.density.is_some() && !self.method.uses_density(),
                     "density",
                 ),
-                (
-                    o.gamma.is_some() && self.method != Method::Breadcrumbs,
-                    "gamma",
-                ),
-                (o.t.is_some() && self.method != Method::Slerp, "t"),
+                (o.gamma.is_some() && !params.gamma, "gamma"),
+                (o.t.is_some() && !params.t, "t"),
             ] {
                 if set {
                     return Err(not_for(key, o.line));

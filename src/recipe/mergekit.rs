@@ -80,12 +80,6 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// mergekit 0.1.5's `normalize` default per method (its `merge_methods/registry.py`): true for
-/// ties and linear; false for `task_arithmetic`, `dare_ties`, `dare_linear` and breadcrumbs.
-fn mergekit_default_normalize(method: Method) -> bool {
-    matches!(method, Method::Ties | Method::Linear)
-}
-
 /// Parses mergekit YAML text (`path` names it in errors and gives the merged model its name).
 pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
     let errors = Errors { path };
@@ -111,8 +105,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
             format!("merge method `{}` is not supported", file.merge_method),
             format!(
                 "{}crossmerge implements {}",
-                super::did_you_mean(&file.merge_method, Method::ALL.iter().map(|m| m.name())),
-                Method::ALL.map(Method::name).join(", ")
+                super::did_you_mean(&file.merge_method, Method::all().map(Method::name)),
+                Method::all()
+                    .map(Method::name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })?;
@@ -121,29 +118,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         value: v.to_owned(),
         line: line_of_value(text, v),
     };
-    let base = match method {
-        Method::Linear => None,
-        _ => file.base_model.as_deref().map(located),
-    };
-    if method == Method::Linear && file.base_model.is_some() {
-        return Err(errors.at(
-            line_of_key(text, "base_model"),
-            "`linear` does not use `base_model`",
-            "remove `base_model` (linear averages the listed models)",
-        ));
-    }
-    if method == Method::MagnitudePrune {
+    let name = method.name();
+    let Some(defaults) = method.get().mergekit() else {
         return Err(errors.at(
             method_line,
-            "mergekit 0.1.5 has no `magnitude_prune`",
-            "write a TOML recipe for crossmerge's `magnitude_prune` (schemas/recipe.schema.json)",
+            format!("mergekit 0.1.5 has no `{name}`"),
+            format!("write a TOML recipe for crossmerge's `{name}` (schemas/recipe.schema.json)"),
+        ));
+    };
+    // A method that needs a base only for vectors (linear) averages the listed models.
+    let models_only = method.get().parameters().base == crate::method::BaseUse::ForVectors;
+    let base = if models_only {
+        None
+    } else {
+        file.base_model.as_deref().map(located)
+    };
+    if models_only && file.base_model.is_some() {
+        return Err(errors.at(
+            line_of_key(text, "base_model"),
+            format!("`{name}` does not use `base_model`"),
+            format!("remove `base_model` ({name} averages the listed models)"),
         ));
     }
-    if method == Method::Ties && params.is_some_and(|p| p.rescale == Some(true)) {
+    if let Some(why) = defaults.refuses_rescale
+        && params.is_some_and(|p| p.rescale == Some(true))
+    {
         return Err(errors.at(
             line_of_key(text, "rescale").or(method_line),
-            "`rescale: true` on `ties` rescales each trimmed tensor to its L1 norm in mergekit, which crossmerge does not implement",
-            "remove `rescale` (mergekit's default for ties is false)",
+            why,
+            format!("remove `rescale` (mergekit's default for {name} is false)"),
         ));
     }
     if let Some(d) = params.and_then(|p| p.density) {
@@ -214,7 +217,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         // mergekit reads `rescale` only where it sparsifies; elsewhere it changes nothing (ties
         // with `rescale: true` is refused above).
         rescale: key_line(
-            params.is_some_and(|p| p.rescale.is_some()) && method.is_dare(),
+            params.is_some_and(|p| p.rescale.is_some()) && method.is_random(),
             "rescale",
         ),
         seed: None,
@@ -237,15 +240,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
             .map(Param::Fixed),
         gamma: params
             .and_then(|p| p.gamma)
-            .or((method == Method::Breadcrumbs).then_some(0.01))
+            .or(defaults.gamma)
             .map(Param::Fixed),
         t: params.and_then(|p| p.t).map(Param::Fixed),
         normalize: params
             .and_then(|p| p.normalize)
-            .unwrap_or_else(|| mergekit_default_normalize(method)),
+            .unwrap_or(defaults.normalize),
         rescale: params
             .and_then(|p| p.rescale)
-            .unwrap_or_else(|| method.is_dare()),
+            .unwrap_or_else(|| method.is_random()),
         // mergekit rescales a DARE-masked tensor to its L1 norm, not by 1/density.
         rescale_norm: super::RescaleNorm::L1,
         inputs,
@@ -253,7 +256,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe> {
         overrides: Vec::new(),
         output: Output {
             dtype,
-            seed: method.is_dare().then_some(0),
+            seed: method.is_random().then_some(0),
             language: None,
             task: None,
         },

@@ -115,7 +115,7 @@ fn sole_unit_operand(
     base: ObjectId,
     dtype: Dtype,
 ) -> Option<(usize, ObjectId)> {
-    if recipe.method != Method::TaskArithmetic {
+    if !recipe.method.get().is_weighted_sum(recipe.normalize) {
         return None;
     }
     let mut found = None;
@@ -169,7 +169,7 @@ pub fn plan(
             Resolved::Checkpoint { .. } => None,
         })
         .collect();
-    let model_method = matches!(recipe.method, Method::Linear | Method::Slerp);
+    let model_method = !recipe.method.uses_lambda();
     let densities_default: Vec<Option<f64>> = recipe
         .inputs
         .iter()

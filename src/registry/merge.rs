@@ -579,11 +579,8 @@ fn canonical(recipe: &Recipe, plan: &MergePlan, resolved: &Inputs) -> (String, V
         "dtype": recipe.output.dtype.map(crate::tensor::Dtype::name),
         "parameters": overrides,
     });
-    // Only where it is not the default, so recipes written before the option keep their hash.
     let mut v = v;
-    if recipe.method.is_dare() && recipe.rescale_norm != crate::recipe::RescaleNorm::Density {
-        v["rescale_norm"] = json!("l1");
-    }
+    recipe.method.get().canonical(recipe, &mut v);
     // serde_json's map is ordered by key: this is canonical (sorted keys, no spaces).
     (serde_json::to_string(&v).expect("json"), ids)
 }
