@@ -813,6 +813,23 @@ impl Catalog {
     /// not locked out for the whole of a large gc. An object is deleted in the batch after
     /// every object that names it as delta base, so each batch commits with its foreign keys
     /// satisfied: the caller passes `ids` closed under "is the delta base of".
+    /// Deletes the rows of `ids` that are still pending (a failed write's intent); stored
+    /// rows are left alone.
+    pub fn delete_pending(&mut self, ids: &[ObjectId]) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt =
+                tx.prepare_cached("DELETE FROM objects WHERE id = ?1 AND state = 'pending'")?;
+            for id in ids {
+                stmt.execute([id.to_hex()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn delete_objects(&mut self, ids: &[ObjectId]) -> Result<()> {
         // Deltas first, then what they are deltas of.
         let rows = self.objects(ids)?;

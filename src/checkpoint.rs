@@ -99,18 +99,27 @@ pub struct ModelInput {
 impl ModelInput {
     /// `architectures[0]` of config.json, else its `model_type`.
     pub fn architecture(&self) -> Option<String> {
-        let config = self.files.iter().find(|f| f.path == "config.json")?;
-        let v: serde_json::Value = serde_json::from_slice(&config.bytes).ok()?;
-        v.get("architectures")
-            .and_then(|a| a.get(0))
-            .or_else(|| v.get("model_type"))
-            .and_then(|s| s.as_str())
-            .map(str::to_owned)
+        architecture_of(
+            self.files
+                .iter()
+                .find(|f| f.path == "config.json")
+                .map(|f| f.bytes.as_slice()),
+        )
     }
 
     pub fn tensor_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.len).sum()
     }
+}
+
+/// `architectures[0]` of a config.json, else its `model_type`.
+pub fn architecture_of(config: Option<&[u8]>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(config?).ok()?;
+    v.get("architectures")
+        .and_then(|a| a.get(0))
+        .or_else(|| v.get("model_type"))
+        .and_then(|s| s.as_str())
+        .map(str::to_owned)
 }
 
 /// Reads and validates a Hugging Face model folder or a single `.safetensors` file.

@@ -14,6 +14,7 @@ mod merge;
 mod ops;
 mod records;
 mod vectors;
+mod writer;
 
 use std::fs::{self, File};
 use std::io;
@@ -31,6 +32,7 @@ pub use self::records::{RebuildReport, rebuild_catalog};
 pub use self::vectors::{
     ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,
 };
+pub use self::writer::MemoryTensor;
 use crate::catalog::{Catalog, CheckpointFilter, CheckpointRow};
 use crate::checkpoint::Manifest;
 use crate::error::{Error, Result};

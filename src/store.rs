@@ -327,13 +327,15 @@ pub struct FaultBackend {
 
 struct FaultState {
     fail_at: usize,
+    /// Only the `fail_at`-th step fails (a transient error), not every one after it.
+    once: bool,
     steps: AtomicUsize,
 }
 
 impl FaultState {
     fn step(&self) -> io::Result<()> {
         let n = self.steps.fetch_add(1, Ordering::SeqCst);
-        if n >= self.fail_at {
+        if n == self.fail_at || (n > self.fail_at && !self.once) {
             Err(io::Error::other(format!("injected fault at I/O step {n}")))
         } else {
             Ok(())
@@ -347,6 +349,20 @@ impl FaultBackend {
             inner,
             state: Arc::new(FaultState {
                 fail_at,
+                once: false,
+                steps: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Fails only the `fail_at`-th step (a transient error: a full disk that frees up, a
+    /// dropped connection); the steps after it succeed, so the caller can clean up.
+    pub fn once(inner: Arc<dyn Backend>, fail_at: usize) -> Self {
+        Self {
+            inner,
+            state: Arc::new(FaultState {
+                fail_at,
+                once: true,
                 steps: AtomicUsize::new(0),
             }),
         }

@@ -7,21 +7,20 @@
 //! checkpoint and its merge row. A merge that fails or is killed at any point leaves no
 //! checkpoint and no merge row (at worst pending rows and temporary files, which `gc` removes).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Progress, Registry};
-use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge, ObjectRow};
-use crate::checkpoint::{Manifest, ManifestTensor};
+use super::writer::{Draft, NewFile, NewTensor, TensorData};
+use super::{NoProgress, Progress, Registry};
+use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge};
+use crate::checkpoint::{Manifest, ManifestFile};
 use crate::engine::{self, Settings};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::recipe::plan::{self, Action, MergePlan, Resolved};
 use crate::recipe::{Errors, InputSource, Located, Recipe};
-use crate::store::codec::{self, Header, ObjectKind};
 use crate::vector::{Filter, VectorTensor};
 
 /// Key of the merge hash (FORMAT.md §8).
@@ -289,9 +288,26 @@ impl Registry {
             } else if let Some((_, row)) = existing.first() {
                 // The same merge under another name: register its manifest, merge nothing.
                 let manifest = self.manifest(row)?;
-                let (row, _) =
-                    self.commit_merge(&recipe, &plan, &resolved, &manifest, &[], &new_merge)?;
-                point.checkpoint = Some(row);
+                let tensors = manifest
+                    .tensors
+                    .iter()
+                    .map(|t| NewTensor {
+                        name: t.name.clone(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                        data: TensorData::Stored(t.object()),
+                    })
+                    .collect();
+                let draft = self.merged_draft(
+                    &recipe,
+                    &plan,
+                    &resolved,
+                    &new_merge,
+                    tensors,
+                    &manifest.files,
+                    &manifest.metadata,
+                );
+                point.checkpoint = Some(self.write_checkpoint(draft, &NoProgress)?.checkpoint);
                 point.reused = true;
             } else {
                 let (row, written, bytes) =
@@ -356,147 +372,90 @@ impl Registry {
         };
         let outputs = engine::run(self.backend.as_ref(), plan, &settings, &delta_ok, progress)?;
 
-        // The manifest of the result.
-        let mut ids: Vec<ObjectId> = Vec::with_capacity(plan.tensors.len());
-        let mut by_tensor: Vec<Option<usize>> = vec![None; plan.tensors.len()];
-        for (k, o) in outputs.iter().enumerate() {
-            by_tensor[o.tensor] = Some(k);
+        let mut encoded: Vec<Option<crate::engine::Output>> =
+            (0..plan.tensors.len()).map(|_| None).collect();
+        for o in outputs {
+            let i = o.tensor;
+            encoded[i] = Some(o);
         }
-        for (i, t) in plan.tensors.iter().enumerate() {
-            ids.push(match (&t.action, by_tensor[i]) {
-                (Action::Copy { object, .. }, _) => *object,
-                (Action::Merge { .. }, Some(k)) => outputs[k].finished.id,
-                (Action::Merge { .. }, None) => unreachable!("the engine merges every Merge"),
-            });
-        }
-        let tensors: Vec<ManifestTensor> = plan
+        let tensors: Vec<NewTensor<'_>> = plan
             .tensors
             .iter()
-            .zip(&ids)
-            .map(|(t, id)| ManifestTensor {
+            .zip(encoded)
+            .map(|(t, out)| NewTensor {
                 name: t.name.clone(),
                 dtype: t.dtype,
                 shape: t.shape.clone(),
-                id: id.to_hex(),
+                data: match (&t.action, out) {
+                    (Action::Copy { object, .. }, _) => TensorData::Stored(*object),
+                    (Action::Merge { .. }, Some(o)) => TensorData::Encoded {
+                        finished: o.finished,
+                        delta_base: o.delta_base,
+                    },
+                    (Action::Merge { .. }, None) => unreachable!("the engine merges every Merge"),
+                },
             })
             .collect();
-        let manifest = Manifest::new(tensors, plan.files.clone(), plan.metadata.clone());
-
-        // Intent, then the objects, then the commit.
-        let new_ids: Vec<ObjectId> = outputs.iter().map(|o| o.finished.id).collect();
-        let mut check = new_ids.clone();
-        let manifest_bytes = manifest.canonical_bytes();
-        let manifest_id = codec::content_id(ObjectKind::Manifest, &[], &manifest_bytes);
-        check.push(manifest_id);
-        let known = self.catalog.objects(&check)?;
-        let mut seen = HashSet::new();
-        let mut pending = Vec::new();
-        let mut to_commit = Vec::new();
-        for o in outputs {
-            let id = o.finished.id;
-            if known.get(&id).is_some_and(|r| r.stored) || !seen.insert(id) {
-                continue; // dropped: the object exists (or is written once already)
-            }
-            pending.push(ObjectRow {
-                id,
-                kind: ObjectKind::Tensor,
-                stored: false,
-                raw_size: plan.tensors[o.tensor].elements()
-                    * plan.tensors[o.tensor].dtype.size() as u64,
-                stored_size: None,
-                delta_base: o.delta_base,
-            });
-            to_commit.push(o);
-        }
-        let manifest_new = !known.get(&manifest_id).is_some_and(|r| r.stored);
-        if manifest_new {
-            pending.push(ObjectRow {
-                id: manifest_id,
-                kind: ObjectKind::Manifest,
-                stored: false,
-                raw_size: manifest_bytes.len() as u64,
-                stored_size: None,
-                delta_base: None,
-            });
-        }
-        self.catalog.insert_pending(&pending)?;
-        let objects_dir = self.root.join("objects");
-        let mut stored = Vec::new();
-        for o in to_commit {
-            let (id, size) = (o.finished.id, o.finished.stored);
-            o.finished
-                .writer
-                .commit(&id)
-                .map_err(|e| Error::io("writing an object into", &objects_dir, e))?;
-            stored.push((id, size));
-        }
-        if manifest_new {
-            let header = Header::new(
-                ObjectKind::Manifest,
-                1,
-                manifest_bytes.len() as u64,
-                Vec::new(),
-            );
-            let size = codec::write_object(
-                self.backend.as_ref(),
-                &manifest_id,
-                &header,
-                &manifest_bytes,
-                None,
-            )
-            .map_err(|e| {
-                Error::io(
-                    "writing an object into",
-                    &objects_dir,
-                    std::io::Error::other(e.to_string()),
-                )
-            })?;
-            stored.push((manifest_id, size));
-        }
-        let written = stored.len();
-        let bytes = stored.iter().map(|(_, s)| s).sum();
-        let (row, _) = self.commit_merge(recipe, plan, resolved, &manifest, &stored, merge)?;
-        Ok((row, written, bytes))
+        let draft = self.merged_draft(
+            recipe,
+            plan,
+            resolved,
+            merge,
+            tensors,
+            &plan.files,
+            &plan.metadata,
+        );
+        let written = self.write_checkpoint(draft, &NoProgress)?;
+        Ok((
+            written.checkpoint,
+            written.objects_written,
+            written.bytes_written,
+        ))
     }
 
-    fn commit_merge(
-        &mut self,
+    /// A merged checkpoint to write: its row, tags and provenance from the recipe's point.
+    #[allow(clippy::too_many_arguments)]
+    fn merged_draft<'a>(
+        &self,
         recipe: &Recipe,
         plan: &MergePlan,
         resolved: &Inputs,
-        manifest: &Manifest,
-        stored: &[(ObjectId, u64)],
         merge: &NewMerge,
-    ) -> Result<(CheckpointRow, bool)> {
-        let manifest_bytes = manifest.canonical_bytes();
-        let manifest_id = codec::content_id(ObjectKind::Manifest, &[], &manifest_bytes);
-        let refs = manifest.refs();
-        let architecture = config_architecture(self, manifest);
+        tensors: Vec<NewTensor<'a>>,
+        files: &[ManifestFile],
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Draft<'a> {
         let task = recipe
             .output
             .task
             .clone()
             .or_else(|| resolved.heads.as_ref().and_then(|(h, _)| h.task.clone()));
-        let new = NewCheckpoint {
-            name: plan.point.name.clone(),
-            kind: CheckpointKind::Merged,
-            manifest_id,
-            architecture,
-            base: resolved.base.as_ref().map(|(b, _)| b.rowid),
-            language: recipe.output.language.clone(),
-            task,
-            source_path: Some(recipe.path.display().to_string()),
-            tensor_count: manifest.tensors.len() as u64,
-            parameters: manifest.parameters(),
-            logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
-            tags: plan
-                .point
-                .axes
-                .iter()
-                .map(|(k, v)| (format!("sweep.{k}"), v.to_string()))
-                .collect(),
-        };
-        self.commit_checkpoint(stored, &refs, &new, Some(merge))
+        Draft {
+            tensors,
+            files: files.iter().cloned().map(NewFile::Stored).collect(),
+            metadata: metadata.clone(),
+            delta_against: None,
+            checkpoint: NewCheckpoint {
+                name: plan.point.name.clone(),
+                kind: CheckpointKind::Merged,
+                manifest_id: ObjectId::zero(),
+                architecture: config_architecture(self, files),
+                base: resolved.base.as_ref().map(|(b, _)| b.rowid),
+                language: recipe.output.language.clone(),
+                task,
+                source_path: Some(recipe.path.display().to_string()),
+                tensor_count: 0,
+                parameters: 0,
+                logical_size: 0,
+                tags: plan
+                    .point
+                    .axes
+                    .iter()
+                    .map(|(k, v)| (format!("sweep.{k}"), v.to_string()))
+                    .collect(),
+            },
+            merge: Some(merge.clone()),
+        }
     }
 
     /// The provenance of a merged checkpoint.
@@ -506,15 +465,10 @@ impl Registry {
 }
 
 /// The architecture named by a manifest's config.json, if it has one.
-fn config_architecture(reg: &Registry, manifest: &Manifest) -> Option<String> {
-    let f = manifest.files.iter().find(|f| f.path == "config.json")?;
+fn config_architecture(reg: &Registry, files: &[ManifestFile]) -> Option<String> {
+    let f = files.iter().find(|f| f.path == "config.json")?;
     let bytes = reg.read_object(&f.object(), Some("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("architectures")
-        .and_then(|a| a.get(0))
-        .or_else(|| v.get("model_type"))
-        .and_then(|s| s.as_str())
-        .map(str::to_owned)
+    crate::checkpoint::architecture_of(Some(&bytes))
 }
 
 /// A resolution error re-addressed to the recipe line that named the reference.

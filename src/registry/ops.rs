@@ -8,14 +8,16 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::writer::{
+    Committed, Draft, MemoryTensor, NewFile, NewTensor, TensorData, check_memory_tensors,
+};
 use super::{Progress, Registry, decode_error};
 use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, ObjectRow};
 use crate::checkpoint::export::{index_json, plan_shards, shard_header};
-use crate::checkpoint::{InputTensor, Manifest, ManifestFile, ManifestTensor, read_model};
+use crate::checkpoint::{Manifest, ManifestFile, ManifestTensor, read_model};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
-use crate::store::codec::{self, Decoder, EncodeError, Header, ObjectKind, StreamError};
-use crate::tensor::canonical_prefix;
+use crate::store::codec::{self, Decoder, ObjectKind, StreamError};
 
 /// What to register a checkpoint as.
 #[derive(Clone, Debug)]
@@ -140,36 +142,6 @@ pub struct Registered {
     pub bytes_written: u64,
 }
 
-struct PlannedObject {
-    id: ObjectId,
-    header: Header,
-    source: ObjectSource,
-}
-
-enum ObjectSource {
-    Tensor(usize),
-    Bytes(Vec<u8>),
-}
-
-fn hash_tensor(t: &InputTensor) -> io::Result<ObjectId> {
-    const WINDOW: usize = 8 << 20;
-    let mut h = codec::hasher(ObjectKind::Tensor);
-    h.update(&canonical_prefix(t.dtype, &t.shape));
-    let mut buf = vec![0u8; usize::try_from(t.len).unwrap_or(WINDOW).min(WINDOW)];
-    let mut offset = 0u64;
-    while offset < t.len {
-        let n = usize::try_from((t.len - offset).min(WINDOW as u64)).unwrap_or(WINDOW);
-        codec::Source::read_at(t, offset, &mut buf[..n])?;
-        if n >= WINDOW {
-            h.update_rayon(&buf[..n]);
-        } else {
-            h.update(&buf[..n]);
-        }
-        offset += n as u64;
-    }
-    Ok(ObjectId::from_bytes(*h.finalize().as_bytes()))
-}
-
 impl Registry {
     /// Registers a Hugging Face model folder or safetensors file. The input is validated
     /// completely before anything is written; identical content stores no new bytes.
@@ -183,220 +155,140 @@ impl Registry {
         let input = read_model(path)?;
         let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
         let base_manifest = base.as_ref().map(|b| self.manifest(b)).transpose()?;
-        let _lock = self.lock_shared()?;
-
-        // Pass 1: name every tensor and file by its content.
-        progress.start("hashing", input.tensor_bytes());
-        let tensor_ids: Vec<ObjectId> = input
-            .tensors
-            .par_iter()
-            .map(|t| {
-                let id = hash_tensor(t).map_err(|e| Error::io("reading", &t.file.path, e));
-                progress.advance(t.len);
-                id
-            })
-            .collect::<Result<_>>()?;
-        progress.finish();
-        let tensors: Vec<ManifestTensor> = input
-            .tensors
-            .iter()
-            .zip(&tensor_ids)
-            .map(|(t, id)| ManifestTensor {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                id: id.to_hex(),
-            })
-            .collect();
-        let files: Vec<ManifestFile> = input
-            .files
-            .iter()
-            .map(|f| ManifestFile {
-                path: f.path.clone(),
-                size: f.bytes.len() as u64,
-                id: codec::content_id(ObjectKind::Blob, &[], &f.bytes).to_hex(),
-            })
-            .collect();
-        let manifest = Manifest::new(tensors, files, input.metadata.clone());
-        let manifest_bytes = manifest.canonical_bytes();
-        let manifest_id = codec::content_id(ObjectKind::Manifest, &[], &manifest_bytes);
-
-        // Plan: which objects are new, and which can be stored as deltas against the base.
-        let mut all_ids: Vec<ObjectId> = tensor_ids.clone();
-        all_ids.extend(manifest.files.iter().map(ManifestFile::object));
-        all_ids.push(manifest_id);
-        if let Some(bm) = &base_manifest {
-            all_ids.extend(bm.tensors.iter().map(ManifestTensor::object));
-        }
-        let known = self.catalog.objects(&all_ids)?;
-        let is_stored = |id: &ObjectId| known.get(id).is_some_and(|r| r.stored);
-        let mut plan: Vec<PlannedObject> = Vec::new();
-        let mut planned: HashSet<ObjectId> = HashSet::new();
-        for (i, t) in input.tensors.iter().enumerate() {
-            let id = tensor_ids[i];
-            if is_stored(&id) || !planned.insert(id) {
-                continue;
-            }
-            let mut header = Header::new(
-                ObjectKind::Tensor,
-                t.dtype.size() as u8,
-                t.len,
-                canonical_prefix(t.dtype, &t.shape),
-            );
-            header.delta_base = base_manifest.as_ref().and_then(|bm| {
-                let b = bm.tensor(&t.name)?;
-                let row = known.get(&b.object())?;
-                let usable = b.dtype == t.dtype
-                    && b.shape == t.shape
-                    && row.stored
-                    && row.delta_base.is_none()
-                    && b.object() != id
-                    && t.len > 0;
-                usable.then(|| b.object())
-            });
-            plan.push(PlannedObject {
-                id,
-                header,
-                source: ObjectSource::Tensor(i),
-            });
-        }
-        for (f, mf) in input.files.iter().zip(&manifest.files) {
-            let id = mf.object();
-            if !is_stored(&id) && planned.insert(id) {
-                plan.push(PlannedObject {
-                    id,
-                    header: Header::new(ObjectKind::Blob, 1, f.bytes.len() as u64, Vec::new()),
-                    source: ObjectSource::Bytes(f.bytes.clone()),
-                });
-            }
-        }
-        if !is_stored(&manifest_id) {
-            plan.push(PlannedObject {
-                id: manifest_id,
-                header: Header::new(
-                    ObjectKind::Manifest,
-                    1,
-                    manifest_bytes.len() as u64,
-                    Vec::new(),
-                ),
-                source: ObjectSource::Bytes(manifest_bytes),
-            });
-        }
-
-        // Intent: the rows exist (pending) before any file does.
-        let pending: Vec<ObjectRow> = plan
-            .iter()
-            .map(|p| ObjectRow {
-                id: p.id,
-                kind: p.header.kind,
-                stored: false,
-                raw_size: p.header.raw_len,
-                stored_size: None,
-                delta_base: p.header.delta_base,
-            })
-            .collect();
-        self.catalog.insert_pending(&pending)?;
-
-        // Pass 2: write the new objects, tensors in parallel, each on all cores.
-        let total: u64 = plan.iter().map(|p| p.header.raw_len).sum();
-        progress.start("storing", total);
-        let backend = self.backend.as_ref();
-        let objects_dir = self.root.join("objects");
-        let stored: Vec<(ObjectId, u64)> = plan
-            .par_iter()
-            .map(|p| {
-                let base = p
-                    .header
-                    .delta_base
-                    .map(|b| {
-                        Decoder::open(backend, &b)
-                            .map_err(|e| decode_error(&b, Some("delta base"), e))
-                    })
-                    .transpose()?;
-                let written = match &p.source {
-                    ObjectSource::Tensor(i) => codec::write_object(
-                        backend,
-                        &p.id,
-                        &p.header,
-                        &input.tensors[*i],
-                        base.as_ref(),
-                    ),
-                    ObjectSource::Bytes(b) => {
-                        codec::write_object(backend, &p.id, &p.header, b, None)
-                    }
-                };
-                let size = written.map_err(|e| encode_error(&objects_dir, &input, p, e))?;
-                progress.advance(p.header.raw_len);
-                Ok((p.id, size))
-            })
-            .collect::<Result<_>>()?;
-        progress.finish();
-
-        // Commit: objects stored, references, checkpoint row, in one transaction.
-        let refs = manifest.refs();
-        let new = NewCheckpoint {
-            name: opts.name.clone(),
-            kind: opts.kind,
-            manifest_id,
-            architecture: input.architecture(),
-            base: base.as_ref().map(|b| b.rowid),
-            language: opts.language.clone(),
-            task: opts.task.clone(),
-            source_path: Some(
-                fs::canonicalize(path)
-                    .unwrap_or_else(|_| path.to_path_buf())
-                    .display()
-                    .to_string(),
-            ),
-            tensor_count: manifest.tensors.len() as u64,
-            parameters: manifest.parameters(),
-            logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
-            tags: opts.tags.clone(),
-        };
-        let (checkpoint, created) = self.commit_checkpoint(&stored, &refs, &new, None)?;
-        Ok(Registered {
-            checkpoint,
-            created,
-            objects_written: stored.len(),
-            objects_reused: refs.len() + 1 - stored.len(),
-            delta_objects: plan
+        let draft = Draft {
+            tensors: input
+                .tensors
                 .iter()
-                .filter(|p| p.header.delta_base.is_some())
-                .count(),
-            bytes_written: stored.iter().map(|(_, s)| s).sum(),
-        })
+                .map(|t| NewTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data: TensorData::Bytes {
+                        source: t,
+                        len: t.len,
+                        origin: t.file.path.clone(),
+                    },
+                })
+                .collect(),
+            files: input
+                .files
+                .iter()
+                .map(|f| NewFile::Bytes {
+                    path: f.path.clone(),
+                    bytes: f.bytes.clone(),
+                })
+                .collect(),
+            metadata: input.metadata.clone(),
+            delta_against: base_manifest,
+            checkpoint: NewCheckpoint {
+                name: opts.name.clone(),
+                kind: opts.kind,
+                manifest_id: ObjectId::zero(),
+                architecture: input.architecture(),
+                base: base.as_ref().map(|b| b.rowid),
+                language: opts.language.clone(),
+                task: opts.task.clone(),
+                source_path: Some(
+                    fs::canonicalize(path)
+                        .unwrap_or_else(|_| path.to_path_buf())
+                        .display()
+                        .to_string(),
+                ),
+                tensor_count: 0,
+                parameters: 0,
+                logical_size: 0,
+                tags: opts.tags.clone(),
+            },
+            merge: None,
+        };
+        Ok(Registered::from(self.write_checkpoint(draft, progress)?))
+    }
+
+    /// Registers tensors held in memory (a model just trained), with its config and
+    /// tokenizer files, through the same writer as [`Registry::register`]: validated as
+    /// strictly as a safetensors file (names, duplicates, sizes), stored as deltas against
+    /// `opts.base`.
+    pub fn register_tensors(
+        &mut self,
+        tensors: &[MemoryTensor],
+        files: &[(String, Vec<u8>)],
+        metadata: BTreeMap<String, String>,
+        opts: &RegisterOptions,
+        progress: &dyn Progress,
+    ) -> Result<Registered> {
+        opts.validate()?;
+        check_memory_tensors(tensors)?;
+        for (path, _) in files {
+            crate::checkpoint::manifest::check_file_path(path).map_err(|why| {
+                Error::bad_input(
+                    "<memory>",
+                    format!("file path `{}`: {why}", path.escape_debug()),
+                    "give file paths relative to the model folder, e.g. `config.json`",
+                )
+            })?;
+        }
+        let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
+        let base_manifest = base.as_ref().map(|b| self.manifest(b)).transpose()?;
+        let mut sorted: Vec<&MemoryTensor> = tensors.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut files: Vec<(String, Vec<u8>)> = files.to_vec();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        let architecture = crate::checkpoint::architecture_of(
+            files
+                .iter()
+                .find(|f| f.0 == "config.json")
+                .map(|f| f.1.as_slice()),
+        );
+        let draft = Draft {
+            tensors: sorted
+                .iter()
+                .map(|t| NewTensor {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    data: TensorData::Bytes {
+                        source: &t.data,
+                        len: t.data.len() as u64,
+                        origin: PathBuf::from("<memory>"),
+                    },
+                })
+                .collect(),
+            files: files
+                .into_iter()
+                .map(|(path, bytes)| NewFile::Bytes { path, bytes })
+                .collect(),
+            metadata,
+            delta_against: base_manifest,
+            checkpoint: NewCheckpoint {
+                name: opts.name.clone(),
+                kind: opts.kind,
+                manifest_id: ObjectId::zero(),
+                architecture,
+                base: base.as_ref().map(|b| b.rowid),
+                language: opts.language.clone(),
+                task: opts.task.clone(),
+                source_path: None,
+                tensor_count: 0,
+                parameters: 0,
+                logical_size: 0,
+                tags: opts.tags.clone(),
+            },
+            merge: None,
+        };
+        Ok(Registered::from(self.write_checkpoint(draft, progress)?))
     }
 }
 
-fn encode_error(
-    objects_dir: &Path,
-    input: &crate::checkpoint::ModelInput,
-    p: &PlannedObject,
-    e: EncodeError,
-) -> Error {
-    let (path, what) = match &p.source {
-        ObjectSource::Tensor(i) => (
-            input.tensors[*i].file.path.clone(),
-            format!("tensor `{}`", input.tensors[*i].name),
-        ),
-        ObjectSource::Bytes(_) => (
-            input.root.clone(),
-            format!("{} `{}`", p.header.kind.name(), p.id),
-        ),
-    };
-    match e {
-        EncodeError::Source(io) => Error::io("reading", path, io),
-        EncodeError::Store(io) => Error::io("writing an object into", objects_dir, io),
-        EncodeError::Base(d) => Error::Corrupt {
-            object: p.header.delta_base.unwrap_or(p.id),
-            tensor: Some(what),
-            problem: format!("delta base {d}"),
-        },
-        EncodeError::Changed => Error::bad_input(
-            path,
-            format!("{what} changed while it was being registered"),
-            "do not modify a checkpoint while registering it; run the command again",
-        ),
+impl From<Committed> for Registered {
+    fn from(w: Committed) -> Self {
+        Registered {
+            checkpoint: w.checkpoint,
+            created: w.created,
+            objects_written: w.objects_written,
+            objects_reused: w.objects_reused,
+            delta_objects: w.delta_objects,
+            bytes_written: w.bytes_written,
+        }
     }
 }
 

@@ -79,6 +79,7 @@ impl Registry {
         refs: &[(String, ObjectId)],
         new: &NewCheckpoint,
         merge: Option<&NewMerge>,
+        created: &mut Vec<ObjectId>,
     ) -> Result<(CheckpointRow, bool)> {
         if self.catalog.latest_if_same(new)?.is_some() {
             // Registering the same thing again: no record, the row is there. (If another
@@ -124,7 +125,7 @@ impl Registry {
                 }),
             };
             let bytes = serde_json::to_vec(&record).expect("a record serializes");
-            let (id, size) = self.store_blob(&bytes)?;
+            let (id, size) = self.store_blob(&bytes, created)?;
             let mut all = stored.to_vec();
             all.push((id, size));
             let rec = RecordRef {
@@ -150,7 +151,8 @@ impl Registry {
     }
 
     /// Stores a small blob (pending row, file, not yet marked stored): its id and stored size.
-    fn store_blob(&mut self, bytes: &[u8]) -> Result<(ObjectId, u64)> {
+    /// Its id goes into `created` once its pending row exists.
+    fn store_blob(&mut self, bytes: &[u8], created: &mut Vec<ObjectId>) -> Result<(ObjectId, u64)> {
         let id = codec::content_id(ObjectKind::Blob, &[], bytes);
         let header = Header::new(ObjectKind::Blob, 1, bytes.len() as u64, Vec::new());
         self.catalog.insert_pending(&[ObjectRow {
@@ -161,6 +163,7 @@ impl Registry {
             stored_size: None,
             delta_base: None,
         }])?;
+        created.push(id);
         let objects = self.root.join("objects");
         let size = codec::write_object(self.backend.as_ref(), &id, &header, &bytes.to_vec(), None)
             .map_err(|e| {

@@ -23,3 +23,4 @@ mod roundtrip;
 mod safety;
 mod snapshots;
 mod vectors;
+mod writer;
