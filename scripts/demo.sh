@@ -16,7 +16,7 @@ if [ ! -f "$model/model.safetensors" ]; then
   echo "demo: $model is absent; it ships in ../shared beside this checkout" >&2
   exit 1
 fi
-bin="$(cargo build --release --quiet --message-format=json \
+bin="$(cargo build --release --quiet --bin crossmerge --message-format=json \
   | sed -n 's/.*"executable":"\([^"]*\/crossmerge\)".*/\1/p' | tail -n 1)"
 [ -x "$bin" ] || { echo "demo: cargo reported no crossmerge binary" >&2; exit 1; }
 out="${CARGO_TARGET_DIR:-target}/demo"
@@ -32,7 +32,7 @@ cm export minilm --out "$out/minilm-export"
 cmp "$model/config.json" "$out/minilm-export/config.json"
 cmp "$model/tokenizer.json" "$out/minilm-export/tokenizer.json"
 # The seed study's recipe on a tiny synthetic family: English POS model + λ · Spanish vector.
-"$bin" synth --shape tiny --finetunes 2 --head-labels 5 --out "$out/family"
+cargo xtask synth --shape tiny --finetunes 2 --head-labels 5 --out "$out/family"   # a developer task
 cm register "$out/family/base" --name xlmr-base --kind base
 cm register "$out/family/ft-1" --name xlmr-pos-en --kind task --task pos --language en --base xlmr-base
 cm register "$out/family/ft-2" --name xlmr-mlm-es --kind language --language es --base xlmr-base

@@ -2,8 +2,8 @@
 //! writes to stdout (data) and stderr (people); the library returns values.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod bench;
 mod commands;
+mod context;
 mod eval;
 mod merge;
 mod output;
@@ -85,10 +85,6 @@ enum Command {
     /// Tables of stored results.
     #[command(subcommand)]
     Report(eval::ReportCommand),
-    /// Write a synthetic checkpoint family (base + fine-tunes) with real encoder shapes.
-    Synth(bench::SynthArgs),
-    /// Measure register and export throughput against plain file I/O.
-    Bench(bench::BenchArgs),
 }
 
 /// Parses, runs, prints; maps errors to exit codes 0 (ok), 1 (user-visible failure), 2
@@ -176,8 +172,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let eval::ReportCommand::Evals(a) = &c;
             eval::report(&ctx(&a.reg), &c)
         }
-        Command::Synth(a) => bench::synth(&a),
-        Command::Bench(a) => bench::bench(&a),
     }
 }
 
@@ -224,10 +218,9 @@ mod tests {
             "arguments without a description: {missing:?}"
         );
         for name in ["synth", "bench"] {
-            let sub = cmd.find_subcommand(name).unwrap();
             assert!(
-                sub.get_arguments().all(|a| a.get_id() != "registry"),
-                "`{name}` uses no registry but offers --registry"
+                cmd.find_subcommand(name).is_none(),
+                "`{name}` belongs to `cargo xtask`, not the shipped binary"
             );
         }
     }

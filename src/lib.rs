@@ -19,36 +19,30 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`id`] (typed digests), [`tensor`] (dtypes, canonical encoding), [`store`]
-//! (objects behind a backend trait, and their on-disk codec), [`catalog`] (`SQLite` rows),
-//! [`checkpoint`] (safetensors and Hugging Face folders in and out), [`registry`] (the facade),
-//! [`synth`] (synthetic checkpoints for tests and benchmarks).
+//! # The workspace
+//!
+//! This crate is the top: the `crossmerge` binary (its CLI in `src/cli/`) and the glue that
+//! needs both lower halves, [`evaluate`] (a registry checkpoint through a candle model). It
+//! re-exports the layers below so that one import path serves users:
+//!
+//! - `crossmerge-store` ([`store`], [`id`], [`error`]): ids, the object codec, backends;
+//! - `crossmerge-core` ([`catalog`], [`checkpoint`], [`tensor`], [`method`], [`recipe`],
+//!   [`engine`], [`vector`], [`registry`], [`report`]): everything without models;
+//! - `crossmerge-nn` ([`eval`]): data readers, candle encoders and heads, metrics.
+//!
+//! Developer tasks (benchmarks, synthetic families) are in `xtask/`, not in the binary.
 
-mod atomic;
-pub mod catalog;
-pub mod checkpoint;
-pub mod engine;
-pub mod error;
-pub mod eval;
-pub mod id;
-pub mod method;
-mod pool;
-pub mod recipe;
-pub mod registry;
-pub mod report;
-pub mod store;
-pub mod synth;
-pub mod tensor;
-pub mod vector;
-mod window;
-mod write_behind;
-
-pub use catalog::{CheckpointFilter, CheckpointKind, CheckpointRow};
-pub use error::{Error, Result};
-pub use id::{ManifestId, ObjectId, TensorId};
-pub use registry::{
-    CompareOptions, DeriveOptions, ExportOptions, NoProgress, Progress, RegisterOptions, Registry,
+pub use crossmerge_core::{
+    catalog, checkpoint, engine, error, id, method, progress, recipe, registry, report, store,
+    tensor, vector,
 };
-pub use tensor::Dtype;
-pub use vector::VectorKind;
-pub use vector::group::GroupBy;
+pub use crossmerge_nn as eval;
+
+#[cfg(feature = "eval")]
+pub mod evaluate;
+
+pub use crossmerge_core::{
+    CheckpointFilter, CheckpointKind, CheckpointRow, CompareOptions, DeriveOptions, Dtype, Error,
+    ExportOptions, GroupBy, NoProgress, ObjectId, Progress, RegisterOptions, Registry, Result,
+    VectorKind,
+};

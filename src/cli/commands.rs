@@ -9,34 +9,9 @@ use clap::{Args, ValueEnum};
 use crossmerge::checkpoint::export::parse_size;
 use crossmerge::{CheckpointFilter, CheckpointKind, ExportOptions, RegisterOptions, Registry};
 
+pub use super::context::Context;
 use super::output::{self, bytes, opt};
 use super::progress::Bar;
-
-pub struct Context {
-    pub registry: PathBuf,
-    pub quiet: bool,
-    /// The registry is the default `./registry`: no `--registry`, no `CROSSMERGE_REGISTRY`.
-    pub default_location: bool,
-}
-
-impl Context {
-    /// The existing registry (read commands never create one).
-    pub fn open(&self) -> anyhow::Result<Registry> {
-        Ok(Registry::open(&self.registry)?)
-    }
-
-    /// The registry a write command writes to: created on first use only at the default
-    /// location, and said so; a named folder must have been made with `init`, so a mistyped
-    /// path is an error rather than a new registry.
-    pub fn open_for_write(&self) -> anyhow::Result<Registry> {
-        if self.default_location && !self.registry.join("FORMAT").exists() {
-            let reg = Registry::create(&self.registry)?;
-            eprintln!("created a new registry at {}", self.registry.display());
-            return Ok(reg);
-        }
-        self.open()
-    }
-}
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum KindArg {
@@ -220,7 +195,7 @@ pub fn show(ctx: &Context, a: &ShowArgs) -> anyhow::Result<ExitCode> {
     let checkpoint = reg.show(&a.reference);
     let mut d = match (checkpoint, vector) {
         (Ok(_), Ok(_)) => {
-            return Err(crossmerge::Error::invalid_public(
+            return Err(crossmerge::Error::invalid(
                 format!("`{}` names both a checkpoint and a vector", a.reference),
                 "add `@version` or use an id prefix for the checkpoint",
             )
@@ -335,7 +310,7 @@ pub fn export(ctx: &Context, a: &ExportArgs) -> anyhow::Result<ExitCode> {
     let max = match &a.max_shard_size {
         None => None,
         Some(s) => Some(parse_size(s).ok_or_else(|| {
-            crossmerge::Error::invalid_public(
+            crossmerge::Error::invalid(
                 format!("`{s}` is not a size"),
                 "write sizes as `5GB`, `500MB`, `2GiB` or a number of bytes",
             )

@@ -61,11 +61,11 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     use std::io::{self, Write};
 
     use crossmerge::eval::run::Task;
-    use crossmerge::registry::EvalOptions;
+    use crossmerge::evaluate::{EvalOptions, Evaluate};
 
     use super::progress::Bar;
     let task = Task::parse(&a.task).ok_or_else(|| {
-        crossmerge::Error::invalid_public(
+        crossmerge::Error::invalid(
             format!("unknown task `{}`", a.task),
             "tasks are pos, ner, nli, mlm and dp",
         )
@@ -127,7 +127,7 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(not(feature = "eval"))]
 pub fn eval(_: &Context, _: &EvalArgs) -> anyhow::Result<ExitCode> {
-    Err(crossmerge::Error::invalid_public(
+    Err(crossmerge::Error::invalid(
         "this crossmerge was built without the `eval` feature",
         "build with default features",
     )

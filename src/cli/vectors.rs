@@ -9,7 +9,7 @@ use crossmerge::registry::VectorDetails;
 use crossmerge::vector::compare::CompareReport;
 use crossmerge::{CompareOptions, DeriveOptions, GroupBy, VectorKind};
 
-use super::commands::Context;
+use super::context::Context;
 use super::output;
 use super::progress::Bar;
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crossmerge::synth::{FamilySpec, Shape, write_family};
 use crossmerge::{CheckpointFilter, Dtype, NoProgress, Registry};
+use crossmerge_synth::{FamilySpec, Shape, write_family};
 
 /// Says that a check skipped, and why: on stderr (captured with the test's output) and as a
 /// line of `target/skipped-checks.txt`, which `.ci/run` prints at the end so no skip goes

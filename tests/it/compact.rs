@@ -1,7 +1,7 @@
 //! Fine-tunes are stored compactly against their base; identical content costs nothing.
 
-use crossmerge::synth::{FamilySpec, write_family};
 use crossmerge::{CheckpointKind, NoProgress, RegisterOptions, Registry};
+use crossmerge_synth::{FamilySpec, write_family};
 
 use crate::common;
 

@@ -2,8 +2,8 @@
 
 use std::process::{Command, Stdio};
 
-use crossmerge::synth::{FamilySpec, write_family};
 use crossmerge::{CheckpointFilter, Registry};
+use crossmerge_synth::{FamilySpec, write_family};
 
 use crate::common::{self, assert_verify_clean};
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossmerge::store::{FaultBackend, FsBackend};
-use crossmerge::synth::{FamilySpec, write_family};
 use crossmerge::{
     CheckpointFilter, CheckpointKind, ExportOptions, NoProgress, RegisterOptions, Registry,
 };
+use crossmerge_synth::{FamilySpec, write_family};
 
 use crate::common::{self, assert_verify_clean, copy_dir, read_model_tensors};
 

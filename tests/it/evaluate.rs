@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crossmerge::eval::run::Task;
-use crossmerge::registry::EvalOptions;
+use crossmerge::evaluate::{EvalOptions, Evaluate};
 use crossmerge::{CheckpointKind, Dtype, Error, NoProgress, RegisterOptions, Registry};
 use tempfile::TempDir;
 

@@ -8,7 +8,9 @@ use std::process::Command;
 use crossmerge::checkpoint::{Manifest, ManifestFile, ManifestTensor};
 use crossmerge::store::codec::{ObjectKind, content_id};
 use crossmerge::tensor::canonical_prefix;
-use crossmerge::{CheckpointKind, Dtype, ExportOptions, NoProgress, RegisterOptions, Registry};
+use crossmerge::{
+    CheckpointKind, Dtype, ExportOptions, NoProgress, ObjectId, RegisterOptions, Registry,
+};
 use serde_json::Value;
 
 use crate::common::{self, cm, copy_dir, require_shared};
@@ -88,19 +90,19 @@ fn golden_vectors_pin_every_id() {
                 name: "encoder.w".into(),
                 dtype: t[0].0,
                 shape: t[0].1.clone(),
-                id: t[0].3.clone(),
+                id: ObjectId::parse_hex(&t[0].3).unwrap(),
             },
             ManifestTensor {
                 name: "b".into(),
                 dtype: t[1].0,
                 shape: t[1].1.clone(),
-                id: t[1].3.clone(),
+                id: ObjectId::parse_hex(&t[1].3).unwrap(),
             },
         ],
         vec![ManifestFile {
             path: "config.json".into(),
             size: blob.len() as u64,
-            id: blob_id,
+            id: ObjectId::parse_hex(&blob_id).unwrap(),
         }],
         BTreeMap::from([("format".to_owned(), "pt".to_owned())]),
     );

@@ -16,6 +16,7 @@ mod eval_checks;
 mod evaluate;
 mod format;
 mod hostile;
+mod layers;
 mod merge;
 #[cfg(feature = "eval")]
 mod parity;

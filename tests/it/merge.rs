@@ -12,12 +12,12 @@ use crossmerge::recipe;
 use crossmerge::registry::{MergeOptions, MergedPoint};
 use crossmerge::store::codec::ObjectKind;
 use crossmerge::store::{Backend, FaultBackend, FsBackend, ObjectReader, ObjectWriter};
-use crossmerge::synth::{Shape, write_checkpoint};
 use crossmerge::tensor::merge::{dare_at, magnitude_mask, stream_of};
 use crossmerge::{
     CheckpointFilter, CheckpointKind, DeriveOptions, Error, NoProgress, ObjectId, RegisterOptions,
     Registry, VectorKind,
 };
+use crossmerge_synth::{Shape, write_checkpoint};
 use tempfile::TempDir;
 
 use crate::common::{assert_verify_clean, cm, read_model_tensors};

@@ -128,9 +128,9 @@ fn parser_head_matches_pytorch() {
         )
         .unwrap();
     let words = spans(&reference["spans"]);
-    assert_eq!(config.parser().unwrap().unwrap().word, "first");
+    assert_eq!(ParserConfig::of(&config).unwrap().unwrap().word, "first");
     for word in ["first", "mean"] {
-        let mut pc: ParserConfig = config.parser().unwrap().unwrap();
+        let mut pc: ParserConfig = ParserConfig::of(&config).unwrap().unwrap();
         pc.word = word.to_owned();
         let parser = Parser::load(&weights, pc).unwrap();
         let (arc, rel) = parser.scores(&hidden, &words, &Device::Cpu).unwrap();
@@ -151,7 +151,7 @@ fn parser_head_matches_pytorch() {
 #[allow(clippy::float_cmp)] // every word right: exactly 1
 fn parser_checkpoint_recovers_its_best_trees() {
     use crossmerge::eval::run::Task;
-    use crossmerge::registry::EvalOptions;
+    use crossmerge::evaluate::{EvalOptions, Evaluate};
     use crossmerge::{CheckpointKind, NoProgress, RegisterOptions, Registry};
     let tmp = tempfile::TempDir::new().unwrap();
     let mut reg = Registry::create(tmp.path()).unwrap();
@@ -179,7 +179,7 @@ fn parser_checkpoint_recovers_its_best_trees() {
 #[allow(clippy::float_cmp)] // a count
 fn pseudo_perplexity_matches_pytorch() {
     use crossmerge::eval::run::Task;
-    use crossmerge::registry::EvalOptions;
+    use crossmerge::evaluate::{EvalOptions, Evaluate};
     use crossmerge::{CheckpointKind, NoProgress, RegisterOptions, Registry};
     let tmp = tempfile::TempDir::new().unwrap();
     let mut reg = Registry::create(tmp.path()).unwrap();

@@ -118,6 +118,10 @@ fn tensors_in_memory_register_like_a_file_and_export_bit_exactly() {
     let out = tmp.path().join("export");
     reg.export("mlm-es", &out, &ExportOptions::default(), &NoProgress)
         .unwrap();
+    // The reference implementation reads the export as written.
+    let shard = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&shard).unwrap();
+    assert_eq!(st.len(), model(0.5).len());
     let exported = common::read_model_tensors(&out);
     for t in model(0.5) {
         let (dtype, shape, data) = &exported[&t.name];

@@ -1,0 +1,448 @@
+//! Evaluation through the registry: load a checkpoint's weights, config and tokenizer from
+//! their objects (every byte verified), run a task over a dataset, store the row.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::catalog::{CheckpointRow, NewEvaluation};
+use crate::checkpoint::Manifest;
+use crate::error::{Error, Result};
+use crate::eval::label_map::LabelMap;
+use crate::eval::model::{Config, Encoder, Head, Weights};
+use crate::eval::parser::Parser;
+use crate::eval::run::{self, Model, Outcome, Scoring, Task};
+use crate::eval::{align, conllu, ner, nli, text};
+use crate::tensor::Dtype;
+use crate::{Progress, Registry};
+
+/// The shortest `max_length` accepted: room for the special tokens and a few subwords.
+pub const MIN_MAX_LENGTH: usize = 8;
+
+/// How to evaluate.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EvalOptions {
+    pub task: Task,
+    pub data: PathBuf,
+    pub language: Option<String>,
+    /// Default: `test`/`dev`/`train` when the file name says so.
+    pub split: Option<String>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub batch_size: usize,
+    pub max_length: usize,
+    /// Seed of the MLM masking.
+    pub seed: u64,
+    /// MLM: pseudo-perplexity (every token masked in turn) instead of seeded masking.
+    pub pseudo_perplexity: bool,
+    /// Gold label → model label (`--label-map FILE`).
+    pub label_map: Option<PathBuf>,
+    /// NER: seqeval's default or strict IOB2 mode.
+    pub ner_mode: crate::eval::metrics::NerMode,
+}
+
+impl EvalOptions {
+    pub fn new(task: Task, data: impl Into<PathBuf>) -> Self {
+        Self {
+            task,
+            data: data.into(),
+            language: None,
+            split: None,
+            device: "cpu".to_owned(),
+            batch_size: 32,
+            max_length: 512,
+            seed: 42,
+            pseudo_perplexity: false,
+            label_map: None,
+            ner_mode: crate::eval::metrics::NerMode::Default,
+        }
+    }
+}
+
+/// What `eval` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub task: Task,
+    pub language: Option<String>,
+    pub split: Option<String>,
+    pub dataset_hash: String,
+    pub device: String,
+    pub duration_s: f64,
+    /// The options that changed the numbers (stored with the row).
+    pub settings: serde_json::Value,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .map_or(Ok(0), str::parse)
+                .map_err(|_| {
+                    Error::invalid(format!("`{s}` is not a device"), "use cpu, cuda or cuda:N")
+                })?;
+            if cfg!(feature = "cuda") {
+                Device::new_cuda(n).map_err(|e| {
+                    Error::invalid(
+                        format!("CUDA device {n}: {e}"),
+                        "check the GPU and its driver (nvidia-smi)",
+                    )
+                })
+            } else {
+                Err(Error::invalid(
+                    "this crossmerge was built without CUDA",
+                    "build with `cargo build --release --features cuda` (see README) or use --device cpu",
+                ))
+            }
+        }
+        other => Err(Error::invalid(
+            format!("`{other}` is not a device"),
+            "use cpu, cuda or cuda:N",
+        )),
+    }
+}
+
+/// What to do about a missing head, per task.
+fn head_hint(task: Task) -> &'static str {
+    match task {
+        Task::Mlm => {
+            "evaluate a masked-LM checkpoint (BertForMaskedLM's `cls.predictions.*` or XLMRobertaForMaskedLM's `lm_head.*`, as transformers saves them)"
+        }
+        Task::Pos | Task::Ner => {
+            "evaluate a token-classification checkpoint (`classifier.*`, as transformers' *ForTokenClassification saves it)"
+        }
+        Task::Nli => {
+            "evaluate a sequence-classification checkpoint (`classifier.*` and BERT's `bert.pooler.dense.*`, as transformers' *ForSequenceClassification saves it)"
+        }
+        Task::Dp => {
+            "evaluate a checkpoint with the biaffine parser head of schemas/parser.md (`parser.*` tensors and `crossmerge_parser` in config.json)"
+        }
+    }
+}
+
+/// A label compared whole (relations are compared by [`conllu::universal`]).
+fn whole(l: &str) -> &str {
+    l
+}
+
+fn split_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    ["test", "dev", "train", "validation"]
+        .into_iter()
+        .find(|s| {
+            name.contains(&format!("-{s}"))
+                || name.contains(&format!("_{s}"))
+                || name.contains(&format!(".{s}"))
+        })
+        .map(str::to_owned)
+}
+
+fn file_of(
+    reg: &Registry,
+    manifest: &Manifest,
+    row: &CheckpointRow,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let f = manifest
+        .files
+        .iter()
+        .find(|f| f.path == name)
+        .ok_or_else(|| {
+            Error::invalid(
+                format!("`{}` has no {name}", row.reference()),
+                "register the model folder with its config.json and tokenizer.json",
+            )
+        })?;
+    reg.read_object(&f.object(), Some(name))
+}
+
+/// Evaluation of registry checkpoints: the glue between `crossmerge-core`'s registry and
+/// `crossmerge-nn`'s models (neither depends on the other).
+pub trait Evaluate {
+    /// Loads a checkpoint as a model with the head `task` needs.
+    fn load_model(&self, row: &CheckpointRow, task: Task, device_spec: &str) -> Result<Model>;
+
+    /// Evaluates checkpoint `reference` and stores the row.
+    fn evaluate(
+        &mut self,
+        reference: &str,
+        opts: &EvalOptions,
+        progress: &dyn Progress,
+    ) -> Result<EvalReport>;
+}
+
+impl Evaluate for Registry {
+    fn load_model(&self, row: &CheckpointRow, task: Task, device_spec: &str) -> Result<Model> {
+        let device = device(device_spec)?;
+        let manifest = self.manifest(row)?;
+        let config = Config::parse(&file_of(self, &manifest, row, "config.json")?)?;
+        // The head, from the manifest's names, before a weight is read.
+        let head_tensors: &[&[&str]] = match task {
+            Task::Mlm => &[&[
+                "cls.predictions.transform.dense.weight",
+                "lm_head.dense.weight",
+            ]],
+            Task::Pos | Task::Ner => &[&["classifier.weight"]],
+            Task::Nli => &[&["classifier.weight", "classifier.out_proj.weight"]],
+            Task::Dp => &[&["parser.root"], &["parser.rel_attn.weight"]],
+        };
+        for any_of in head_tensors {
+            let found = any_of.iter().any(|n| {
+                manifest.tensor(n).is_some()
+                    || ["bert.", "roberta."]
+                        .iter()
+                        .any(|p| manifest.tensor(&format!("{p}{n}")).is_some())
+            });
+            if !found {
+                return Err(Error::invalid(
+                    format!(
+                        "`{}` has no {} head (no tensor `{}`)",
+                        row.reference(),
+                        task.name(),
+                        any_of.join("` or `")
+                    ),
+                    head_hint(task),
+                ));
+            }
+        }
+        let labels = if task == Task::Mlm {
+            Vec::new()
+        } else {
+            config.checked_labels()?
+        };
+        let parser_config = if task == Task::Dp {
+            Some(
+                crate::eval::parser::ParserConfig::of(&config)?.ok_or_else(|| {
+                    Error::invalid(
+                        format!(
+                            "`{}` has no dp head: config.json has no `crossmerge_parser`",
+                            row.reference()
+                        ),
+                        head_hint(task),
+                    )
+                })?,
+            )
+        } else {
+            None
+        };
+        let tokenizer = align::load(&file_of(self, &manifest, row, "tokenizer.json")?)?;
+        let vocab = tokenizer.get_vocab_size(true);
+        if vocab > config.vocab_size {
+            return Err(Error::invalid(
+                format!(
+                    "the tokenizer's vocabulary ({vocab}) does not fit the model's embeddings ({})",
+                    config.vocab_size
+                ),
+                "register the checkpoint with the tokenizer.json it was trained with",
+            ));
+        }
+        let mut map = HashMap::new();
+        for t in manifest.tensors.iter().filter(|t| t.dtype.is_float()) {
+            let bytes = self.read_tensor(&manifest, &t.name)?;
+            let dtype = match t.dtype {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::Bf16 => DType::BF16,
+                Dtype::F64 => DType::F64,
+                _ => continue,
+            };
+            let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+            let tensor = Tensor::from_raw_buffer(&bytes, dtype, &shape, &device)
+                .and_then(|x| x.to_dtype(DType::F32))
+                .map_err(|e| {
+                    Error::invalid(format!("tensor `{}`: {e}", t.name), "check the checkpoint")
+                })?;
+            map.insert(t.name.clone(), tensor);
+        }
+        let weights = Weights::new(map, &config);
+        let encoder = Encoder::load(&weights, &config)?;
+        let no_head = |e: Error| match e {
+            Error::Invalid { message, .. } => Error::invalid(
+                format!(
+                    "`{}` has no {} head: {message}",
+                    row.reference(),
+                    task.name()
+                ),
+                head_hint(task),
+            ),
+            other => other,
+        };
+        let (head, parser) = if let Some(kind) = run::head_kind(task) {
+            (
+                Some(Head::load(&weights, &encoder, kind).map_err(no_head)?),
+                None,
+            )
+        } else {
+            let pc = parser_config.expect("read above for dp");
+            (None, Some(Parser::load(&weights, pc).map_err(no_head)?))
+        };
+        // The head must score exactly the labels config.json names.
+        let outputs = head
+            .as_ref()
+            .and_then(Head::outputs)
+            .or_else(|| parser.as_ref().and_then(Parser::relations));
+        if let Some(n) = outputs
+            && n != labels.len()
+        {
+            return Err(Error::invalid(
+                format!(
+                    "`{}`'s {} head has {n} outputs but config.json's id2label names {} labels",
+                    row.reference(),
+                    task.name(),
+                    labels.len()
+                ),
+                "id2label must name each output of the head once; fix config.json (or the head)",
+            ));
+        }
+        Ok(Model {
+            config,
+            encoder,
+            head,
+            parser,
+            tokenizer,
+            device,
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        reference: &str,
+        opts: &EvalOptions,
+        progress: &dyn Progress,
+    ) -> Result<EvalReport> {
+        if opts.max_length < MIN_MAX_LENGTH {
+            return Err(Error::invalid(
+                format!(
+                    "--max-length {} is below {MIN_MAX_LENGTH}, the shortest sequence crossmerge evaluates",
+                    opts.max_length
+                ),
+                "give --max-length between 8 and the model's max_position_embeddings (default 512)",
+            ));
+        }
+        let row = self.resolve(reference)?;
+        let bytes = crate::eval::read_data(&opts.data)?;
+        let dataset_hash = blake3::hash(&bytes).to_hex().to_string();
+        let label_map = opts
+            .label_map
+            .as_deref()
+            .map(LabelMap::read)
+            .transpose()?
+            .unwrap_or_default();
+        if !label_map.is_empty() && opts.task == Task::Mlm {
+            return Err(Error::invalid(
+                "--label-map has no labels to map in a masked-LM evaluation",
+                "give --label-map with pos, ner, nli or dp",
+            ));
+        }
+        if opts.pseudo_perplexity && opts.task != Task::Mlm {
+            return Err(Error::invalid(
+                "--pseudo-perplexity scores masked-LM text",
+                "use it with --task mlm",
+            ));
+        }
+        let model = self.load_model(&row, opts.task, &opts.device)?;
+        if !label_map.is_empty() {
+            let labels = model.config.labels();
+            let key: fn(&str) -> &str = if opts.task == Task::Dp {
+                conllu::universal
+            } else {
+                whole
+            };
+            label_map.check_targets(labels.iter().map(String::as_str), key)?;
+        }
+        let scoring = if opts.pseudo_perplexity {
+            Scoring::Pseudo
+        } else {
+            Scoring::Masked { seed: opts.seed }
+        };
+        let started = Instant::now();
+        let advance = |n: u64| progress.advance(n);
+        let (b, m) = (opts.batch_size.max(1), opts.max_length);
+        let outcome = match opts.task {
+            Task::Pos => {
+                let mut data = conllu::read(&opts.data)?;
+                for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
+                    w.upos = label_map.apply(&w.upos);
+                }
+                progress.start("evaluating", data.len() as u64);
+                run::pos(&model, &data, b, m, &advance)?
+            }
+            Task::Ner => {
+                let mut data = ner::read(&opts.data)?;
+                for t in data.iter_mut().flat_map(|s| s.tags.iter_mut()) {
+                    *t = label_map.apply(t);
+                }
+                progress.start("evaluating", data.len() as u64);
+                run::ner(&model, &data, opts.ner_mode, b, m, &advance)?
+            }
+            Task::Nli => {
+                let mut data = nli::read(&opts.data)?;
+                for e in &mut data {
+                    e.label = label_map.apply(&e.label);
+                }
+                progress.start("evaluating", data.len() as u64);
+                run::nli(&model, &data, b, m, &advance)?
+            }
+            Task::Dp => {
+                let mut data = conllu::read(&opts.data)?;
+                for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
+                    w.deprel = label_map.apply_relation(&w.deprel);
+                }
+                progress.start("evaluating", data.len() as u64);
+                run::dp(&model, &data, b, m, &advance)?
+            }
+            Task::Mlm => {
+                let data = text::read(&opts.data)?;
+                progress.start("evaluating", data.len() as u64);
+                run::mlm(&model, &data, scoring, b, m, &advance)?
+            }
+        };
+        progress.finish();
+        let duration_s = started.elapsed().as_secs_f64();
+        let split = opts.split.clone().or_else(|| split_of(&opts.data));
+        let path = std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone());
+        let mut settings = serde_json::json!({ "max_length": m });
+        if !label_map.is_empty() {
+            settings["label_map"] = serde_json::to_value(&label_map).expect("strings serialise");
+        }
+        if opts.task == Task::Mlm {
+            settings["scoring"] = serde_json::to_value(scoring).expect("serialises");
+        }
+        if opts.task == Task::Ner {
+            settings["ner_mode"] = opts.ner_mode.name().into();
+        }
+        self.record_evaluation(&NewEvaluation {
+            checkpoint: row.rowid,
+            task: opts.task.name().to_owned(),
+            language: opts.language.clone(),
+            dataset_hash: dataset_hash.clone(),
+            dataset_path: path.display().to_string(),
+            split: split.clone(),
+            metrics: outcome.metrics.clone(),
+            examples: outcome.examples,
+            truncated: outcome.truncated_words,
+            device: opts.device.clone(),
+            duration_s,
+            settings: settings.clone(),
+        })?;
+        Ok(EvalReport {
+            checkpoint: row.reference(),
+            task: opts.task,
+            language: opts.language.clone(),
+            split,
+            dataset_hash,
+            device: opts.device.clone(),
+            duration_s,
+            settings,
+            outcome,
+        })
+    }
+}
