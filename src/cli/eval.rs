@@ -169,66 +169,15 @@ pub fn report(ctx: &Context, c: &ReportCommand) -> anyhow::Result<ExitCode> {
         a.task.as_deref(),
         a.language.as_deref(),
     )?;
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.checkpoint.clone(),
-                r.task.clone(),
-                output::opt(r.language.as_ref()),
-                output::opt(r.split.as_ref()),
-                r.metrics
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                r.examples.to_string(),
-                r.device.clone(),
-                r.dataset_hash[..12].to_owned(),
-                r.created_at.clone(),
-            ]
-        })
-        .collect();
     if let Some(path) = &a.csv {
-        let mut csv = String::from(
-            "checkpoint,task,language,split,metric,value,examples,device,dataset_hash,dataset_path,created_at,settings\n",
-        );
-        for r in &rows {
-            for (k, v) in &r.metrics {
-                let _ = writeln!(
-                    csv,
-                    "{},{},{},{},{k},{v},{},{},{},\"{}\",{},\"{}\"",
-                    r.checkpoint,
-                    r.task,
-                    r.language.as_deref().unwrap_or(""),
-                    r.split.as_deref().unwrap_or(""),
-                    r.examples,
-                    r.device,
-                    r.dataset_hash,
-                    r.dataset_path.replace('"', "\"\""),
-                    r.created_at,
-                    r.settings.to_string().replace('"', "\"\""),
-                );
-            }
-        }
-        std::fs::write(path, csv)?;
+        std::fs::write(path, crossmerge::report::evaluations_csv(&rows))?;
     }
     if a.json {
         output::json(&rows)?;
     } else {
-        output::table(
-            &[
-                "CHECKPOINT",
-                "TASK",
-                "LANG",
-                "SPLIT",
-                "METRICS",
-                "EXAMPLES",
-                "DEVICE",
-                "DATA",
-                "CREATED",
-            ],
-            &table,
+        std::io::Write::write_all(
+            &mut std::io::stdout().lock(),
+            crossmerge::report::evaluations_table(&rows).as_bytes(),
         )?;
     }
     Ok(ExitCode::SUCCESS)

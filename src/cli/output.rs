@@ -1,6 +1,5 @@
 //! Printers: aligned text tables and JSON on stdout.
 
-use std::fmt::Write as _;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -13,34 +12,11 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes rows as left-aligned columns separated by two spaces (the last column unpadded).
+/// Writes rows as left-aligned columns (formatted by [`crossmerge::report::text_table`]).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = io::stdout().lock();
-    let line = |out: &mut io::StdoutLock<'_>, cells: &[String]| -> io::Result<()> {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                let _ = write!(s, "{c:<w$}  ", w = widths[i]);
-            }
-        }
-        writeln!(out, "{}", s.trim_end())
-    };
-    line(
-        &mut out,
-        &header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>(),
-    )?;
-    for r in rows {
-        line(&mut out, r)?;
-    }
-    Ok(())
+    io::stdout()
+        .lock()
+        .write_all(crossmerge::report::text_table(header, rows).as_bytes())
 }
 
 /// Bytes in decimal units, as disk tools print them: `1.11 GB`, `87.6 MB`.

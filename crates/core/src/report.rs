@@ -1,4 +1,6 @@
-//! Tables (CSV) and plots (PNG or SVG, by the file's extension) of comparison results.
+//! Every table crossmerge writes: aligned text tables (the CLI's listings), CSV (comparisons,
+//! evaluations), and plots (PNG or SVG, by the file's extension) of comparison results. The
+//! front ends only print what this module formats.
 //!
 //! Plots: the vector × vector cosine matrix, vectors × groups (layers or modules) against the
 //! reference, and a per-group line chart against the reference. Each has a title, axis
@@ -14,6 +16,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use crate::catalog::EvaluationRow;
 use crate::error::{Error, Result};
 use crate::vector::compare::CompareReport;
 
@@ -26,6 +29,102 @@ fn register_font() {
             .map_err(|_| ())
             .expect("the embedded font parses");
     });
+}
+
+/// Rows as left-aligned columns separated by two spaces (the last column unpadded, trailing
+/// spaces trimmed), the header first; one line per row, each ending in a newline.
+pub fn text_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                let _ = write!(s, "{c:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
+    for r in rows {
+        line(r);
+    }
+    out
+}
+
+/// Stored evaluations as a text table: one row per evaluation, its metrics on one line.
+pub fn evaluations_table(rows: &[EvaluationRow]) -> String {
+    let dash = |s: Option<&String>| s.cloned().unwrap_or_else(|| "-".to_owned());
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.checkpoint.clone(),
+                r.task.clone(),
+                dash(r.language.as_ref()),
+                dash(r.split.as_ref()),
+                r.metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                r.examples.to_string(),
+                r.device.clone(),
+                r.dataset_hash.chars().take(12).collect(),
+                r.created_at.clone(),
+            ]
+        })
+        .collect();
+    text_table(
+        &[
+            "CHECKPOINT",
+            "TASK",
+            "LANG",
+            "SPLIT",
+            "METRICS",
+            "EXAMPLES",
+            "DEVICE",
+            "DATA",
+            "CREATED",
+        ],
+        &cells,
+    )
+}
+
+/// Stored evaluations as CSV, one row per evaluation and metric (long format, as pandas and R
+/// read it), values at full precision, settings as their JSON.
+pub fn evaluations_csv(rows: &[EvaluationRow]) -> String {
+    let mut out = String::from(
+        "checkpoint,task,language,split,metric,value,examples,device,dataset_hash,dataset_path,created_at,settings\n",
+    );
+    for r in rows {
+        for (k, v) in &r.metrics {
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{v},{},{},{},{},{},{}",
+                csv_field(&r.checkpoint),
+                csv_field(&r.task),
+                csv_field(r.language.as_deref().unwrap_or("")),
+                csv_field(r.split.as_deref().unwrap_or("")),
+                csv_field(k),
+                r.examples,
+                csv_field(&r.device),
+                r.dataset_hash,
+                csv_field(&r.dataset_path),
+                csv_field(&r.created_at),
+                csv_field(&r.settings.to_string()),
+            );
+        }
+    }
+    out
 }
 
 /// The comparison as CSV, one row per group and ordered pair.
@@ -437,7 +536,70 @@ fn render(path: &Path, size: (u32, u32), drawer: &impl Drawer) -> Result<()> {
 }
 
 #[cfg(test)]
-mod glyph_tests {
+mod tests {
+    use super::{evaluations_csv, evaluations_table, text_table};
+    use crate::catalog::EvaluationRow;
+
+    fn row(path: &str) -> EvaluationRow {
+        EvaluationRow {
+            checkpoint: "pos-en+es/es=0.3".into(),
+            manifest_id: crate::id::ObjectId::zero(),
+            task: "pos".into(),
+            language: Some("es".into()),
+            dataset_hash: "ab".repeat(32),
+            dataset_path: path.into(),
+            split: Some("test".into()),
+            metrics: [("accuracy".to_owned(), 0.8125)].into(),
+            examples: 1000,
+            truncated: 0,
+            device: "cpu".into(),
+            crossmerge_version: "0.1.0".into(),
+            duration_s: 1.5,
+            created_at: "2026-11-30T04:00:00Z".into(),
+            settings: serde_json::json!({"max_length": 512, "label_map": null}),
+        }
+    }
+
+    /// Every field survives a reader that follows RFC 4180 (quotes doubled inside quotes).
+    #[test]
+    fn evaluation_csv_quotes_what_needs_quoting() {
+        let csv = evaluations_csv(&[row("data/a,b \"c\".conllu"), row("plain.conllu")]);
+        let mut lines = csv.lines();
+        assert!(lines.next().unwrap().starts_with("checkpoint,task,"));
+        let parse = |line: &str| -> Vec<String> {
+            let (mut out, mut cur, mut quoted, mut chars) =
+                (Vec::new(), String::new(), false, line.chars().peekable());
+            while let Some(c) = chars.next() {
+                match (c, quoted) {
+                    ('"', true) if chars.peek() == Some(&'"') => {
+                        cur.push('"');
+                        chars.next();
+                    }
+                    ('"', _) => quoted = !quoted,
+                    (',', false) => out.push(std::mem::take(&mut cur)),
+                    _ => cur.push(c),
+                }
+            }
+            out.push(cur);
+            out
+        };
+        let first = parse(lines.next().unwrap());
+        assert_eq!(first.len(), 12, "{first:?}");
+        assert_eq!(first[9], "data/a,b \"c\".conllu");
+        assert_eq!(first[5], "0.8125");
+        let settings: serde_json::Value = serde_json::from_str(&first[11]).unwrap();
+        assert_eq!(settings["max_length"], 512);
+        assert_eq!(parse(lines.next().unwrap())[9], "plain.conllu");
+    }
+
+    #[test]
+    fn text_tables_align_columns_and_trim() {
+        let t = text_table(&["A", "LONGER"], &[vec!["wide cell".into(), "x".into()]]);
+        assert_eq!(t, "A          LONGER\nwide cell  x\n");
+        let e = evaluations_table(&[row("p")]);
+        assert!(e.lines().nth(1).unwrap().contains("accuracy=0.8125"), "{e}");
+    }
+
     use ab_glyph::{Font, FontRef};
 
     /// Every character the plot code writes is in the embedded font: a missing glyph renders
