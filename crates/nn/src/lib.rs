@@ -32,6 +32,8 @@ pub mod parser;
 #[cfg(feature = "eval")]
 pub mod run;
 pub mod text;
+#[cfg(feature = "eval")]
+pub mod train;
 
 #[cfg(test)]
 mod tests;
