@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hugging Face transformers (PyTorch, CPU) side of `crossmerge bench --suite eval`.
+"""Hugging Face transformers (PyTorch, CPU) side of `cargo xtask bench --suite eval`.
 
     hf_eval_speed.py prepare MINILM_DIR OUT_DIR      # MiniLM + a seeded random POS head, saved
     hf_eval_speed.py time OUT_DIR DATA.conllu RUNS   # UPOS tagging of every sentence, timed

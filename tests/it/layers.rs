@@ -190,7 +190,13 @@ fn no_source_files_import_each_other() {
         // naming what its parent declares is how Rust modules nest, not a loop).
         let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
         for (module, file) in &modules {
-            let text = std::fs::read_to_string(file).unwrap();
+            // Code only: a doc link names a module without importing it.
+            let text: String = std::fs::read_to_string(file)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n");
             let is_dir_module = module.is_empty() || file.with_extension("").is_dir();
             for path in referenced(module, is_dir_module, &text) {
                 let target = (0..=path.len())

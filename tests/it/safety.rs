@@ -703,3 +703,45 @@ fn a_damaged_catalog_row_is_named_not_read_as_a_default() {
         "verify does not name the row"
     );
 }
+
+/// A viewer's open: it reads everything, creates and migrates nothing, and a write through it
+/// is refused before any object is written.
+#[test]
+fn a_read_only_open_reads_creates_nothing_and_refuses_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reg");
+    registered_base(tmp.path(), &root);
+    let before = snapshot(&root);
+    let mut ro = Registry::open_read_only(&root).unwrap();
+    assert_eq!(ro.list(&CheckpointFilter::default()).unwrap().len(), 1);
+    ro.show("base").unwrap();
+    assert!(ro.verify(&NoProgress).unwrap().is_clean());
+    let fam = common::tiny_family(&tmp.path().join("fam2"), 1, None);
+    let e = ro
+        .register(
+            &fam[1],
+            &RegisterOptions::new("ft", CheckpointKind::Task)
+                .task("pos")
+                .base("base"),
+            &NoProgress,
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("readonly"), "{e}");
+    assert!(e.hint().unwrap().contains("read-only"), "{e}");
+    assert!(e.is_user_error());
+    drop(ro);
+    let after = snapshot(&root);
+    assert_eq!(after.files, before.files);
+    assert_eq!(after.objects, before.objects);
+    assert_eq!(after.checkpoints, before.checkpoints);
+
+    // Where there is no registry: an error, and nothing is made there.
+    let missing = tmp.path().join("regsitry");
+    let e = Registry::open_read_only(&missing).unwrap_err();
+    assert!(e.hint().is_some(), "{e}");
+    assert!(!missing.exists());
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert!(Registry::open_read_only(&empty).is_err());
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+}

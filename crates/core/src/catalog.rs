@@ -257,6 +257,38 @@ impl Catalog {
         })
     }
 
+    /// Opens an existing registry's catalog for reading only: nothing is created, migrated or
+    /// written (every write is refused by `SQLite`). It must already be this build's schema.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let lost = |problem: String| Error::CatalogLost {
+            path: path.to_path_buf(),
+            problem,
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => return Err(lost("it is empty (0 bytes)".to_owned())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(lost("it is missing".to_owned()));
+            }
+            Err(e) => return Err(Error::io("reading", path, e)),
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(120))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version != SCHEMA_VERSION {
+            return Err(Error::NotARegistry {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "its catalog is schema {version}; a read-only open needs schema {SCHEMA_VERSION} (open it once for writing, e.g. `crossmerge verify`, to migrate it)"
+                ),
+            });
+        }
+        Ok(Self { conn })
+    }
+
     fn open_inner(path: &Path, create: bool) -> Result<Self> {
         let flags = if create {
             rusqlite::OpenFlags::default()

@@ -66,6 +66,28 @@ impl Registry {
         Self::open_with_backend(root, Arc::new(backend))
     }
 
+    /// Opens the existing registry at `root` for reading only (a viewer, a registry on
+    /// read-only storage): nothing is created or migrated, and any write is refused by the
+    /// catalog before an object is written. The catalog must be this build's schema.
+    pub fn open_read_only(root: &Path) -> Result<Self> {
+        Self::check_format(root)?;
+        let backend = FsBackend::existing(root).map_err(|e| Error::io("opening", root, e))?;
+        let catalog = Catalog::open_read_only(&root.join("catalog.sqlite3"))?;
+        // The shared lock keeps gc out while this reads; a registry never written to since
+        // this build has no lock file yet, and FORMAT serves.
+        let lock_path = [root.join("lock"), root.join("FORMAT")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| root.join("FORMAT"));
+        let lock = File::open(&lock_path).map_err(|e| Error::io("opening", &lock_path, e))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            backend: Arc::new(backend),
+            catalog,
+            lock,
+        })
+    }
+
     /// Opens the registry at `root`, creating it first if the folder is absent or empty.
     pub fn create(root: &Path) -> Result<Self> {
         Self::prepare(root)?;

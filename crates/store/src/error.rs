@@ -121,6 +121,10 @@ impl Error {
                 }
                 .to_owned(),
             ),
+            Error::Catalog(e) if is_read_only(e) => Some(
+                "the registry was opened read-only, or its catalog file is not writable: write through a read-write open (check the file's permissions)"
+                    .to_owned(),
+            ),
             Error::Catalog(_) => Some(
                 "the catalog may be damaged: run `crossmerge verify`; if it cannot be opened, `crossmerge rebuild-catalog` recovers it from the objects"
                     .to_owned(),
@@ -131,7 +135,7 @@ impl Error {
     /// Whether the error is the user's to fix (exit code 1) rather than unexpected (exit 2).
     pub fn is_user_error(&self) -> bool {
         use std::io::ErrorKind as K;
-        !matches!(self, Error::Catalog(_))
+        !matches!(self, Error::Catalog(e) if !is_read_only(e))
             && !matches!(self, Error::Io { source, .. } if !matches!(
                 source.kind(),
                 K::NotFound | K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem
@@ -182,6 +186,11 @@ pub fn decode_error(id: &ObjectId, what: Option<&str>, e: DecodeError) -> Error 
 }
 
 /// `SQLite`'s message once (rusqlite's `Display` can repeat it in its code and its text).
+/// Whether `SQLite` refused a write to a read-only database.
+fn is_read_only(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly)
+}
+
 pub fn sqlite_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(code, Some(msg)) => {

@@ -89,6 +89,19 @@ impl FsBackend {
         })
     }
 
+    /// Uses `objects/` under `root` as it is, creating nothing (a read-only registry).
+    pub fn existing(root: &Path) -> io::Result<Self> {
+        if !root.join("objects").is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the registry has no objects/ folder",
+            ));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
     pub fn object_path(&self, id: &ObjectId) -> PathBuf {
         let hex = id.to_hex();
         self.root.join("objects").join(&hex[..2]).join(&hex)
