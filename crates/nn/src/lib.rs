@@ -1,11 +1,13 @@
-//! Evaluation: datasets in the formats the field uses and metrics that match the reference
-//! tools (seqeval/conlleval for NER, the CoNLL 2018 shared-task script for UAS/LAS).
+//! crossmerge-nn: the models and data of evaluation (and, next, training), on candle.
 //!
-//! [`conllu`] reads Universal Dependencies treebanks, [`ner`] IOB2 files (CoNLL-2003 and
-//! Universal NER layouts), [`nli`] premise/hypothesis/label TSV or JSONL, [`text`] plain text
-//! for perplexity; [`label_map`] renames gold labels into a model's; [`metrics`] scores
-//! predictions against gold.
-
+//! Data, in the formats the field uses: [`conllu`] reads Universal Dependencies treebanks,
+//! [`ner`] IOB2 files (CoNLL-2003 and Universal NER layouts), [`nli`] premise/hypothesis/label
+//! TSV or JSONL, [`text`] plain text for perplexity; [`label_map`] renames gold labels into a
+//! model's; [`align`] maps words to sub-word tokens. Models (feature `eval`): [`model`] (BERT
+//! and XLM-RoBERTa built from config.json, one concern per file), [`parser`] (the biaffine
+//! dependency head), [`kernels`] (fused CPU kernels); [`run`] evaluates a model over a
+//! dataset; [`metrics`] scores predictions as the reference tools do (seqeval/conlleval for
+//! NER, the CoNLL 2018 shared-task script for UAS/LAS); [`train`] is where training goes.
 //!
 //! # Place in the workspace
 //!

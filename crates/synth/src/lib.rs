@@ -9,6 +9,11 @@
 //! Values come from splitmix64 + Box–Muller keyed by (seed, tensor, block), written here
 //! rather than taken from `rand` so that a family is the same bits forever, whatever version
 //! of a dependency is resolved, and can be generated block-parallel.
+//!
+//! # Place in the workspace
+//!
+//! Above `crossmerge-store` (atomic writes) only; used by the tests of the crates above and by
+//! `cargo xtask synth|bench`, never by the shipped binary.
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
