@@ -107,9 +107,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The `a::b::c` paths a file names after `crate::`, `super::` or `self::`, resolved to
-/// module paths.
-fn referenced(module: &[String], is_dir_module: bool, text: &str) -> Vec<Vec<String>> {
+/// The `a::b::c` paths a file names after `crate::`, `super::` or `self::`, or relative to
+/// one of its own child modules (`use child::X`), resolved to module paths.
+fn referenced(
+    module: &[String],
+    is_dir_module: bool,
+    children: &[String],
+    text: &str,
+) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     let ident = |s: &str| -> Vec<String> {
         s.split("::")
@@ -142,6 +147,16 @@ fn referenced(module: &[String], is_dir_module: bool, text: &str) -> Vec<Vec<Str
             let mut p = module.to_vec();
             p.extend(ident(&text[i + 6..]));
             out.push(p);
+        }
+        for child in children {
+            for (i, _) in text.match_indices(&format!("{child}::")) {
+                if text[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+                    continue;
+                }
+                let mut p = module.to_vec();
+                p.extend(ident(&text[i..]));
+                out.push(p);
+            }
         }
     }
     out
@@ -198,7 +213,12 @@ fn no_source_files_import_each_other() {
                 .collect::<Vec<_>>()
                 .join("\n");
             let is_dir_module = module.is_empty() || file.with_extension("").is_dir();
-            for path in referenced(module, is_dir_module, &text) {
+            let children: Vec<String> = modules
+                .keys()
+                .filter(|m| m.len() == module.len() + 1 && m.starts_with(module))
+                .map(|m| m[module.len()].clone())
+                .collect();
+            for path in referenced(module, is_dir_module, &children, &text) {
                 let target = (0..=path.len())
                     .rev()
                     .map(|n| path[..n].to_vec())
