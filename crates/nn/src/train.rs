@@ -1,7 +1,11 @@
 //! Training (issue 12): fine-tuning the encoders of [`crate::model`] on a language (masked LM)
-//! or a task (POS, NER, NLI, dependency parsing), with the backward passes candle lacks for
-//! fused LayerNorm and softmax written from plain ops. What it trains is registered by the
-//! crate above through `crossmerge-core`'s one checkpoint writer
-//! (`Registry::register_tensors`), so this crate stays below the registry.
+//! or a task (POS, NER, NLI, dependency parsing). What it trains is registered by the crate
+//! above through `crossmerge-core`'s one checkpoint writer (`Registry::register_tensors`), so
+//! this crate stays below the registry.
 //!
-//! Nothing is here yet: this module marks the place in the layering.
+//! Here so far: [`optim`], the optimizer step transformers' `Trainer` takes (gradient clipping,
+//! `AdamW` with decoupled weight decay, the linear warm-up and decay schedule), checked against
+//! torch on the same gradients. The training forward pass, data and the `train` command are
+//! next (issue 12).
+
+pub mod optim;

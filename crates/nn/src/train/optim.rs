@@ -1,0 +1,304 @@
+//! The optimizer step of transformers' `Trainer`, on candle variables: clip the gradients'
+//! global L2 norm ([`clip_grad_norm`], as `torch.nn.utils.clip_grad_norm_`), then `AdamW`
+//! ([`AdamW`], as `torch.optim.AdamW`: decoupled weight decay, bias-corrected moments) at the
+//! learning rate of the linear warm-up and decay schedule ([`LinearSchedule`], as
+//! `transformers.get_linear_schedule_with_warmup`). Weight decay skips biases and LayerNorm
+//! weights ([`decays`], as `Trainer.get_decay_parameter_names`).
+//!
+//! Every operation follows torch's order (`_single_tensor_adamw`): `p ← p·(1 − lr·wd)`,
+//! `m ← lerp(m, g, 1 − β₁)`, `v ← v·β₂ + (1 − β₂)·g²`, then
+//! `p ← p − (lr / (1 − β₁ᵗ)) · m / (√v / √(1 − β₂ᵗ) + ε)`, in f32 like the parameters.
+//! `tests/fixtures/train/adamw.json` (from `scripts/reference/adamw_steps.py`) pins it against
+//! torch.
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::{Error, Result};
+
+fn candle(e: &candle_core::Error) -> Error {
+    Error::invalid(
+        format!("optimizer computation: {e}"),
+        "report this with the training settings",
+    )
+}
+
+/// Whether transformers' `Trainer` applies weight decay to a parameter of this name: not to
+/// biases, not to LayerNorm weights.
+pub fn decays(name: &str) -> bool {
+    !(name.contains("bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+}
+
+/// `AdamW`'s settings (transformers' defaults but the learning rate and weight decay, which a
+/// run names).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl AdamWConfig {
+    pub fn new(lr: f64, weight_decay: f64) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
+    }
+}
+
+/// `get_linear_schedule_with_warmup`: the learning rate rises linearly from 0 over
+/// `warmup_steps`, then falls linearly to 0 at `total_steps`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearSchedule {
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+}
+
+impl LinearSchedule {
+    /// The factor of the base learning rate at optimizer step `step` (0 for the first).
+    pub fn factor(&self, step: u64) -> f64 {
+        if step < self.warmup_steps {
+            return step as f64 / self.warmup_steps.max(1) as f64;
+        }
+        let left = self.total_steps.saturating_sub(step) as f64;
+        (left / self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64).max(0.0)
+    }
+}
+
+/// Scales `grads` in place so that their global L2 norm is at most `max_norm` (torch's
+/// `clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, capped at 1); returns the norm
+/// before clipping. Absent gradients (parameters the loss does not reach) are skipped.
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+    let mut total = 0f64;
+    for g in grads.iter().flatten() {
+        // Each tensor's norm in f32 as torch computes it, then the norm of the norms.
+        let n = g
+            .to_dtype(DType::F32)
+            .and_then(|g| g.sqr())
+            .and_then(|g| g.sum_all())
+            .and_then(|s| s.sqrt())
+            .and_then(|s| s.to_scalar::<f32>())
+            .map_err(|e| candle(&e))?;
+        total += f64::from(n) * f64::from(n);
+    }
+    let norm = total.sqrt() as f32;
+    let coef = (max_norm as f32 / (norm + 1e-6)).min(1.0);
+    for g in grads.iter_mut().flatten() {
+        *g = g.affine(f64::from(coef), 0.0).map_err(|e| candle(&e))?;
+    }
+    Ok(f64::from(norm))
+}
+
+struct Slot {
+    var: Var,
+    decay: bool,
+    m: Tensor,
+    v: Tensor,
+}
+
+/// `AdamW` over named variables (see the module docs).
+pub struct AdamW {
+    config: AdamWConfig,
+    slots: Vec<Slot>,
+    step: u64,
+}
+
+impl AdamW {
+    /// Moments start at zero; weight decay follows [`decays`] by name.
+    pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        let slots = params
+            .into_iter()
+            .map(|(name, var)| {
+                let zeros = var.as_tensor().zeros_like().map_err(|e| candle(&e))?;
+                Ok(Slot {
+                    decay: decays(&name),
+                    m: zeros.clone(),
+                    v: zeros,
+                    var,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            config,
+            slots,
+            step: 0,
+        })
+    }
+
+    /// Optimizer steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    #[allow(clippy::many_single_char_names)] // the update's names: p, g, m, v, c, t
+    /// One step at learning rate `lr` with `grads` in the order the parameters were given;
+    /// a parameter without a gradient is left as it is (its moments too), as torch does.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        if grads.len() != self.slots.len() {
+            return Err(Error::invalid(
+                format!(
+                    "{} gradients for {} parameters",
+                    grads.len(),
+                    self.slots.len()
+                ),
+                "give one gradient (or none) per parameter, in order",
+            ));
+        }
+        self.step += 1;
+        let c = &self.config;
+        let t = i32::try_from(self.step).unwrap_or(i32::MAX);
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = lr / bias1;
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else { continue };
+            let run = || -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+                let p = slot.var.as_tensor();
+                let p = if slot.decay && c.weight_decay != 0.0 {
+                    p.affine(1.0 - lr * c.weight_decay, 0.0)?
+                } else {
+                    p.clone()
+                };
+                // lerp(m, g, w) = m + w·(g − m)
+                let m = (&slot.m + ((g - &slot.m)? * (1.0 - c.beta1))?)?;
+                let v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let denom = ((v.sqrt()? / bias2_sqrt)? + c.eps)?;
+                let p = (p - ((&m / denom)? * step_size)?)?;
+                Ok((p, m, v))
+            };
+            let (p, m, v) = run().map_err(|e| candle(&e))?;
+            slot.var.set(&p).map_err(|e| candle(&e))?;
+            slot.m = m;
+            slot.v = v;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use candle_core::{Device, Tensor, Var};
+
+    use super::{AdamW, AdamWConfig, LinearSchedule, clip_grad_norm, decays};
+
+    fn fixture() -> serde_json::Value {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/train/adamw.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn floats(v: &serde_json::Value) -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    }
+
+    #[test]
+    fn decay_follows_transformers_names() {
+        assert!(decays("encoder.layer.0.attention.self.query.weight"));
+        assert!(decays("embeddings.word_embeddings.weight"));
+        assert!(!decays("encoder.layer.0.attention.self.query.bias"));
+        assert!(!decays("embeddings.LayerNorm.weight"));
+        assert!(!decays("lm_head.layer_norm.weight"));
+    }
+
+    #[test]
+    fn the_schedule_warms_up_then_decays_to_zero() {
+        let s = LinearSchedule {
+            warmup_steps: 2,
+            total_steps: 6,
+        };
+        let f: Vec<f64> = (0..8).map(|k| s.factor(k)).collect();
+        assert_eq!(f, [0.0, 0.5, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+    }
+
+    /// Four steps with clipping, warm-up and weight decay: the parameters after each equal
+    /// torch's (`scripts/reference/adamw_steps.py`) to 1e-5 relative.
+    #[test]
+    fn steps_match_torch_adamw_with_clipping_and_the_schedule() {
+        let f = fixture();
+        let dev = Device::Cpu;
+        let shapes: Vec<Vec<usize>> = f["shapes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                s.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect()
+            })
+            .collect();
+        let names: Vec<String> = f["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect();
+        let vars: Vec<Var> = f["initial"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&shapes)
+            .map(|(v, s)| Var::from_vec(floats(v), s.as_slice(), &dev).unwrap())
+            .collect();
+        let schedule = LinearSchedule {
+            warmup_steps: f["warmup_steps"].as_u64().unwrap(),
+            total_steps: f["total_steps"].as_u64().unwrap(),
+        };
+        let base_lr = f["lr"].as_f64().unwrap();
+        let mut opt = AdamW::new(
+            names.into_iter().zip(vars.iter().cloned()).collect(),
+            AdamWConfig::new(base_lr, f["weight_decay"].as_f64().unwrap()),
+        )
+        .unwrap();
+        let max_norm = f["max_grad_norm"].as_f64().unwrap();
+        for (k, (grads, after)) in f["grads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(f["after"].as_array().unwrap())
+            .enumerate()
+        {
+            let mut g: Vec<Option<Tensor>> = grads
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(&shapes)
+                .map(|(g, s)| Some(Tensor::from_vec(floats(g), s.as_slice(), &dev).unwrap()))
+                .collect();
+            let norm = clip_grad_norm(&mut g, max_norm).unwrap();
+            let torch_norm = f["grad_norm"][k].as_f64().unwrap();
+            assert!(
+                (norm - torch_norm).abs() <= 1e-5 * torch_norm,
+                "step {k}: {norm} vs {torch_norm}"
+            );
+            let lr = base_lr * schedule.factor(k as u64);
+            assert!(
+                (lr - f["lr_used"][k].as_f64().unwrap()).abs() < 1e-12,
+                "step {k}"
+            );
+            opt.step(&g, lr).unwrap();
+            for (i, (var, want)) in vars.iter().zip(after.as_array().unwrap()).enumerate() {
+                let got: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+                for (a, b) in got.iter().zip(floats(want)) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(1e-3),
+                        "step {k}, parameter {i}: {a} vs torch {b}"
+                    );
+                }
+            }
+        }
+        assert_eq!(opt.steps(), 4);
+    }
+}
