@@ -31,6 +31,7 @@ pub mod ner;
 pub mod nli;
 #[cfg(feature = "eval")]
 pub mod parser;
+pub mod rng;
 #[cfg(feature = "eval")]
 pub mod run;
 pub mod text;

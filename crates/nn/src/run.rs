@@ -12,6 +12,7 @@ use super::align::{Aligned, align};
 use super::model::{Config, Encoder, Head};
 use super::{conllu, metrics, ner, nli};
 use crate::error::{Error, Result};
+use crate::rng::{mix, unit};
 
 /// The tasks `crossmerge eval` runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -401,14 +402,6 @@ pub fn nli(
     })
 }
 
-/// splitmix64: the masking's random numbers, a pure function of (seed, text, position).
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// How `mlm` scores a text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -502,7 +495,7 @@ pub fn mlm(
                         let r = mix(seed
                             ^ mix(t.index)
                             ^ (i as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
-                        ((r >> 11) as f64 / (1u64 << 53) as f64) < 0.15
+                        unit(r) < 0.15
                     })
                     .collect();
                 if chosen.is_empty() {
