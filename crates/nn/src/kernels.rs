@@ -488,9 +488,11 @@ pub fn attention(
     })
 }
 
-/// Whether `x` can take the fused kernels (f32 on the CPU).
+/// Whether `x` can take the fused kernels (f32 on the CPU, not part of an autograd graph).
 pub fn fused(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    // The fused kernels record no backward pass: a tensor in an autograd graph (a training
+    // variable, or computed from one) takes candle's differentiable ops instead.
+    x.device().is_cpu() && x.dtype() == DType::F32 && !x.track_op()
 }
 
 /// GELU (erf form): fused on the CPU, candle's `gelu_erf` elsewhere.
