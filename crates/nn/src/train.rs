@@ -6,9 +6,11 @@
 //! Here so far: [`optim`], the optimizer step transformers' `Trainer` takes (gradient clipping,
 //! `AdamW` with decoupled weight decay, the linear warm-up and decay schedule), checked against
 //! torch on the same gradients; [`masking`], masked-LM inputs as transformers' collators make
-//! them, seeded per epoch. The training forward pass, data and the `train` command are next
+//! them, seeded per epoch; [`heads`], new heads and the trained model's config.json as
+//! transformers makes them. The training loop, data and the `train` command are next
 //! (issue 12).
 
+pub mod heads;
 pub mod masking;
 pub mod optim;
 
