@@ -230,6 +230,26 @@ fn object_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectRow> {
 
 const OBJECT_COLUMNS: &str = "id, kind, state, raw_size, stored_size, delta_base";
 
+/// An existing registry's catalog that cannot be used.
+fn catalog_lost(path: &Path, problem: String) -> Error {
+    Error::CatalogLost {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+/// An existing registry's catalog file must be there and not empty: never silently a new one.
+fn check_catalog_file(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() == 0 => Err(catalog_lost(path, "it is empty (0 bytes)".to_owned())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(catalog_lost(path, "it is missing".to_owned()))
+        }
+        Err(e) => Err(Error::io("reading", path, e)),
+    }
+}
+
 impl Catalog {
     /// Opens (creating and migrating as needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -239,20 +259,9 @@ impl Catalog {
     /// Opens the catalog of an existing registry (migrating it as needed): a missing, empty or
     /// unreadable file is an error, never silently a new empty catalog.
     pub fn open_existing(path: &Path) -> Result<Self> {
-        let lost = |problem: String| Error::CatalogLost {
-            path: path.to_path_buf(),
-            problem,
-        };
-        match std::fs::metadata(path) {
-            Ok(m) if m.len() == 0 => return Err(lost("it is empty (0 bytes)".to_owned())),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(lost("it is missing".to_owned()));
-            }
-            Err(e) => return Err(Error::io("reading", path, e)),
-        }
+        check_catalog_file(path)?;
         Self::open_inner(path, false).map_err(|e| match e {
-            Error::Catalog(e) => lost(crate::error::sqlite_message(&e)),
+            Error::Catalog(e) => catalog_lost(path, crate::error::sqlite_message(&e)),
             other => other,
         })
     }
@@ -260,18 +269,7 @@ impl Catalog {
     /// Opens an existing registry's catalog for reading only: nothing is created, migrated or
     /// written (every write is refused by `SQLite`). It must already be this build's schema.
     pub fn open_read_only(path: &Path) -> Result<Self> {
-        let lost = |problem: String| Error::CatalogLost {
-            path: path.to_path_buf(),
-            problem,
-        };
-        match std::fs::metadata(path) {
-            Ok(m) if m.len() == 0 => return Err(lost("it is empty (0 bytes)".to_owned())),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(lost("it is missing".to_owned()));
-            }
-            Err(e) => return Err(Error::io("reading", path, e)),
-        }
+        check_catalog_file(path)?;
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,

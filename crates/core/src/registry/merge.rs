@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde_json::json;
 
-use super::writer::{Draft, NewFile, NewTensor, TensorData};
+use super::writer::{Draft, NewFile, NewTensor, RowInfo, TensorData};
 use super::{NoProgress, Progress, Registry};
-use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge};
+use crate::catalog::{CheckpointKind, CheckpointRow, NewMerge};
 use crate::checkpoint::{Manifest, ManifestFile};
 use crate::engine::{self, Settings};
 use crate::error::{Error, Result};
@@ -435,18 +435,14 @@ impl Registry {
             files: files.iter().cloned().map(NewFile::Stored).collect(),
             metadata: metadata.clone(),
             delta_against: None,
-            checkpoint: NewCheckpoint {
+            row: RowInfo {
                 name: plan.point.name.clone(),
                 kind: CheckpointKind::Merged,
-                manifest_id: ObjectId::zero(),
                 architecture: config_architecture(self, files),
                 base: resolved.base.as_ref().map(|(b, _)| b.rowid),
                 language: recipe.output.language.clone(),
                 task,
                 source_path: Some(recipe.path.display().to_string()),
-                tensor_count: 0,
-                parameters: 0,
-                logical_size: 0,
                 tags: plan
                     .point
                     .axes

@@ -9,10 +9,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::writer::{
-    Committed, Draft, MemoryTensor, NewFile, NewTensor, TensorData, check_memory_tensors,
+    Committed, Draft, MemoryTensor, NewFile, NewTensor, RowInfo, TensorData, check_memory_tensors,
 };
 use super::{Progress, Registry, decode_error};
-use crate::catalog::{CheckpointKind, CheckpointRow, NewCheckpoint, ObjectRow};
+use crate::catalog::{CheckpointKind, CheckpointRow, ObjectRow};
 use crate::checkpoint::export::{index_json, plan_shards, shard_header};
 use crate::checkpoint::{Manifest, ManifestFile, ManifestTensor, read_model};
 use crate::error::{Error, Result};
@@ -153,55 +153,41 @@ impl Registry {
     ) -> Result<Registered> {
         opts.validate()?;
         let input = read_model(path)?;
-        let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
-        let base_manifest = base.as_ref().map(|b| self.manifest(b)).transpose()?;
-        let draft = Draft {
-            tensors: input
-                .tensors
-                .iter()
-                .map(|t| NewTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    data: TensorData::Bytes {
-                        source: t,
-                        len: t.len,
-                        origin: t.file.path.clone(),
-                    },
-                })
-                .collect(),
-            files: input
-                .files
-                .iter()
-                .map(|f| NewFile::Bytes {
-                    path: f.path.clone(),
-                    bytes: f.bytes.clone(),
-                })
-                .collect(),
-            metadata: input.metadata.clone(),
-            delta_against: base_manifest,
-            checkpoint: NewCheckpoint {
-                name: opts.name.clone(),
-                kind: opts.kind,
-                manifest_id: ObjectId::zero(),
-                architecture: input.architecture(),
-                base: base.as_ref().map(|b| b.rowid),
-                language: opts.language.clone(),
-                task: opts.task.clone(),
-                source_path: Some(
-                    fs::canonicalize(path)
-                        .unwrap_or_else(|_| path.to_path_buf())
-                        .display()
-                        .to_string(),
-                ),
-                tensor_count: 0,
-                parameters: 0,
-                logical_size: 0,
-                tags: opts.tags.clone(),
-            },
-            merge: None,
-        };
-        Ok(Registered::from(self.write_checkpoint(draft, progress)?))
+        let tensors = input
+            .tensors
+            .iter()
+            .map(|t| NewTensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data: TensorData::Bytes {
+                    source: t,
+                    len: t.len,
+                    origin: t.file.path.clone(),
+                },
+            })
+            .collect();
+        let files = input
+            .files
+            .iter()
+            .map(|f| NewFile::Bytes {
+                path: f.path.clone(),
+                bytes: f.bytes.clone(),
+            })
+            .collect();
+        let source = fs::canonicalize(path)
+            .unwrap_or_else(|_| path.to_path_buf())
+            .display()
+            .to_string();
+        self.write_registration(
+            opts,
+            tensors,
+            files,
+            input.metadata.clone(),
+            input.architecture(),
+            Some(source),
+            progress,
+        )
     }
 
     /// Registers tensors held in memory (a model just trained), with its config and
@@ -227,8 +213,6 @@ impl Registry {
                 )
             })?;
         }
-        let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
-        let base_manifest = base.as_ref().map(|b| self.manifest(b)).transpose()?;
         let mut sorted: Vec<&MemoryTensor> = tensors.iter().collect();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         let mut files: Vec<(String, Vec<u8>)> = files.to_vec();
@@ -239,38 +223,54 @@ impl Registry {
                 .find(|f| f.0 == "config.json")
                 .map(|f| f.1.as_slice()),
         );
+        let tensors = sorted
+            .iter()
+            .map(|t| NewTensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                data: TensorData::Bytes {
+                    source: &t.data,
+                    len: t.data.len() as u64,
+                    origin: PathBuf::from("<memory>"),
+                },
+            })
+            .collect();
+        let files = files
+            .into_iter()
+            .map(|(path, bytes)| NewFile::Bytes { path, bytes })
+            .collect();
+        self.write_registration(opts, tensors, files, metadata, architecture, None, progress)
+    }
+
+    /// What every registration does once its input is read and checked: the base resolved,
+    /// then the one checkpoint writer, fine-tuned tensors stored as deltas against the base.
+    #[allow(clippy::too_many_arguments)]
+    fn write_registration(
+        &mut self,
+        opts: &RegisterOptions,
+        tensors: Vec<NewTensor<'_>>,
+        files: Vec<NewFile>,
+        metadata: BTreeMap<String, String>,
+        architecture: Option<String>,
+        source_path: Option<String>,
+        progress: &dyn Progress,
+    ) -> Result<Registered> {
+        let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
+        let delta_against = base.as_ref().map(|b| self.manifest(b)).transpose()?;
         let draft = Draft {
-            tensors: sorted
-                .iter()
-                .map(|t| NewTensor {
-                    name: t.name.clone(),
-                    dtype: t.dtype,
-                    shape: t.shape.clone(),
-                    data: TensorData::Bytes {
-                        source: &t.data,
-                        len: t.data.len() as u64,
-                        origin: PathBuf::from("<memory>"),
-                    },
-                })
-                .collect(),
-            files: files
-                .into_iter()
-                .map(|(path, bytes)| NewFile::Bytes { path, bytes })
-                .collect(),
+            tensors,
+            files,
             metadata,
-            delta_against: base_manifest,
-            checkpoint: NewCheckpoint {
+            delta_against,
+            row: RowInfo {
                 name: opts.name.clone(),
                 kind: opts.kind,
-                manifest_id: ObjectId::zero(),
                 architecture,
                 base: base.as_ref().map(|b| b.rowid),
                 language: opts.language.clone(),
                 task: opts.task.clone(),
-                source_path: None,
-                tensor_count: 0,
-                parameters: 0,
-                logical_size: 0,
+                source_path,
                 tags: opts.tags.clone(),
             },
             merge: None,

@@ -75,13 +75,46 @@ pub struct Draft<'a> {
     /// Tensors given as bytes are stored as deltas against this manifest's tensor of the same
     /// name, dtype and shape, where that object is stored plainly.
     pub delta_against: Option<Manifest>,
-    /// The row; its manifest id, tensor count, parameters and logical size are filled in.
-    pub checkpoint: NewCheckpoint,
+    /// What the checkpoint row says beyond its content.
+    pub row: RowInfo,
     pub merge: Option<NewMerge>,
 }
 
 /// Objects written, with their stored sizes.
 type StoredObjects = Vec<(ObjectId, u64)>;
+
+/// A checkpoint row's fields that do not follow from its manifest (the writer derives the
+/// manifest id, tensor count, parameters and logical size).
+pub struct RowInfo {
+    pub name: String,
+    pub kind: crate::catalog::CheckpointKind,
+    pub architecture: Option<String>,
+    /// The base checkpoint's rowid.
+    pub base: Option<i64>,
+    pub language: Option<String>,
+    pub task: Option<String>,
+    pub source_path: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl RowInfo {
+    fn with(self, manifest: &Manifest, manifest_id: ObjectId) -> NewCheckpoint {
+        NewCheckpoint {
+            name: self.name,
+            kind: self.kind,
+            manifest_id,
+            architecture: self.architecture,
+            base: self.base,
+            language: self.language,
+            task: self.task,
+            source_path: self.source_path,
+            tensor_count: manifest.tensors.len() as u64,
+            parameters: manifest.parameters(),
+            logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
+            tags: self.tags,
+        }
+    }
+}
 
 /// What a write did.
 #[derive(Clone, Debug)]
@@ -143,7 +176,7 @@ impl Registry {
             files,
             metadata,
             delta_against,
-            mut checkpoint,
+            row,
             merge,
         } = draft;
 
@@ -322,7 +355,7 @@ impl Registry {
             blobs,
             &manifest,
             manifest_id,
-            &mut checkpoint,
+            row,
             merge.as_ref(),
             &mut created,
             progress,
@@ -351,7 +384,7 @@ impl Registry {
         blobs: Vec<(ObjectId, Header, Vec<u8>)>,
         manifest: &Manifest,
         manifest_id: ObjectId,
-        checkpoint: &mut NewCheckpoint,
+        row: RowInfo,
         merge: Option<&NewMerge>,
         created: &mut Vec<ObjectId>,
         progress: &dyn Progress,
@@ -404,15 +437,9 @@ impl Registry {
             stored.push((id, size));
         }
         progress.finish();
-        debug_assert!(
-            stored.iter().any(|(id, _)| *id == manifest_id) || !created.contains(&manifest_id)
-        );
-        checkpoint.manifest_id = manifest_id;
-        checkpoint.tensor_count = manifest.tensors.len() as u64;
-        checkpoint.parameters = manifest.parameters();
-        checkpoint.logical_size = manifest.tensor_bytes() + manifest.file_bytes();
+        let checkpoint = row.with(manifest, manifest_id);
         let refs = manifest.refs();
-        let (row, is_new) = self.commit_checkpoint(&stored, &refs, checkpoint, merge, created)?;
+        let (row, is_new) = self.commit_checkpoint(&stored, &refs, &checkpoint, merge, created)?;
         Ok((row, is_new, stored))
     }
 
@@ -522,10 +549,7 @@ pub(crate) fn check_memory_tensors(tensors: &[MemoryTensor]) -> Result<()> {
                 "give each tensor once",
             ));
         }
-        let expected = t
-            .shape
-            .iter()
-            .try_fold(t.dtype.size() as u64, |acc, d| acc.checked_mul(*d));
+        let expected = crate::tensor::byte_len(t.dtype, &t.shape);
         if expected != Some(t.data.len() as u64) {
             return Err(Error::bad_input(
                 &origin,
