@@ -13,12 +13,14 @@
 //! (named tensors), `layers` (linear, LayerNorm), [`encoder`], [`heads`].
 
 pub mod config;
+pub mod dropout;
 pub mod encoder;
 pub mod heads;
 mod layers;
 pub mod weights;
 
 pub use config::Config;
+pub use dropout::Dropout;
 pub use encoder::Encoder;
 pub use heads::{Head, HeadKind};
 pub use weights::Weights;

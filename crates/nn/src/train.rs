@@ -10,9 +10,16 @@
 //! transformers makes them. The training loop, data and the `train` command are next
 //! (issue 12).
 
+pub mod data;
 pub mod heads;
 pub mod masking;
 pub mod optim;
+#[cfg(test)]
+mod parity;
+mod state;
+pub mod trainer;
+
+pub use trainer::{Freeze, Objective, Options, Step, Trainer};
 
 /// The encoders and heads of [`crate::model`] are differentiable as they stand when their
 /// weights are candle variables (the fused CPU kernels, which record no backward pass, step

@@ -31,6 +31,15 @@ pub struct Config {
     /// ([`crate::parser::ParserConfig::of`]): a key it does not know must not break the other tasks.
     #[serde(default, rename = "crossmerge_parser")]
     pub parser_raw: Option<serde_json::Value>,
+    /// Dropout rates (training only; transformers' defaults when absent).
+    #[serde(default)]
+    pub hidden_dropout_prob: Option<f64>,
+    #[serde(default)]
+    pub attention_probs_dropout_prob: Option<f64>,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub initializer_range: Option<f64>,
 }
 
 pub(super) fn default_type_vocab() -> usize {

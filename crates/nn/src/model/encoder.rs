@@ -39,6 +39,8 @@ pub struct Encoder {
     pub(super) token_type: Tensor,
     pub(super) emb_norm: LayerNorm,
     pub(super) layers: Vec<Layer>,
+    /// Training: dropout on (the plain-op path runs).
+    pub(super) dropout: Option<std::sync::Arc<super::Dropout>>,
 }
 
 impl Encoder {
@@ -73,6 +75,7 @@ impl Encoder {
             token_type: weights.encoder("embeddings.token_type_embeddings.weight")?,
             emb_norm: LayerNorm::load(weights, "embeddings.LayerNorm", eps, true)?,
             layers,
+            dropout: None,
         })
     }
 
@@ -137,14 +140,17 @@ impl Encoder {
                 .reshape((b, t, h))?;
             Ok(x)
         };
-        let x = self.emb_norm.forward(&f().map_err(candle)?)?;
+        let mut x = self.emb_norm.forward(&f().map_err(candle)?)?;
+        if let Some(d) = &self.dropout {
+            x = d.apply(&x, d.hidden).map_err(candle)?;
+        }
         // Additive mask: 0 on tokens, the lowest f32 on padding, as transformers does.
         let bias: Vec<f32> = mask
             .iter()
             .flatten()
             .map(|&m| if m == 0 { f32::MIN } else { 0.0 })
             .collect();
-        if self.fused && device.is_cpu() {
+        if self.fused && device.is_cpu() && self.dropout.is_none() {
             self.layers_fused(&x, &bias, b, t)
         } else {
             self.layers_plain(x, bias, b, t, device)
@@ -155,6 +161,11 @@ impl Encoder {
     /// other devices run; tests compare the two.
     pub fn set_fused(&mut self, on: bool) {
         self.fused = on && can_fuse(&self.layers);
+    }
+
+    /// Training: dropout in every forward pass from now on (`None`: off, as in evaluation).
+    pub fn set_dropout(&mut self, dropout: Option<std::sync::Arc<super::Dropout>>) {
+        self.dropout = dropout;
     }
 
     /// The layers in plain candle ops (any device).
@@ -186,17 +197,24 @@ impl Encoder {
                 let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
                 let max = scores.max_keepdim(D::Minus1)?;
                 let e = scores.broadcast_sub(&max)?.exp()?;
-                let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+                let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+                if let Some(d) = &self.dropout {
+                    p = d.apply(&p, d.attention)?;
+                }
                 p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))
             };
             let ctx = attn().map_err(candle)?;
+            let drop = |y: Tensor| match &self.dropout {
+                Some(d) => d.apply(&y, d.hidden).map_err(candle),
+                None => Ok(y),
+            };
             let a = layer
                 .attn_norm
-                .forward(&(layer.attn_out.forward(&ctx)? + &x).map_err(candle)?)?;
+                .forward(&(drop(layer.attn_out.forward(&ctx)?)? + &x).map_err(candle)?)?;
             let inter = layer.inter.forward(&a)?.gelu_erf().map_err(candle)?;
             x = layer
                 .out_norm
-                .forward(&(layer.out.forward(&inter)? + &a).map_err(candle)?)?;
+                .forward(&(drop(layer.out.forward(&inter)?)? + &a).map_err(candle)?)?;
         }
         Ok(x)
     }

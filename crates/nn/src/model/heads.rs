@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use super::layers::{LayerNorm, Linear};
 use super::weights::missing;
-use super::{Encoder, Weights, candle};
+use super::{Dropout, Encoder, Weights, candle};
 use crate::error::Result;
 
 /// A task head over the encoder's hidden states.
@@ -92,6 +92,17 @@ impl Head {
     /// Logits: `(batch, len, vocab|labels)` for token-level heads, `(batch, labels)` for
     /// sequence heads.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.forward_train(hidden, None)
+    }
+
+    /// [`Head::forward`] with training dropout where transformers' heads have it: before a
+    /// token classifier, between BERT's pooler and classifier, before and after RoBERTa's
+    /// classification `dense`.
+    pub fn forward_train(&self, hidden: &Tensor, dropout: Option<&Dropout>) -> Result<Tensor> {
+        let drop = |x: Tensor| match dropout {
+            Some(d) => d.apply(&x, d.classifier).map_err(candle),
+            None => Ok(x),
+        };
         match &self.0 {
             Layers::MaskedLm {
                 dense,
@@ -105,20 +116,20 @@ impl Head {
                     .and_then(|y| y.broadcast_add(bias))
                     .map_err(candle)
             }
-            Layers::Token { classifier } => classifier.forward(hidden),
+            Layers::Token { classifier } => classifier.forward(&drop(hidden.clone())?),
             Layers::BertSequence { pooler, classifier } => {
                 let cls = hidden
                     .narrow(1, 0, 1)
                     .and_then(|c| c.squeeze(1))
                     .map_err(candle)?;
-                classifier.forward(&pooler.forward(&cls)?.tanh().map_err(candle)?)
+                classifier.forward(&drop(pooler.forward(&cls)?.tanh().map_err(candle)?)?)
             }
             Layers::RobertaSequence { dense, out_proj } => {
                 let cls = hidden
                     .narrow(1, 0, 1)
                     .and_then(|c| c.squeeze(1))
                     .map_err(candle)?;
-                out_proj.forward(&dense.forward(&cls)?.tanh().map_err(candle)?)
+                out_proj.forward(&drop(dense.forward(&drop(cls)?)?.tanh().map_err(candle)?)?)
             }
         }
     }

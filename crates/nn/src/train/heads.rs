@@ -75,15 +75,7 @@ pub fn new_head(config: &Value, kind: HeadKind, labels: usize, seed: u64) -> Vec
     let mut normal = |shape: Vec<usize>, name: &str| {
         k += 1;
         let n: usize = shape.iter().product();
-        let stream = mix(seed ^ mix(k));
-        // Box–Muller on pairs of uniform draws.
-        let values = (0..n)
-            .map(|i| {
-                let u1 = unit(mix(stream ^ (2 * i as u64))).max(f64::MIN_POSITIVE);
-                let u2 = unit(mix(stream ^ (2 * i as u64 + 1)));
-                ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std) as f32
-            })
-            .collect();
+        let values = normal_values(mix(seed ^ mix(k)), n, std);
         HeadTensor {
             name: name.to_owned(),
             shape,
@@ -127,6 +119,63 @@ pub fn new_head(config: &Value, kind: HeadKind, labels: usize, seed: u64) -> Vec
             filled(vec![vocab], "lm_head.bias", 0.0),
         ],
     }
+}
+
+/// Arc and relation MLP sizes of a new parser head (Dozat & Manning 2017's 500 and 100).
+pub const PARSER_ARC: usize = 500;
+pub const PARSER_RELATION: usize = 100;
+
+/// A new biaffine parser head (schemas/parser.md) for `relations` labels, seeded: the `[ROOT]`
+/// vector, MLP weights and both biaffine tensors normal(0, `initializer_range`), MLP biases
+/// zero. (Biaffine tensors at zero, as some parsers start, would give the MLPs no gradient on
+/// the first step.)
+pub fn new_parser(config: &Value, relations: usize, seed: u64) -> Vec<HeadTensor> {
+    let h = config["hidden_size"].as_u64().unwrap_or(768) as usize;
+    let std = config["initializer_range"].as_f64().unwrap_or(0.02);
+    let (a, r) = (PARSER_ARC, PARSER_RELATION);
+    let mut out = Vec::new();
+    let shapes: Vec<(&str, Vec<usize>, bool)> = vec![
+        ("parser.root", vec![h], true),
+        ("parser.arc_dep.weight", vec![a, h], true),
+        ("parser.arc_dep.bias", vec![a], false),
+        ("parser.arc_head.weight", vec![a, h], true),
+        ("parser.arc_head.bias", vec![a], false),
+        ("parser.rel_dep.weight", vec![r, h], true),
+        ("parser.rel_dep.bias", vec![r], false),
+        ("parser.rel_head.weight", vec![r, h], true),
+        ("parser.rel_head.bias", vec![r], false),
+        ("parser.arc_attn.weight", vec![a + 1, a], true),
+        (
+            "parser.rel_attn.weight",
+            vec![relations, r + 1, r + 1],
+            true,
+        ),
+    ];
+    for (k, (name, shape, random)) in shapes.into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let values = if random {
+            normal_values(mix(seed ^ mix(0x5EED_0000 + k as u64)), n, std)
+        } else {
+            vec![0.0; n]
+        };
+        out.push(HeadTensor {
+            name: name.to_owned(),
+            shape,
+            values,
+        });
+    }
+    out
+}
+
+/// `n` draws of normal(0, `std`) (Box–Muller on pairs of uniform draws).
+fn normal_values(stream: u64, n: usize, std: f64) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let u1 = unit(mix(stream ^ (2 * i as u64))).max(f64::MIN_POSITIVE);
+            let u2 = unit(mix(stream ^ (2 * i as u64 + 1)));
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * std) as f32
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -135,6 +135,37 @@ impl AdamW {
         self.step
     }
 
+    /// The first and second moments, in parameter order (saved with the training state).
+    pub fn moments(&self) -> impl Iterator<Item = (&Tensor, &Tensor)> {
+        self.slots.iter().map(|s| (&s.m, &s.v))
+    }
+
+    /// Restores a saved state: the step count and the moments in parameter order.
+    pub fn restore(&mut self, step: u64, moments: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if moments.len() != self.slots.len() {
+            return Err(Error::invalid(
+                format!(
+                    "the saved optimizer state has {} parameters, the model {}",
+                    moments.len(),
+                    self.slots.len()
+                ),
+                "resume with the settings the run started with",
+            ));
+        }
+        for (slot, (m, v)) in self.slots.iter_mut().zip(moments) {
+            if m.shape() != slot.m.shape() || v.shape() != slot.v.shape() {
+                return Err(Error::invalid(
+                    "the saved optimizer state does not fit the model's shapes",
+                    "resume with the settings the run started with",
+                ));
+            }
+            slot.m = m;
+            slot.v = v;
+        }
+        self.step = step;
+        Ok(())
+    }
+
     #[allow(clippy::many_single_char_names)] // the update's names: p, g, m, v, c, t
     /// One step at learning rate `lr` with `grads` in the order the parameters were given;
     /// a parameter without a gradient is left as it is (its moments too), as torch does.
