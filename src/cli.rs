@@ -8,6 +8,7 @@ mod eval;
 mod merge;
 mod output;
 mod progress;
+mod train;
 mod vectors;
 
 use std::io::{self, Write};
@@ -82,6 +83,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Evaluate a checkpoint on a task (pos, ner, nli, mlm, dp) and store the result.
     Eval(eval::EvalArgs),
+    /// Fine-tune a checkpoint on a language (mlm) or a task (pos, ner, nli, dp) and register it.
+    Train(train::TrainArgs),
     /// Tables of stored results.
     #[command(subcommand)]
     Report(eval::ReportCommand),
@@ -168,6 +171,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => vectors::diff(&ctx(&a.reg), &a),
         Command::Merge(a) => merge::merge(&ctx(&a.reg), &a),
         Command::Eval(a) => eval::eval(&ctx(&a.reg), &a),
+        Command::Train(a) => train::train(&ctx(&a.reg), &a),
         Command::Report(c) => {
             let eval::ReportCommand::Evals(a) = &c;
             eval::report(&ctx(&a.reg), &c)

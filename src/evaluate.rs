@@ -79,7 +79,7 @@ pub struct EvalReport {
     pub outcome: Outcome,
 }
 
-fn device(spec: &str) -> Result<Device> {
+pub(crate) fn device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         s if s == "cuda" || s.starts_with("cuda:") => {
@@ -133,7 +133,7 @@ fn whole(l: &str) -> &str {
     l
 }
 
-fn split_of(path: &Path) -> Option<String> {
+pub(crate) fn split_of(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     ["test", "dev", "train", "validation"]
         .into_iter()
@@ -145,7 +145,7 @@ fn split_of(path: &Path) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn file_of(
+pub(crate) fn file_of(
     reg: &Registry,
     manifest: &Manifest,
     row: &CheckpointRow,

@@ -40,6 +40,8 @@ pub use crossmerge_nn as eval;
 
 #[cfg(feature = "eval")]
 pub mod evaluate;
+#[cfg(feature = "eval")]
+pub mod train;
 
 pub use crossmerge_core::{
     CheckpointFilter, CheckpointKind, CheckpointRow, CompareOptions, DeriveOptions, Dtype, Error,

@@ -238,6 +238,34 @@ pub fn show(ctx: &Context, a: &ShowArgs) -> anyhow::Result<ExitCode> {
         )?;
         writeln!(out, "inputs:       {}", m.inputs.join(", "))?;
     }
+    if let Some(t) = &d.training {
+        let last = t.run.losses.as_array().and_then(|l| l.last()).cloned();
+        writeln!(
+            out,
+            "trained:      from {} on {} ({} steps, kept step {} by {}, {:.1} s on {}, seed {}, crossmerge {})",
+            t.source,
+            t.run.task,
+            t.run.steps,
+            t.run.kept_step,
+            t.run.kept,
+            t.run.duration_s,
+            t.run.device,
+            t.run.seed,
+            t.crossmerge_version
+        )?;
+        if let Some(l) = last {
+            writeln!(out, "final loss:   {} at step {}", l[1], l[0])?;
+        }
+        for d in t.run.data.as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "data:         {} {} ({})",
+                d["role"].as_str().unwrap_or("?"),
+                d["path"].as_str().unwrap_or("?"),
+                d["hash"].as_str().unwrap_or("?")
+            )?;
+        }
+    }
     writeln!(out, "created:      {}", c.created_at)?;
     writeln!(
         out,

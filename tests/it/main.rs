@@ -23,5 +23,6 @@ mod parity;
 mod roundtrip;
 mod safety;
 mod snapshots;
+mod train;
 mod vectors;
 mod writer;

@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/0004_evaluations.sql"),
     include_str!("../../../schemas/sql/0005_evaluation_settings.sql"),
     include_str!("../../../schemas/sql/0006_records_and_gc_index.sql"),
+    include_str!("../../../schemas/sql/0007_trainings.sql"),
 ];
 
 /// Rows per transaction when gc marks and deletes objects.
@@ -399,6 +400,7 @@ impl Catalog {
         refs: &[(String, ObjectId)],
         new: &NewCheckpoint,
         merge: Option<&NewMerge>,
+        training: Option<&NewTraining>,
         record: Option<&RecordRef>,
     ) -> Result<Commit> {
         let tx = self
@@ -460,6 +462,9 @@ impl Catalog {
                 if let Some(m) = merge {
                     insert_merge(&tx, l.rowid, m)?;
                 }
+                if let Some(t) = training {
+                    insert_training(&tx, l.rowid, t)?;
+                }
                 tx.commit()?;
                 let row = self.checkpoint_by_rowid(l.rowid)?;
                 return Ok(Commit::Done(Box::new(row), false));
@@ -473,6 +478,9 @@ impl Catalog {
             return Ok(Commit::VersionTaken);
         }
         let rowid = insert_checkpoint(&tx, new, version, record, merge)?;
+        if let Some(t) = training {
+            insert_training(&tx, rowid, t)?;
+        }
         tx.commit()?;
         Ok(Commit::Done(
             Box::new(self.checkpoint_by_rowid(rowid)?),
@@ -1161,6 +1169,121 @@ fn insert_merge(tx: &rusqlite::Transaction<'_>, checkpoint: i64, m: &NewMerge) -
 }
 
 // ---------------------------------------------------------------------------------------------
+// Trainings.
+
+/// A training run, as `crossmerge train` records it with the checkpoint it registered.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NewTraining {
+    /// The checkpoint trained from (rowid).
+    #[serde(skip)]
+    pub source: i64,
+    pub task: String,
+    pub language: Option<String>,
+    /// `[{role, path, hash}]`: the training and dev files with their blake3.
+    pub data: serde_json::Value,
+    /// Every setting of the run.
+    pub settings: serde_json::Value,
+    pub seed: u64,
+    pub device: String,
+    pub duration_s: f64,
+    pub steps: u64,
+    pub kept_step: u64,
+    /// `best_dev` or `last`.
+    pub kept: String,
+    /// `[[step, loss], …]`.
+    pub losses: serde_json::Value,
+    /// `[{step, metrics}]`.
+    pub dev: serde_json::Value,
+}
+
+/// A stored training run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainingRow {
+    pub id: i64,
+    /// The trained checkpoint, `name@version`.
+    pub checkpoint: String,
+    /// The checkpoint trained from, `name@version`.
+    pub source: String,
+    pub source_manifest: ObjectId,
+    pub crossmerge_version: String,
+    pub created_at: String,
+    #[serde(flatten)]
+    pub run: NewTraining,
+}
+
+fn insert_training(tx: &rusqlite::Transaction<'_>, checkpoint: i64, t: &NewTraining) -> Result<()> {
+    let json = |v: &serde_json::Value| v.to_string();
+    tx.execute(
+        "INSERT INTO trainings (checkpoint_id, source_id, task, language, data, settings, seed, device, \
+         crossmerge_version, duration_s, steps, kept_step, kept, losses, dev) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            checkpoint,
+            t.source,
+            t.task,
+            t.language,
+            json(&t.data),
+            json(&t.settings),
+            t.seed.cast_signed(),
+            t.device,
+            env!("CARGO_PKG_VERSION"),
+            t.duration_s,
+            t.steps,
+            t.kept_step,
+            t.kept,
+            json(&t.losses),
+            json(&t.dev),
+        ],
+    )?;
+    Ok(())
+}
+
+impl Catalog {
+    /// Training runs, oldest first; only those that registered `checkpoint` (rowid) when given.
+    pub fn trainings(&self, checkpoint: Option<i64>) -> Result<Vec<TrainingRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.id, c.name || '@' || c.version, s.name || '@' || s.version, s.manifest_id, \
+             t.crossmerge_version, t.created_at, t.source_id, t.task, t.language, t.data, t.settings, \
+             t.seed, t.device, t.duration_s, t.steps, t.kept_step, t.kept, t.losses, t.dev \
+             FROM trainings t JOIN checkpoints c ON c.id = t.checkpoint_id \
+             JOIN checkpoints s ON s.id = t.source_id \
+             WHERE (?1 IS NULL OR t.checkpoint_id = ?1) ORDER BY t.id",
+        )?;
+        let json = |s: String| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null);
+        let rows = stmt
+            .query_map([checkpoint], |r| {
+                let manifest: String = r.get(3)?;
+                let seed: i64 = r.get(11)?;
+                Ok(TrainingRow {
+                    id: r.get(0)?,
+                    checkpoint: r.get(1)?,
+                    source: r.get(2)?,
+                    source_manifest: parse_id(&manifest)?,
+                    crossmerge_version: r.get(4)?,
+                    created_at: r.get(5)?,
+                    run: NewTraining {
+                        source: r.get(6)?,
+                        task: r.get(7)?,
+                        language: r.get(8)?,
+                        data: json(r.get(9)?),
+                        settings: json(r.get(10)?),
+                        seed: seed.cast_unsigned(),
+                        device: r.get(12)?,
+                        duration_s: r.get(13)?,
+                        steps: r.get(14)?,
+                        kept_step: r.get(15)?,
+                        kept: r.get(16)?,
+                        losses: json(r.get(17)?),
+                        dev: json(r.get(18)?),
+                    },
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Evaluations.
 
 /// One stored evaluation.
@@ -1364,7 +1487,9 @@ mod tests {
         c.insert_pending(&[row(manifest), row(record)]).unwrap();
         let new = new_checkpoint(manifest);
         let stored = [(manifest, 1), (record, 1)];
-        let none = c.commit_checkpoint(&stored, &[], &new, None, None).unwrap();
+        let none = c
+            .commit_checkpoint(&stored, &[], &new, None, None, None)
+            .unwrap();
         assert!(matches!(none, Commit::VersionTaken));
         let stale = RecordRef {
             id: record,
@@ -1372,7 +1497,7 @@ mod tests {
             created_at: "2026-11-30T00:00:00.000Z".to_owned(),
         };
         let taken = c
-            .commit_checkpoint(&stored, &[], &new, None, Some(&stale))
+            .commit_checkpoint(&stored, &[], &new, None, None, Some(&stale))
             .unwrap();
         assert!(matches!(taken, Commit::VersionTaken));
         assert!(
@@ -1385,11 +1510,13 @@ mod tests {
             ..stale
         };
         let done = c
-            .commit_checkpoint(&stored, &[], &new, None, Some(&fresh))
+            .commit_checkpoint(&stored, &[], &new, None, None, Some(&fresh))
             .unwrap();
         assert!(matches!(done, Commit::Done(_, true)));
         // The same content again needs no record.
-        let again = c.commit_checkpoint(&stored, &[], &new, None, None).unwrap();
+        let again = c
+            .commit_checkpoint(&stored, &[], &new, None, None, None)
+            .unwrap();
         assert!(matches!(again, Commit::Done(_, false)));
     }
 }

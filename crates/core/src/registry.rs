@@ -160,7 +160,7 @@ impl Registry {
         }
         // Only what a registry (or one being created concurrently) holds may be there.
         let ours = |name: &str| {
-            matches!(name, "objects" | "tmp" | "lock" | "FORMAT")
+            matches!(name, "objects" | "tmp" | "lock" | "FORMAT" | "training")
                 || name.starts_with("catalog.sqlite3")
                 || name.starts_with(".FORMAT.")
         };

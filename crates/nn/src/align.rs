@@ -3,7 +3,7 @@
 //! its first subword, as the seed (and most cross-lingual work) does. Truncation is reported,
 //! never silent: words whose first subword falls past `max_length` have no position.
 
-use tokenizers::Tokenizer;
+pub use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 

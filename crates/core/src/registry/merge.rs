@@ -451,6 +451,7 @@ impl Registry {
                     .collect(),
             },
             merge: Some(merge.clone()),
+            training: None,
         }
     }
 

@@ -12,7 +12,7 @@ use super::writer::{
     Committed, Draft, MemoryTensor, NewFile, NewTensor, RowInfo, TensorData, check_memory_tensors,
 };
 use super::{Progress, Registry, decode_error};
-use crate::catalog::{CheckpointKind, CheckpointRow, ObjectRow};
+use crate::catalog::{CheckpointKind, CheckpointRow, NewTraining, ObjectRow};
 use crate::checkpoint::export::{index_json, plan_shards, shard_header};
 use crate::checkpoint::{Manifest, ManifestFile, ManifestTensor, read_model};
 use crate::error::{Error, Result};
@@ -186,6 +186,7 @@ impl Registry {
             input.metadata.clone(),
             input.architecture(),
             Some(source),
+            None,
             progress,
         )
     }
@@ -200,6 +201,20 @@ impl Registry {
         files: &[(String, Vec<u8>)],
         metadata: BTreeMap<String, String>,
         opts: &RegisterOptions,
+        progress: &dyn Progress,
+    ) -> Result<Registered> {
+        self.register_trained(tensors, files, metadata, opts, None, progress)
+    }
+
+    /// [`Registry::register_tensors`] with the training run that made the tensors, recorded
+    /// in the same catalog transaction as the checkpoint's row.
+    pub fn register_trained(
+        &mut self,
+        tensors: &[MemoryTensor],
+        files: &[(String, Vec<u8>)],
+        metadata: BTreeMap<String, String>,
+        opts: &RegisterOptions,
+        training: Option<NewTraining>,
         progress: &dyn Progress,
     ) -> Result<Registered> {
         opts.validate()?;
@@ -240,7 +255,16 @@ impl Registry {
             .into_iter()
             .map(|(path, bytes)| NewFile::Bytes { path, bytes })
             .collect();
-        self.write_registration(opts, tensors, files, metadata, architecture, None, progress)
+        self.write_registration(
+            opts,
+            tensors,
+            files,
+            metadata,
+            architecture,
+            None,
+            training,
+            progress,
+        )
     }
 
     /// What every registration does once its input is read and checked: the base resolved,
@@ -254,6 +278,7 @@ impl Registry {
         metadata: BTreeMap<String, String>,
         architecture: Option<String>,
         source_path: Option<String>,
+        training: Option<NewTraining>,
         progress: &dyn Progress,
     ) -> Result<Registered> {
         let base = opts.base.as_deref().map(|b| self.resolve(b)).transpose()?;
@@ -274,6 +299,7 @@ impl Registry {
                 tags: opts.tags.clone(),
             },
             merge: None,
+            training,
         };
         Ok(Registered::from(self.write_checkpoint(draft, progress)?))
     }
@@ -305,6 +331,9 @@ pub struct CheckpointDetails {
     /// How a merged checkpoint was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub merge: Option<crate::catalog::MergeRow>,
+    /// How a trained checkpoint was made (the latest run that registered it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<crate::catalog::TrainingRow>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -352,8 +381,10 @@ impl Registry {
             .collect();
         let stored_size = self.stored_size_of(&checkpoint)?;
         let merge = self.catalog.merge_of(checkpoint.rowid)?;
+        let training = self.catalog.trainings(Some(checkpoint.rowid))?.pop();
         Ok(CheckpointDetails {
             merge,
+            training,
             checkpoint,
             files: manifest.files,
             metadata: manifest.metadata,

@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{FORMAT_LINE, Progress, Registry};
 use crate::catalog::{
-    Catalog, CheckpointKind, CheckpointRow, Commit, NewCheckpoint, NewMerge, ObjectRow, RecordRef,
+    Catalog, CheckpointKind, CheckpointRow, Commit, NewCheckpoint, NewMerge, NewTraining,
+    ObjectRow, RecordRef,
 };
 use crate::checkpoint::Manifest;
 use crate::error::{Error, Result};
@@ -79,6 +80,7 @@ impl Registry {
         refs: &[(String, ObjectId)],
         new: &NewCheckpoint,
         merge: Option<&NewMerge>,
+        training: Option<&NewTraining>,
         created: &mut Vec<ObjectId>,
     ) -> Result<(CheckpointRow, bool)> {
         if self.catalog.latest_if_same(new)?.is_some() {
@@ -86,7 +88,7 @@ impl Registry {
             // writer added a version meanwhile, this commits nothing and a record follows.)
             if let Commit::Done(row, created) = self
                 .catalog
-                .commit_checkpoint(stored, refs, new, merge, None)?
+                .commit_checkpoint(stored, refs, new, merge, training, None)?
             {
                 return Ok((*row, created));
             }
@@ -135,7 +137,7 @@ impl Registry {
             };
             match self
                 .catalog
-                .commit_checkpoint(&all, refs, new, merge, Some(&rec))?
+                .commit_checkpoint(&all, refs, new, merge, training, Some(&rec))?
             {
                 Commit::Done(row, created) => return Ok((*row, created)),
                 Commit::VersionTaken => {}

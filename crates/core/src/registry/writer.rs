@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 
 use super::{Progress, Registry, decode_error};
-use crate::catalog::{CheckpointRow, NewCheckpoint, NewMerge, ObjectRow};
+use crate::catalog::{CheckpointRow, NewCheckpoint, NewMerge, NewTraining, ObjectRow};
 use crate::checkpoint::{Manifest, ManifestFile, ManifestTensor};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
@@ -78,6 +78,8 @@ pub struct Draft<'a> {
     /// What the checkpoint row says beyond its content.
     pub row: RowInfo,
     pub merge: Option<NewMerge>,
+    /// The training run that made it (`crossmerge train`), committed with the row.
+    pub training: Option<NewTraining>,
 }
 
 /// Objects written, with their stored sizes.
@@ -178,6 +180,7 @@ impl Registry {
             delta_against,
             row,
             merge,
+            training,
         } = draft;
 
         // 1. Name every tensor given as bytes by its content.
@@ -357,6 +360,7 @@ impl Registry {
             manifest_id,
             row,
             merge.as_ref(),
+            training.as_ref(),
             &mut created,
             progress,
         );
@@ -386,6 +390,7 @@ impl Registry {
         manifest_id: ObjectId,
         row: RowInfo,
         merge: Option<&NewMerge>,
+        training: Option<&NewTraining>,
         created: &mut Vec<ObjectId>,
         progress: &dyn Progress,
     ) -> Result<(CheckpointRow, bool, StoredObjects)> {
@@ -439,7 +444,8 @@ impl Registry {
         progress.finish();
         let checkpoint = row.with(manifest, manifest_id);
         let refs = manifest.refs();
-        let (row, is_new) = self.commit_checkpoint(&stored, &refs, &checkpoint, merge, created)?;
+        let (row, is_new) =
+            self.commit_checkpoint(&stored, &refs, &checkpoint, merge, training, created)?;
         Ok((row, is_new, stored))
     }
 

@@ -187,8 +187,7 @@ impl Trainer {
         }
         let lr_ok = options.lr.is_finite() && options.lr >= 0.0;
         let decay_ok = options.weight_decay.is_finite() && options.weight_decay >= 0.0;
-        if !lr_ok || !decay_ok || !(0.0..=1.0).contains(&options.warmup_ratio)
-        {
+        if !lr_ok || !decay_ok || !(0.0..=1.0).contains(&options.warmup_ratio) {
             return Err(Error::invalid(
                 format!(
                     "--lr {}, --warmup-ratio {} or --weight-decay {} is out of range",
@@ -263,7 +262,8 @@ impl Trainer {
         self.data.examples.len().div_ceil(self.options.batch_size) as u64
     }
 
-    fn steps_per_epoch(&self) -> u64 {
+    /// Optimizer steps in one pass over the data.
+    pub fn steps_per_epoch(&self) -> u64 {
         self.micro_per_epoch()
             .div_ceil(self.options.grad_accum as u64)
     }
