@@ -64,7 +64,14 @@ impl Linear {
         } else {
             None
         };
-        let wt = w.t().and_then(|t| t.contiguous()).map_err(candle)?;
+        // In training (a weight in an autograd graph) the transposed view is used as it is:
+        // a contiguous copy would cost a copy of every weight, and another in the backward
+        // pass, for each micro-batch.
+        let wt = if w.track_op() {
+            w.t().map_err(candle)?
+        } else {
+            w.t().and_then(|t| t.contiguous()).map_err(candle)?
+        };
         Ok(Self { wt, b, host_bias })
     }
 

@@ -11,7 +11,7 @@
 //! `tests/fixtures/train/adamw.json` (from `scripts/reference/adamw_steps.py`) pins it against
 //! torch.
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
 
 use crate::error::{Error, Result};
 
@@ -70,28 +70,53 @@ impl LinearSchedule {
     }
 }
 
-/// Scales `grads` in place so that their global L2 norm is at most `max_norm` (torch's
-/// `clip_grad_norm_`: coefficient `max_norm / (norm + 1e-6)`, capped at 1); returns the norm
-/// before clipping. Absent gradients (parameters the loss does not reach) are skipped.
-pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+/// The global L2 norm of `grads` and torch's `clip_grad_norm_` coefficient for it:
+/// `max_norm / (norm + 1e-6)`, capped at 1. [`AdamW::step`] applies the coefficient as it
+/// reads each gradient (no scaled copy of every gradient). Absent gradients (parameters the
+/// loss does not reach) are skipped.
+pub fn grad_norm(grads: &[Option<Tensor>], max_norm: f64) -> Result<(f64, f32)> {
     let mut total = 0f64;
     for g in grads.iter().flatten() {
-        // Each tensor's norm in f32 as torch computes it, then the norm of the norms.
-        let n = g
-            .to_dtype(DType::F32)
-            .and_then(|g| g.sqr())
-            .and_then(|g| g.sum_all())
-            .and_then(|s| s.sqrt())
-            .and_then(|s| s.to_scalar::<f32>())
-            .map_err(|e| candle(&e))?;
-        total += f64::from(n) * f64::from(n);
+        total += squares(g)?;
     }
     let norm = total.sqrt() as f32;
     let coef = (max_norm as f32 / (norm + 1e-6)).min(1.0);
+    Ok((f64::from(norm), coef))
+}
+
+/// Σ x² of a tensor, read in place on the CPU (a plain reduction elsewhere).
+fn squares(g: &Tensor) -> Result<f64> {
+    if let Some(sum) = with_host_f32(g, |x| x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()) {
+        return Ok(sum);
+    }
+    let n = g
+        .to_dtype(DType::F32)
+        .and_then(|g| g.sqr())
+        .and_then(|g| g.sum_all())
+        .and_then(|s| s.to_scalar::<f32>())
+        .map_err(|e| candle(&e))?;
+    Ok(f64::from(n))
+}
+
+/// Runs `f` on a contiguous f32 CPU tensor's values, without copying them.
+fn with_host_f32<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Option<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
+/// Scales `grads` in place so that their global L2 norm is at most `max_norm` (torch's
+/// `clip_grad_norm_`); returns the norm before clipping. (The training loop folds the
+/// coefficient into [`AdamW::step_scaled`] instead: [`grad_norm`].)
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
+    let (norm, coef) = grad_norm(grads, max_norm)?;
     for g in grads.iter_mut().flatten() {
         *g = g.affine(f64::from(coef), 0.0).map_err(|e| candle(&e))?;
     }
-    Ok(f64::from(norm))
+    Ok(norm)
 }
 
 struct Slot {
@@ -114,11 +139,12 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like().map_err(|e| candle(&e))?;
+                // Two buffers: the moments are updated in place.
+                let zeros = || var.as_tensor().zeros_like().map_err(|e| candle(&e));
                 Ok(Slot {
                     decay: decays(&name),
-                    m: zeros.clone(),
-                    v: zeros,
+                    m: zeros()?,
+                    v: zeros()?,
                     var,
                 })
             })
@@ -166,10 +192,18 @@ impl AdamW {
         Ok(())
     }
 
-    #[allow(clippy::many_single_char_names)] // the update's names: p, g, m, v, c, t
     /// One step at learning rate `lr` with `grads` in the order the parameters were given;
     /// a parameter without a gradient is left as it is (its moments too), as torch does.
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
+        self.step_scaled(grads, 1.0, lr)
+    }
+
+    #[allow(clippy::many_single_char_names)] // the update's names: p, g, m, v, c, t
+    /// [`AdamW::step`] on the gradients times `coef` (the clipping coefficient), each read
+    /// once. On the CPU the parameter and both moments are updated in place in one pass (the
+    /// same f32 operations, in the same order, as the tensor ops elsewhere); `coef` = 1 leaves
+    /// the gradients exact.
+    pub fn step_scaled(&mut self, grads: &[Option<Tensor>], coef: f32, lr: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
             return Err(Error::invalid(
                 format!(
@@ -188,6 +222,29 @@ impl AdamW {
         let step_size = lr / bias1;
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
+            let fused = Fused {
+                coef,
+                keep1: (1.0 - c.beta1) as f32,
+                beta2: c.beta2 as f32,
+                keep2: (1.0 - c.beta2) as f32,
+                inv_bias2: (1.0 / bias2_sqrt) as f32,
+                eps: c.eps as f32,
+                decay: if slot.decay && c.weight_decay != 0.0 {
+                    Some((1.0 - lr * c.weight_decay) as f32)
+                } else {
+                    None
+                },
+                step_size: step_size as f32,
+            };
+            if fused.apply(slot, g)? {
+                continue;
+            }
+            #[allow(clippy::float_cmp)] // exactly 1: the gradient as it is
+            let g = &if coef == 1.0 {
+                g.clone()
+            } else {
+                g.affine(f64::from(coef), 0.0).map_err(|e| candle(&e))?
+            };
             let run = || -> candle_core::Result<(Tensor, Tensor, Tensor)> {
                 let p = slot.var.as_tensor();
                 let p = if slot.decay && c.weight_decay != 0.0 {
@@ -208,6 +265,135 @@ impl AdamW {
             slot.v = v;
         }
         Ok(())
+    }
+}
+
+/// One `AdamW` update of a parameter, fused: the moments in place, then the parameter in
+/// place, every element through the f32 operations of the tensor path in its order.
+struct Fused {
+    coef: f32,
+    keep1: f32,
+    beta2: f32,
+    keep2: f32,
+    inv_bias2: f32,
+    eps: f32,
+    decay: Option<f32>,
+    step_size: f32,
+}
+
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("adamw: not a contiguous f32 tensor"),
+    }
+}
+
+fn slice_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("adamw: not a contiguous f32 tensor"),
+    }
+}
+
+/// `m ← m + (g·coef − m)·(1 − β₁)`.
+struct FirstMoment<'a>(&'a Fused);
+/// `v ← v·β₂ + (g·coef)²·(1 − β₂)`.
+struct SecondMoment<'a>(&'a Fused);
+/// `p ← p·(1 − lr·wd)` (decaying parameters), then `p ← p − (m / (√v·(1/√(1−β₂ᵗ)) + ε))·step`.
+struct Parameter<'a>(&'a Fused);
+
+impl candle_core::InplaceOp2 for FirstMoment<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-m"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let f = self.0;
+        let g = slice(s2, l2)?;
+        for (m, &g) in slice_mut(s1, l1)?.iter_mut().zip(g) {
+            let g = g * f.coef; // exact when coef is 1
+            *m += (g - *m) * f.keep1;
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp2 for SecondMoment<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-v"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let f = self.0;
+        let g = slice(s2, l2)?;
+        for (v, &g) in slice_mut(s1, l1)?.iter_mut().zip(g) {
+            let g = g * f.coef; // exact when coef is 1
+            *v = *v * f.beta2 + g * g * f.keep2;
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::InplaceOp3 for Parameter<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-p"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let f = self.0;
+        let (m, v) = (slice(s2, l2)?, slice(s3, l3)?);
+        for ((p, &m), &v) in slice_mut(s1, l1)?.iter_mut().zip(m).zip(v) {
+            if let Some(d) = f.decay {
+                *p *= d;
+            }
+            let denom = v.sqrt() * f.inv_bias2 + f.eps;
+            *p -= m / denom * f.step_size;
+        }
+        Ok(())
+    }
+}
+
+impl Fused {
+    /// Updates `slot` with `g` in place when every tensor is a contiguous f32 CPU tensor of
+    /// the same length; `false` (nothing done) otherwise.
+    fn apply(&self, slot: &mut Slot, g: &Tensor) -> Result<bool> {
+        let p = slot.var.as_tensor();
+        let host = |t: &Tensor| {
+            t.device().is_cpu()
+                && t.dtype() == DType::F32
+                && t.is_contiguous()
+                && t.elem_count() == p.elem_count()
+        };
+        if ![p, &slot.m, &slot.v, g].into_iter().all(host) {
+            return Ok(false);
+        }
+        let run = || -> candle_core::Result<()> {
+            slot.m.inplace_op2(g, &FirstMoment(self))?;
+            slot.v.inplace_op2(g, &SecondMoment(self))?;
+            p.inplace_op3(&slot.m, &slot.v, &Parameter(self))
+        };
+        run().map_err(|e| candle(&e))?;
+        Ok(true)
     }
 }
 

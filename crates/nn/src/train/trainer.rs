@@ -20,7 +20,7 @@ use tokenizers::Tokenizer;
 
 use super::data::{Dataset, Example, Target};
 use super::masking::Masking;
-use super::optim::{AdamW, AdamWConfig, LinearSchedule, clip_grad_norm};
+use super::optim::{AdamW, AdamWConfig, LinearSchedule, grad_norm};
 use super::state;
 use crate::error::{Error, Result};
 use crate::model::{Config, Dropout, Encoder, Head, HeadKind, Weights};
@@ -519,12 +519,12 @@ impl Trainer {
                 }
             }
         }
-        let grad_norm = clip_grad_norm(&mut grads, self.options.max_grad_norm)?;
+        let (grad_norm, coef) = grad_norm(&grads, self.options.max_grad_norm)?;
         if !grad_norm.is_finite() {
             return Err(nan(k + 1, "gradient norm", grad_norm));
         }
         let lr = self.options.lr * self.schedule.factor(k);
-        self.optimizer.step(&grads, lr)?;
+        self.optimizer.step_scaled(&grads, coef, lr)?;
         Ok(Step {
             step: k + 1,
             epoch,

@@ -1,0 +1,276 @@
+#!/usr/bin/env python3
+"""transformers' side of crossmerge's real-data training checks and training benchmark
+(TRAINING.md, `cargo xtask bench --suite train`): the same recipe as `crossmerge train`, run
+with `transformers.Trainer` on the same machine.
+
+    hf_train.py tag  --task pos|ner --model DIR --train F --dev F --test F [--limit N]
+                     [--epochs 3 --lr 5e-5 --batch 32 --seed 42 --max-length 128 --warmup 0.0 --wd 0.0]
+        fine-tunes DIR (a BertModel/XLM-R folder: config.json, model.safetensors,
+        tokenizer.json) with a new token-classification head on the first subword of each
+        word (the others -100), evaluates on --dev every epoch, keeps the best epoch
+        (load_best_model_at_end), and prints one JSON line: dev and test scores as crossmerge
+        computes them (UPOS accuracy; entity F1 with seqeval's default mode), steps, seconds.
+    hf_train.py speed --model DIR --train F.conllu --steps N --batch 32 [--max-length 128]
+        N optimizer steps of UPOS training (dropout on, AdamW), timed after one warm-up step;
+        prints `tokens_per_s peak_rss_kib` (tokens: non-padding subwords).
+"""
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import transformers as tf
+
+
+def read_conllu(path, limit=None):
+    sents, words = [], []
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if not line:
+            if words:
+                sents.append(words)
+                if limit and len(sents) >= limit:
+                    return sents
+            words = []
+        elif not line.startswith("#"):
+            cols = line.split("\t")
+            if "-" in cols[0] or "." in cols[0]:
+                continue
+            words.append((cols[1], cols[3]))
+    if words:
+        sents.append(words)
+    return sents
+
+
+def read_iob(path, limit=None):
+    sents, words = [], []
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            if words:
+                sents.append(words)
+                if limit and len(sents) >= limit:
+                    return sents
+            words = []
+            continue
+        if line.startswith("#") and not words:
+            continue
+        cols = line.split("\t") if "\t" in line else line.split()
+        if cols[0] == "-DOCSTART-":
+            continue
+        if cols[0].isdigit() and len(cols) >= 3:
+            words.append((cols[1], cols[2]))
+        else:
+            words.append((cols[0], cols[-1]))
+    if words:
+        sents.append(words)
+    return sents
+
+
+def tokenizer_for(model_dir):
+    tok = tf.PreTrainedTokenizerFast(tokenizer_file=f"{model_dir}/tokenizer.json")
+    specials = {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "<mask>"}
+    if tok.convert_tokens_to_ids("[CLS]") not in (None, tok.unk_token_id) and "[CLS]" in tok.get_vocab():
+        specials = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]", "unk_token": "[UNK]", "mask_token": "[MASK]"}
+    tok.add_special_tokens(specials)
+    tok.backend_tokenizer.no_padding()
+    tok.backend_tokenizer.no_truncation()
+    return tok
+
+
+def encode(tok, sents, labels, max_length):
+    """First subword labelled, the rest -100; cut to max_length keeping the closing token (as
+    crossmerge's align does)."""
+    out = []
+    for s in sents:
+        enc = tok([w for w, _ in s], is_split_into_words=True, add_special_tokens=True)
+        ids = enc["input_ids"]
+        word_ids = enc.word_ids()
+        lab = [-100] * len(ids)
+        seen = set()
+        for p, w in enumerate(word_ids):
+            if w is not None and w not in seen:
+                seen.add(w)
+                lab[p] = labels[s[w][1]]
+        if len(ids) > max_length:
+            ids = ids[: max_length - 1] + ids[-1:]
+            lab = lab[: max_length - 1] + [-100]
+        out.append({"input_ids": ids, "labels": lab})
+    return out
+
+
+def first_subword_predictions(model, tok, sents, max_length, id2label):
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(sents), 32):
+            batch = sents[i : i + 32]
+            feats = encode(tok, batch, {l: 0 for s in batch for _, l in s}, 10**9)
+            firsts = []
+            for s in batch:
+                enc = tok([w for w, _ in s], is_split_into_words=True)
+                wid = enc.word_ids()
+                first = {}
+                for p, w in enumerate(wid):
+                    if w is not None and w not in first and p < max_length - 1:
+                        first[w] = p
+                firsts.append(first)
+            t = min(max(len(f["input_ids"]) for f in feats), max_length)
+            ids = torch.full((len(batch), t), tok.pad_token_id)
+            mask = torch.zeros((len(batch), t), dtype=torch.long)
+            for k, f in enumerate(feats):
+                x = f["input_ids"]
+                if len(x) > max_length:
+                    x = x[: max_length - 1] + x[-1:]
+                ids[k, : len(x)] = torch.tensor(x)
+                mask[k, : len(x)] = 1
+            logits = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            for k, s in enumerate(batch):
+                preds.append([id2label[int(logits[k, firsts[k][w]])] if w in firsts[k] else None for w in range(len(s))])
+    return preds
+
+
+def entity_f1(gold, pred):
+    from seqeval.metrics import f1_score
+
+    return f1_score(gold, [[p if p is not None else "O" for p in s] for s in pred])
+
+
+def score(task, model, tok, sents, max_length, id2label):
+    pred = first_subword_predictions(model, tok, sents, max_length, id2label)
+    if task == "pos":
+        n = sum(len(s) for s in sents)
+        ok = sum(p == g for s, ps in zip(sents, pred) for (_, g), p in zip(s, ps))
+        return {"upos_accuracy": ok / n}
+    return {"entity_f1": entity_f1([[g for _, g in s] for s in sents], pred)}
+
+
+def tag(a):
+    read = read_conllu if a.task == "pos" else read_iob
+    train, dev, test = read(a.train, a.limit), read(a.dev), read(a.test)
+    labels = sorted({l for s in train for _, l in s})
+    label2id = {l: i for i, l in enumerate(labels)}
+    id2label = dict(enumerate(labels))
+    tok = tokenizer_for(a.model)
+    tf.set_seed(a.seed)
+    model = tf.AutoModelForTokenClassification.from_pretrained(
+        a.model, num_labels=len(labels), id2label=id2label, label2id=label2id, torch_dtype=torch.float32
+    )
+    metric_name = "upos_accuracy" if a.task == "pos" else "entity_f1"
+
+    class Eval(tf.TrainerCallback):
+        pass
+
+    def compute(_):
+        return {}
+
+    args = tf.TrainingArguments(
+        output_dir=a.out,
+        per_device_train_batch_size=a.batch,
+        learning_rate=a.lr,
+        num_train_epochs=a.epochs,
+        warmup_ratio=a.warmup,
+        weight_decay=a.wd,
+        seed=a.seed,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    collator = tf.DataCollatorForTokenClassification(tok)
+    best = (-1.0, None, 0)
+
+    class DevEval(tf.TrainerCallback):
+        def on_epoch_end(self, args_, state, control, model=None, **kw):
+            nonlocal best
+            m = score(a.task, model, tok, dev, 512, id2label)[metric_name]
+            if m > best[0]:
+                best = (m, {k: v.detach().clone() for k, v in model.state_dict().items()}, state.global_step)
+            model.train()
+
+    trainer = tf.Trainer(
+        model=model,
+        args=args,
+        train_dataset=encode(tok, train, label2id, a.max_length),
+        data_collator=collator,
+        callbacks=[DevEval()],
+    )
+    start = time.time()
+    trainer.train()
+    seconds = time.time() - start
+    model.load_state_dict(best[1])
+    out = {
+        "task": a.task,
+        "seed": a.seed,
+        "dev": {metric_name: best[0]},
+        "kept_step": best[2],
+        "test": score(a.task, model, tok, test, 512, id2label),
+        "steps": trainer.state.global_step,
+        "seconds": seconds,
+        "torch": torch.__version__,
+        "transformers": tf.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(out))
+
+
+def speed(a):
+    train = read_conllu(a.train)
+    labels = sorted({l for s in train for _, l in s})
+    label2id = {l: i for i, l in enumerate(labels)}
+    tok = tokenizer_for(a.model)
+    tf.set_seed(a.seed)
+    model = tf.AutoModelForTokenClassification.from_pretrained(
+        a.model, num_labels=len(labels), torch_dtype=torch.float32
+    )
+    model.train()
+    feats = encode(tok, train, label2id, a.max_length)
+    rng = np.random.default_rng(a.seed)
+    order = rng.permutation(len(feats))
+    collator = tf.DataCollatorForTokenClassification(tok)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.0)
+    tokens, elapsed = 0, 0.0
+    for step in range(a.steps + 1):
+        batch = collator([feats[i] for i in order[step * a.batch : (step + 1) * a.batch]])
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        if step > 0:
+            elapsed += time.perf_counter() - start
+            tokens += int(batch["attention_mask"].sum())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"{tokens / elapsed:.2f} {rss}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["tag", "speed"])
+    p.add_argument("--task", default="pos")
+    p.add_argument("--model", required=True)
+    p.add_argument("--train", required=True)
+    p.add_argument("--dev")
+    p.add_argument("--test")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--warmup", type=float, default=0.0)
+    p.add_argument("--wd", type=float, default=0.0)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--out", default="/tmp/hf-train-out")
+    a = p.parse_args()
+    {"tag": tag, "speed": speed}[a.mode](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
