@@ -212,6 +212,12 @@ impl TryFrom<&TrainSettings> for TrainPlan {
                 "give a number of steps, or leave it out to evaluate every epoch",
             ));
         }
+        if task == Task::Mlm && s.language.is_none() {
+            return Err(Error::invalid(
+                "a masked-LM run makes a language model, which needs --language",
+                "name the language of the text, e.g. --language es",
+            ));
+        }
         if task == Task::Mlm && s.labels.is_some() {
             return Err(Error::invalid(
                 "--labels has no use with --task mlm",

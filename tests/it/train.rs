@@ -721,3 +721,96 @@ fn bad_input_gets_one_line_and_a_hint_and_registers_nothing() {
     );
     assert_eq!(s.names(), ["small", "tiny"]);
 }
+
+/// The exports of trained models load in transformers with no missing, unexpected or
+/// mismatched keys, and transformers' predictions score exactly what `crossmerge eval` scores.
+#[test]
+fn exports_load_in_transformers_and_predict_the_same() {
+    let python = crate::common::python();
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers, seqeval"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        crate::common::skipped(
+            "the transformers load of trained exports",
+            &format!("torch, transformers and seqeval are not all installed for {python}"),
+        );
+        return;
+    }
+    let s = Setup::new();
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/check_trained_export.py");
+    for (task, ext, metric, arch) in [
+        (
+            "pos",
+            "conllu",
+            Some("upos_accuracy"),
+            "BertForTokenClassification",
+        ),
+        (
+            "ner",
+            "iob2",
+            Some("entity_f1"),
+            "BertForTokenClassification",
+        ),
+        (
+            "nli",
+            "tsv",
+            Some("accuracy"),
+            "BertForSequenceClassification",
+        ),
+        ("mlm", "txt", None, "BertForMaskedLM"),
+    ] {
+        let name = format!("x-{task}");
+        s.train(&[
+            "--task",
+            task,
+            "--data",
+            &s.file(&format!("toy-train.{ext}")),
+            "--name",
+            &name,
+            "--epochs",
+            "2",
+            "--lr",
+            "3e-3",
+            "--language",
+            "en",
+        ])
+        .assert()
+        .success();
+        let out = s.root.join(format!("export-{task}"));
+        cm(&s.reg, &["export", &name, "--out", out.to_str().unwrap()])
+            .assert()
+            .success();
+        let dev = s.file(&format!("toy-dev.{ext}"));
+        let o = std::process::Command::new(&python)
+            .arg(&script)
+            .args([out.to_str().unwrap(), task, &dev])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{task}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(r["architecture"], arch, "{task}: {r}");
+        for k in ["missing", "unexpected", "mismatched"] {
+            assert_eq!(r[k], json!([]), "{task}: {k} keys: {r}");
+        }
+        if let Some(metric) = metric {
+            let e = json_of(&mut cm(
+                &s.reg,
+                &["eval", &name, "--task", task, "--data", &dev, "--json"],
+            ));
+            let (ours, theirs) = (
+                e["metrics"][metric].as_f64().unwrap(),
+                r[metric].as_f64().unwrap(),
+            );
+            assert!(
+                (ours - theirs).abs() < 1e-9,
+                "{task}: crossmerge {ours} vs transformers {theirs}"
+            );
+        }
+    }
+}
