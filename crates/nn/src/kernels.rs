@@ -13,12 +13,15 @@
 //! transformers.
 //!
 //! On other devices (CUDA) and dtypes the callers' plain candle ops run instead. These kernels
-//! have no backward pass: evaluation needs none, and the plain-op path stays for training.
+//! have no backward pass: evaluation needs none; training on the CPU runs [`grad`]'s kernels,
+//! which have one.
 
 // b, t, h, d, q, k, v: the formulas' names.
 #![allow(clippy::many_single_char_names)]
 // The kernel bodies must be inlined into pulp's vector context to be compiled for it.
 #![allow(clippy::inline_always)]
+
+pub mod grad;
 
 use rayon::prelude::*;
 
@@ -499,6 +502,8 @@ pub fn fused(x: &Tensor) -> bool {
 pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
     if fused(x) {
         x.contiguous()?.apply_op1_no_bwd(&Gelu { bias: None })
+    } else if grad::applies(x) {
+        grad::gelu(x)
     } else {
         x.gelu_erf()
     }

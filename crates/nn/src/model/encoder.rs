@@ -7,6 +7,7 @@ use candle_core::{D, DType, Device, Tensor};
 use super::layers::{LayerNorm, Linear};
 use super::{Config, Weights, candle};
 use crate::error::{Error, Result};
+use crate::kernels::grad;
 
 pub(super) struct Layer {
     /// Query, key and value projections stacked: `(H, 3H)`.
@@ -178,6 +179,7 @@ impl Encoder {
         device: &Device,
     ) -> Result<Tensor> {
         let h = self.config.hidden_size;
+        let host = device.is_cpu().then(|| std::sync::Arc::new(bias.clone()));
         let bias = Tensor::from_vec(bias, (b, 1, 1, t), device).map_err(candle)?;
         let heads = self.config.num_attention_heads;
         let d = h / heads;
@@ -194,10 +196,16 @@ impl Encoder {
                 part(2).map_err(candle)?,
             );
             let attn = || -> candle_core::Result<Tensor> {
-                let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-                let max = scores.max_keepdim(D::Minus1)?;
-                let e = scores.broadcast_sub(&max)?.exp()?;
-                let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+                let raw = q.matmul(&k.t()?)?;
+                // On the CPU, scale, mask and softmax as one op with a backward pass.
+                let mut p = if let Some(mask) = host.as_ref().filter(|_| grad::applies(&raw)) {
+                    grad::attention_softmax(&raw, scale, mask.clone(), heads)?
+                } else {
+                    let scores = (raw * scale)?.broadcast_add(&bias)?;
+                    let max = scores.max_keepdim(D::Minus1)?;
+                    let e = scores.broadcast_sub(&max)?.exp()?;
+                    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
+                };
                 if let Some(d) = &self.dropout {
                     p = d.apply(&p, d.attention)?;
                 }
@@ -211,7 +219,7 @@ impl Encoder {
             let a = layer
                 .attn_norm
                 .forward(&(drop(layer.attn_out.forward(&ctx)?)? + &x).map_err(candle)?)?;
-            let inter = layer.inter.forward(&a)?.gelu_erf().map_err(candle)?;
+            let inter = crate::kernels::gelu(&layer.inter.forward(&a)?).map_err(candle)?;
             x = layer
                 .out_norm
                 .forward(&(drop(layer.out.forward(&inter)?)? + &a).map_err(candle)?)?;

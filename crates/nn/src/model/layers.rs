@@ -129,6 +129,9 @@ impl LayerNorm {
         if let Some(fused) = self.fused.as_ref().filter(|_| x.device().is_cpu()) {
             return fused.forward(x, self.eps).map_err(candle);
         }
+        if crate::kernels::grad::applies(x) {
+            return crate::kernels::grad::layer_norm(x, &self.w, &self.b, self.eps).map_err(candle);
+        }
         let f = || -> candle_core::Result<Tensor> {
             let mean = x.mean_keepdim(D::Minus1)?;
             let centred = x.broadcast_sub(&mean)?;
