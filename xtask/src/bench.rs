@@ -76,11 +76,14 @@ pub enum Suite {
     Merge,
     /// `crossmerge eval` throughput (MiniLM, UPOS on en PUD) against transformers on PyTorch CPU.
     Eval,
+    /// `crossmerge train` throughput and peak memory (multilingual-e5-small, UPOS on EWT
+    /// train) against transformers + torch on the CPU.
+    Train,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// What to measure: registry (register, export), compare, merge or eval.
+    /// What to measure: registry (register, export), compare, merge, eval or train.
     #[arg(long, value_enum, default_value = "registry")]
     suite: Suite,
     /// Vectors for the compare suite.
@@ -92,6 +95,9 @@ pub struct BenchArgs {
     /// Runs per figure; medians are reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Optimizer steps per run of the train suite.
+    #[arg(long, default_value_t = 8)]
+    steps: usize,
     /// A Python with torch and transformers, for the eval suite.
     #[arg(long, default_value = "python3")]
     python: PathBuf,
@@ -225,6 +231,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if matches!(a.suite, Suite::Compare) {
         return bench_compare(a);
+    }
+    if matches!(a.suite, Suite::Train) {
+        return bench_train(a);
     }
     let spec = FamilySpec::new(shape(&a.shape)?, 1).head_labels(Some(9));
     let family_dir = a.workdir.join(format!("family-{}", a.shape));
@@ -974,6 +983,173 @@ fn bench_eval(a: &BenchArgs) -> anyhow::Result<ExitCode> {
         hf / mine,
         median(ratios.clone()),
         ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Training throughput and peak memory of `crossmerge train` against transformers + torch
+/// (`scripts/reference/hf_train.py speed`) on this CPU: multilingual-e5-small, UPOS tagging
+/// on UD_English-EWT train, batches of 32 random sentences cut to 128 subwords, dropout on,
+/// the machine's threads; `--steps` optimizer steps per run (ours count the first step,
+/// transformers' do not), interleaved runs, medians.
+fn bench_train(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let root = Path::new(".");
+    let e5 = a.shared.join("models/multilingual-e5-small");
+    let data = a
+        .shared
+        .join("data/ud/UD_English-EWT/en_ewt-ud-train.conllu");
+    if !e5.is_dir() || !data.is_file() {
+        bail!(
+            "the train suite needs {} (multilingual-e5-small and UD_English-EWT train); give --shared DIR",
+            a.shared.display()
+        );
+    }
+    let script = root.join("scripts/reference/hf_train.py");
+    fs::create_dir_all(&a.workdir)?;
+    let reg_dir = a.workdir.join("registry-train");
+    let _ = fs::remove_dir_all(&reg_dir);
+    Registry::create(&reg_dir)?;
+    let q = std::ffi::OsStr::new;
+    let regs = reg_dir.as_os_str();
+    child(&[
+        q("--registry"),
+        regs,
+        q("--quiet"),
+        q("register"),
+        e5.as_os_str(),
+        q("--name"),
+        q("e5"),
+        q("--kind"),
+        q("base"),
+    ])?;
+    let steps = a.steps.to_string();
+    let runs = a.runs.max(1);
+    let (mut ours, mut theirs, mut our_mib, mut their_mib) = (vec![], vec![], vec![], vec![]);
+    for run in 0..runs {
+        settle();
+        let name = format!("bench-{run}");
+        let out = Command::new(crossmerge_exe()?)
+            .args([
+                q("--registry"),
+                regs,
+                q("--quiet"),
+                q("train"),
+                q("e5"),
+                q("--task"),
+                q("pos"),
+                q("--data"),
+                data.as_os_str(),
+                q("--name"),
+                q(&name),
+                q("--max-steps"),
+                q(&steps),
+                q("--batch-size"),
+                q("32"),
+                q("--max-length"),
+                q("128"),
+                q("--save-every"),
+                q("0"),
+                q("--seed"),
+                q(&(42 + run).to_string()),
+                q("--json"),
+            ])
+            .env("CROSSMERGE_REPORT_PEAK_RSS", "1")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "crossmerge train failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        ours.push(v["tokens_per_s"].as_f64().unwrap_or(f64::NAN));
+        let kib: f64 = String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find_map(|l| l.strip_prefix("peak_rss_kib: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN);
+        our_mib.push(kib / 1024.0);
+        settle();
+        let out = Command::new(&a.python)
+            .arg(&script)
+            .args([
+                q("speed"),
+                q("--model"),
+                e5.as_os_str(),
+                q("--train"),
+                data.as_os_str(),
+            ])
+            .args([
+                q("--steps"),
+                q(&steps),
+                q("--batch"),
+                q("32"),
+                q("--seed"),
+                q(&(42 + run).to_string()),
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "transformers timing failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut cols = text.lines().last().unwrap_or("").split_whitespace();
+        theirs.push(cols.next().and_then(|c| c.parse().ok()).unwrap_or(f64::NAN));
+        their_mib.push(
+            cols.next()
+                .and_then(|c| c.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+                / 1024.0,
+        );
+        eprintln!(
+            "round {}: crossmerge {:.0} tokens/s, {:.0} MiB; transformers {:.0} tokens/s, {:.0} MiB",
+            run + 1,
+            ours[run],
+            our_mib[run],
+            theirs[run],
+            their_mib[run]
+        );
+    }
+    let speed: Vec<f64> = ours.iter().zip(&theirs).map(|(m, h)| m / h).collect();
+    let memory: Vec<f64> = our_mib.iter().zip(&their_mib).map(|(m, h)| m / h).collect();
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "Training multilingual-e5-small on UPOS (UD_English-EWT train, batch 32, max length 128, {steps} steps, dropout on), CPU, median of {runs} interleaved rounds"
+    )?;
+    writeln!(o)?;
+    writeln!(o, "| implementation | tokens/s | peak memory (MiB) |")?;
+    writeln!(o, "| --- | --- | --- |")?;
+    writeln!(
+        o,
+        "| crossmerge train (candle) | {:.0} | {:.0} |",
+        median(ours.clone()),
+        median(our_mib.clone())
+    )?;
+    writeln!(
+        o,
+        "| transformers + torch | {:.0} | {:.0} |",
+        median(theirs.clone()),
+        median(their_mib.clone())
+    )?;
+    writeln!(o)?;
+    writeln!(
+        o,
+        "crossmerge ÷ transformers: throughput {:.2}× (median of per-round ratios {}), peak memory {:.2}× ({})",
+        median(speed.clone()),
+        speed
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        median(memory.clone()),
+        memory
             .iter()
             .map(|r| format!("{r:.2}"))
             .collect::<Vec<_>>()
