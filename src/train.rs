@@ -432,7 +432,7 @@ fn read_inputs(plan: &TrainPlan, tokenizer: &align::Tokenizer) -> Result<Inputs>
         Task::Pos => data::pos(&conllu::read(&plan.data)?, tokenizer, m, given)?,
         Task::Ner => data::ner(&ner::read(&plan.data)?, tokenizer, m, given)?,
         Task::Nli => data::nli(&nli::read(&plan.data)?, tokenizer, m, given)?,
-        Task::Mlm => data::mlm(&text::read(&plan.data)?, tokenizer, m)?,
+        Task::Mlm => data::mlm(&plan.data, tokenizer, m)?,
         Task::Dp => data::dp(&conllu::read(&plan.data)?, tokenizer, m, given)?,
     };
     if dataset.examples.is_empty() {

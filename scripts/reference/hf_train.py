@@ -10,6 +10,11 @@ with `transformers.Trainer` on the same machine.
         word (the others -100), evaluates on --dev every epoch, keeps the best epoch
         (load_best_model_at_end), and prints one JSON line: dev and test scores as crossmerge
         computes them (UPOS accuracy; entity F1 with seqeval's default mode), steps, seconds.
+    hf_train.py mlm  --model DIR --train TEXT --out DIR [--epochs 1 --lr 5e-5 --batch 32 --seed 42]
+        the masked-LM recipe of TRAINING.md: a new MLM head (BertForMaskedLM / XLMRobertaForMaskedLM,
+        decoder tied to the embeddings) trained with the encoder frozen, saved to OUT/before, then
+        everything fine-tuned from there, saved to OUT/after (each with DIR's tokenizer files), for
+        `crossmerge eval --task mlm` to score both sides with the same masks.
     hf_train.py speed --model DIR --train F.conllu --steps N --batch 32 [--max-length 128]
         N optimizer steps of UPOS training (dropout on, AdamW), timed after one warm-up step;
         prints `tokens_per_s peak_rss_kib` (tokens: non-padding subwords).
@@ -219,6 +224,47 @@ def tag(a):
     print(json.dumps(out))
 
 
+def mlm(a):
+    import shutil
+
+    lines = [l.strip() for l in open(a.train, encoding="utf-8") if l.strip()]
+    tok = tokenizer_for(a.model)
+    feats = []
+    for l in lines:
+        ids = tok(l, add_special_tokens=True)["input_ids"]
+        if len(ids) > a.max_length:
+            ids = ids[: a.max_length - 1] + ids[-1:]
+        feats.append({"input_ids": ids})
+    collator = tf.DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=0.15)
+    tf.set_seed(a.seed)
+    model = tf.AutoModelForMaskedLM.from_pretrained(a.model, torch_dtype=torch.float32)
+    report = {"seed": a.seed, "lines": len(lines)}
+    for stage in ["before", "after"]:
+        base = model.base_model
+        for p in base.parameters():
+            p.requires_grad = stage == "after"
+        args = tf.TrainingArguments(
+            output_dir=f"{a.out}/{stage}-run",
+            per_device_train_batch_size=a.batch,
+            learning_rate=a.lr,
+            num_train_epochs=a.epochs,
+            seed=a.seed,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            use_cpu=True,
+        )
+        trainer = tf.Trainer(model=model, args=args, train_dataset=feats, data_collator=collator)
+        start = time.time()
+        trainer.train()
+        report[stage] = {"steps": trainer.state.global_step, "seconds": time.time() - start}
+        model.save_pretrained(f"{a.out}/{stage}", safe_serialization=True)
+        for f in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(f"{a.model}/{f}", f"{a.out}/{stage}/{f}")
+    print(json.dumps(report))
+
+
 def speed(a):
     train = read_conllu(a.train)
     labels = sorted({l for s in train for _, l in s})
@@ -252,7 +298,7 @@ def speed(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["tag", "speed"])
+    p.add_argument("mode", choices=["tag", "mlm", "speed"])
     p.add_argument("--task", default="pos")
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True)
@@ -269,7 +315,7 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--out", default="/tmp/hf-train-out")
     a = p.parse_args()
-    {"tag": tag, "speed": speed}[a.mode](a)
+    {"tag": tag, "mlm": mlm, "speed": speed}[a.mode](a)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@
 //! above through `crossmerge-core`'s one checkpoint writer (`Registry::register_tensors`), so
 //! this crate stays below the registry.
 //!
-//! Here so far: [`optim`], the optimizer step transformers' `Trainer` takes (gradient clipping,
-//! `AdamW` with decoupled weight decay, the linear warm-up and decay schedule), checked against
-//! torch on the same gradients; [`masking`], masked-LM inputs as transformers' collators make
-//! them, seeded per epoch; [`heads`], new heads and the trained model's config.json as
-//! transformers makes them. The training loop, data and the `train` command are next
-//! (issue 12).
+//! The pieces: [`data`] (training examples: files read by `eval`'s readers, tokenized and
+//! aligned as `eval` aligns; masked-LM text streamed from its file), [`masking`] (masked-LM
+//! inputs as transformers' collators make them, seeded per epoch), [`heads`] (new heads and
+//! the trained model's config.json as transformers makes them), [`optim`] (gradient
+//! clipping, `AdamW` and the linear schedule, checked against torch), [`trainer`] (the loop:
+//! shuffling, micro-batches, each head's loss, dropout, state to save and restore). The
+//! `train` command and the registry side are in the crate above (`crossmerge::train`).
 
 pub mod data;
 pub mod heads;

@@ -4,6 +4,7 @@
 //! ignored by the loss (transformers' −100), words cut by `max_length` are not trained on.
 
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
@@ -43,10 +44,46 @@ pub struct Example {
     pub target: Target,
 }
 
+/// A dataset's examples: tokenized in memory (treebanks, NER and NLI files), or masked-LM
+/// text read and tokenized from its file when a batch needs it ([`Lines`]: only the lines'
+/// byte offsets stay in memory).
+#[derive(Debug)]
+pub enum Examples {
+    Memory(Vec<Example>),
+    Lines(Box<Lines>),
+}
+
+impl Examples {
+    pub fn len(&self) -> usize {
+        match self {
+            Examples::Memory(v) => v.len(),
+            Examples::Lines(l) => l.spans.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Example `i`.
+    pub fn get(&self, i: usize) -> Result<std::borrow::Cow<'_, Example>> {
+        match self {
+            Examples::Memory(v) => Ok(std::borrow::Cow::Borrowed(&v[i])),
+            Examples::Lines(l) => l.get(i).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+impl From<Vec<Example>> for Examples {
+    fn from(v: Vec<Example>) -> Self {
+        Examples::Memory(v)
+    }
+}
+
 /// A tokenized training set.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Dataset {
-    pub examples: Vec<Example>,
+    pub examples: Examples,
     /// Label names by id (empty for the masked LM).
     pub labels: Vec<String>,
     /// Words (texts, pairs) cut by `max_length`.
@@ -109,7 +146,7 @@ pub fn tokens(
         .map(|(words, _)| align(tokenizer, words, max_length))
         .collect::<Result<Vec<_>>>()?;
     let mut truncated = 0;
-    let examples = aligned
+    let examples: Vec<Example> = aligned
         .into_iter()
         .zip(sentences)
         .map(|(a, (_, tags))| {
@@ -127,7 +164,7 @@ pub fn tokens(
         })
         .collect();
     Ok(Dataset {
-        examples,
+        examples: examples.into(),
         labels,
         truncated,
     })
@@ -206,7 +243,7 @@ pub fn nli(
         })
         .collect::<Result<Vec<_>>>()?;
     let mut truncated = 0;
-    let examples = encoded
+    let examples: Vec<Example> = encoded
         .into_iter()
         .zip(data)
         .map(|((ids, was_cut), e)| {
@@ -218,47 +255,163 @@ pub fn nli(
         })
         .collect();
     Ok(Dataset {
-        examples,
+        examples: examples.into(),
         labels,
         truncated,
     })
 }
 
-/// Masked LM on texts, one a line; texts with nothing to mask are left out.
-pub fn mlm(texts: &[String], tokenizer: &Tokenizer, max_length: usize) -> Result<Dataset> {
-    let encoded = texts
-        .par_iter()
-        .map(|t| {
-            let enc = tokenizer
-                .encode(t.as_str(), true)
-                .map_err(|err| encode_err(&err))?;
-            let mut ids = enc.get_ids().to_vec();
-            let mut marks: Vec<(bool, Option<u32>)> = enc
-                .get_special_tokens_mask()
-                .iter()
-                .zip(enc.get_word_ids())
-                .map(|(&s, &w)| (s != 0, w))
-                .collect();
-            let was_cut = cut(&mut ids, &mut marks, max_length);
-            Ok((ids, marks, was_cut))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut truncated = 0;
-    let examples = encoded
-        .into_iter()
-        .filter_map(|(ids, marks, was_cut)| {
-            truncated += u64::from(was_cut);
-            marks.iter().any(|m| !m.0).then(|| Example {
-                ids,
-                target: Target::Text {
-                    special: marks.iter().map(|m| m.0).collect(),
-                    words: marks.iter().map(|m| m.1).collect(),
-                },
-            })
-        })
+/// One text encoded for the masked LM: its example, whether `max_length` cut it, and whether
+/// it has a token to mask.
+fn encode_text(
+    tokenizer: &Tokenizer,
+    text: &str,
+    max_length: usize,
+) -> Result<(Example, bool, bool)> {
+    let enc = tokenizer
+        .encode(text, true)
+        .map_err(|err| encode_err(&err))?;
+    let mut ids = enc.get_ids().to_vec();
+    let mut marks: Vec<(bool, Option<u32>)> = enc
+        .get_special_tokens_mask()
+        .iter()
+        .zip(enc.get_word_ids())
+        .map(|(&s, &w)| (s != 0, w))
         .collect();
+    let was_cut = cut(&mut ids, &mut marks, max_length);
+    let maskable = marks.iter().any(|m| !m.0);
+    let example = Example {
+        ids,
+        target: Target::Text {
+            special: marks.iter().map(|m| m.0).collect(),
+            words: marks.iter().map(|m| m.1).collect(),
+        },
+    };
+    Ok((example, was_cut, maskable))
+}
+
+/// Masked-LM text streamed from its file: each paragraph's byte span; a batch's paragraphs
+/// are read (`pread`) and tokenized when the batch is built.
+#[derive(Debug)]
+pub struct Lines {
+    path: PathBuf,
+    file: std::fs::File,
+    /// (offset, length) of each paragraph, trimmed.
+    spans: Vec<(u64, u32)>,
+    tokenizer: Tokenizer,
+    max_length: usize,
+}
+
+impl Lines {
+    fn get(&self, i: usize) -> Result<Example> {
+        use std::os::unix::fs::FileExt;
+        let (offset, len) = self.spans[i];
+        let mut buf = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| Error::io("reading", &self.path, e))?;
+        let text = String::from_utf8(buf).map_err(|_| {
+            Error::bad_input(
+                &self.path,
+                "changed while training",
+                "leave the training data as it is while a run uses it",
+            )
+        })?;
+        Ok(encode_text(&self.tokenizer, &text, self.max_length)?.0)
+    }
+}
+
+/// Paragraphs tokenized per pass of the index, in parallel (memory: one chunk's encodings).
+const CHUNK: usize = 4096;
+
+/// Masked LM on text, one paragraph a line, streamed from `path` ([`Lines`]): one pass
+/// records each non-empty line's span, checks it is UTF-8, counts the paragraphs `max_length`
+/// cuts and leaves out those with nothing to mask, holding one chunk of lines at a time.
+pub fn mlm(path: &Path, tokenizer: &Tokenizer, max_length: usize) -> Result<Dataset> {
+    use std::io::BufRead;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::bad_input(
+            path,
+            "is not a regular file",
+            "give a text file, a paragraph a line",
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| Error::io("reading", path, e))?;
+    let mut reader = std::io::BufReader::new(
+        file.try_clone()
+            .map_err(|e| Error::io("reading", path, e))?,
+    );
+    let mut spans = Vec::new();
+    let mut pending: Vec<((u64, u32), String)> = Vec::with_capacity(CHUNK);
+    let mut truncated = 0u64;
+    let mut flush =
+        |pending: &mut Vec<((u64, u32), String)>, spans: &mut Vec<(u64, u32)>| -> Result<()> {
+            let done = pending
+                .par_iter()
+                .map(|(_, t)| {
+                    encode_text(tokenizer, t, max_length).map(|(_, cut, maskable)| (cut, maskable))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for ((span, _), (was_cut, maskable)) in pending.drain(..).zip(done) {
+                truncated += u64::from(was_cut);
+                if maskable {
+                    spans.push(span);
+                }
+            }
+            Ok(())
+        };
+    let (mut offset, mut line_no) = (0u64, 0usize);
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .map_err(|e| Error::io("reading", path, e))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let text = std::str::from_utf8(&raw).map_err(|_| {
+            Error::bad_input(
+                path,
+                format!("line {line_no} is not UTF-8"),
+                "give UTF-8 text, a paragraph a line",
+            )
+        })?;
+        let trimmed = text.trim();
+        if !trimmed.is_empty() {
+            let start = offset + (trimmed.as_ptr() as usize - text.as_ptr() as usize) as u64;
+            let len = u32::try_from(trimmed.len()).map_err(|_| {
+                Error::bad_input(
+                    path,
+                    format!("line {line_no} is over 4 GiB"),
+                    "split the text into paragraphs, one a line",
+                )
+            })?;
+            pending.push(((start, len), trimmed.to_owned()));
+            if pending.len() == CHUNK {
+                flush(&mut pending, &mut spans)?;
+            }
+        }
+        offset += n as u64;
+    }
+    flush(&mut pending, &mut spans)?;
+    if spans.is_empty() {
+        return Err(Error::bad_input(
+            path,
+            "has no text",
+            "give UTF-8 text, a paragraph a line",
+        ));
+    }
     Ok(Dataset {
-        examples,
+        examples: Examples::Lines(Box::new(Lines {
+            path: path.to_path_buf(),
+            file,
+            spans,
+            tokenizer: tokenizer.clone(),
+            max_length,
+        })),
         labels: Vec::new(),
         truncated,
     })
@@ -343,8 +496,58 @@ pub fn dp(
         });
     }
     Ok(Dataset {
-        examples,
+        examples: examples.into(),
         labels,
         truncated,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Target, encode_text, mlm};
+
+    fn tokenizer() -> tokenizers::Tokenizer {
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null,
+            "added_tokens": [
+                {"id": 0, "content": "[CLS]", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "[SEP]", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+            "post_processor": {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+                "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [0], "tokens": ["[CLS]"]}, "[SEP]": {"id": "[SEP]", "ids": [1], "tokens": ["[SEP]"]}}},
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": {"[CLS]": 0, "[SEP]": 1, "[UNK]": 2, "a": 3, "b": 4, "c": 5}, "unk_token": "[UNK]"}
+        });
+        tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes()).unwrap()
+    }
+
+    /// Streamed text: blank lines skipped, each paragraph read back from its span exactly as
+    /// the in-memory encoding makes it, paragraphs cut by `max_length` counted.
+    #[test]
+    fn streamed_text_reads_back_each_paragraph_from_its_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        std::fs::write(&path, "  a b \n\n\tc a b c a\r\nb\n   \n").unwrap();
+        let tok = tokenizer();
+        let d = mlm(&path, &tok, 6).unwrap();
+        assert_eq!(d.examples.len(), 3);
+        assert_eq!(
+            d.truncated, 1,
+            "`c a b c a` is 7 tokens with [CLS] and [SEP]"
+        );
+        for (i, text) in ["a b", "c a b c a", "b"].iter().enumerate() {
+            let got = d.examples.get(i).unwrap().into_owned();
+            assert_eq!(got, encode_text(&tok, text, 6).unwrap().0, "{text}");
+            assert!(matches!(got.target, Target::Text { .. }));
+        }
+        std::fs::write(&path, "\n \n").unwrap();
+        let err = mlm(&path, &tok, 6).unwrap_err().to_string();
+        assert!(err.contains("has no text"), "{err}");
+        std::fs::write(&path, b"a\n\xff\n").unwrap();
+        let err = mlm(&path, &tok, 6).unwrap_err().to_string();
+        assert!(err.contains("line 2 is not UTF-8"), "{err}");
+    }
 }

@@ -131,7 +131,7 @@ fn three_steps_of_each_head_equal_transformers_and_torch_adamw() {
                 ..Options::default()
             };
             let data = Dataset {
-                examples: examples(&meta),
+                examples: examples(&meta).into(),
                 labels: Vec::new(),
                 truncated: 0,
             };

@@ -485,10 +485,12 @@ impl Trainer {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.params.len()];
         let (mut loss_sum, mut tokens) = (0f64, 0u64);
         for (j, indexes) in batches.iter().enumerate() {
-            let batch: Vec<(usize, &Example)> = indexes
+            let owned = indexes
                 .iter()
-                .map(|&i| (i, &self.data.examples[i]))
-                .collect();
+                .map(|&i| Ok((i, self.data.examples.get(i)?)))
+                .collect::<Result<Vec<_>>>()?;
+            let batch: Vec<(usize, &Example)> =
+                owned.iter().map(|(i, e)| (*i, e.as_ref())).collect();
             let dropout = self.options.dropout.then(|| {
                 let hidden = self.config.hidden_dropout_prob.unwrap_or(0.1);
                 Arc::new(Dropout::new(
