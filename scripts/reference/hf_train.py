@@ -21,6 +21,7 @@ with `transformers.Trainer` on the same machine.
 """
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -177,7 +178,8 @@ def tag(a):
         per_device_train_batch_size=a.batch,
         learning_rate=a.lr,
         num_train_epochs=a.epochs,
-        warmup_ratio=a.warmup,
+        # transformers 5 takes the warm-up as steps: ceil(total · ratio), as crossmerge.
+        warmup_steps=math.ceil(math.ceil(len(train) / a.batch) * a.epochs * a.warmup),
         weight_decay=a.wd,
         seed=a.seed,
         save_strategy="no",

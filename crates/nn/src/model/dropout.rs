@@ -36,28 +36,84 @@ impl Dropout {
     }
 
     /// Zeroes each element with probability `p` and scales the rest by 1/(1 − p), as
-    /// `torch.nn.Dropout` in training mode.
+    /// `torch.nn.Dropout` in training mode. On the CPU the mask is never stored: it is a pure
+    /// function of (key, call site, element), so the backward pass draws it again
+    /// ([`MaskOp`]); elsewhere a mask tensor is multiplied in.
     pub fn apply(&self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }
         let site = self.site.fetch_add(1, Ordering::Relaxed);
-        let stream = mix(self.key ^ mix(site.wrapping_add(1)));
-        let keep = (1.0 / (1.0 - p)) as f32;
+        let op = MaskOp {
+            stream: mix(self.key ^ mix(site.wrapping_add(1))),
+            p,
+        };
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            return x.contiguous()?.apply_op1(op);
+        }
         let n = x.elem_count();
+        let keep = op.scale();
         let mask: Vec<f32> = (0..n)
             .into_par_iter()
             .with_min_len(1 << 14)
-            .map(|i| {
-                if unit(mix(stream ^ i as u64)) < p {
-                    0.0
-                } else {
-                    keep
-                }
-            })
+            .map(|i| if op.kept(i) { keep } else { 0.0 })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x.mul(&mask)
+    }
+}
+
+/// One call site's dropout mask: element i is kept unless `unit(mix(stream ^ i)) < p`.
+#[derive(Clone, Copy, Debug)]
+pub struct MaskOp {
+    stream: u64,
+    p: f64,
+}
+
+impl MaskOp {
+    #[inline]
+    fn kept(self, i: usize) -> bool {
+        unit(mix(self.stream ^ i as u64)) >= self.p
+    }
+
+    fn scale(self) -> f32 {
+        (1.0 / (1.0 - self.p)) as f32
+    }
+}
+
+impl candle_core::CustomOp1 for MaskOp {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
+            (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("dropout: contiguous f32 only")
+        };
+        let keep = self.scale();
+        let out: Vec<f32> = v[start..end]
+            .par_iter()
+            .enumerate()
+            .with_min_len(1 << 14)
+            .map(|(i, &x)| if self.kept(i) { x * keep } else { 0.0 })
+            .collect();
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// The same mask on the gradient (dropout is linear).
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
     }
 }
 
@@ -68,6 +124,7 @@ mod tests {
     use super::Dropout;
 
     #[test]
+    #[allow(clippy::many_single_char_names)] // x, a, b, v, d, y, g: the test's values
     fn drops_at_the_rate_scales_the_rest_and_repeats_from_the_key() {
         let x = Tensor::ones(100_000, candle_core::DType::F32, &Device::Cpu).unwrap();
         let run = |key| {
@@ -78,6 +135,20 @@ mod tests {
         };
         let (a, b) = run(7);
         let zeros = a.iter().filter(|&&v| v == 0.0).count();
+        // The gradient goes through the same mask.
+        let v = candle_core::Var::from_tensor(&x).unwrap();
+        let d = Dropout::new(0.1, 0.1, 0.1, 7);
+        let y = d.apply(v.as_tensor(), 0.1).unwrap();
+        let g: Vec<f32> = y
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .get(v.as_tensor())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, a, "the gradient of a sum is the mask itself");
         // 10% ± 5σ (σ ≈ 95 of 100k).
         assert!((9_500..10_500).contains(&zeros), "{zeros} dropped");
         assert!(a.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
