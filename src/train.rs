@@ -297,7 +297,9 @@ pub struct TrainReport {
     pub truncated: u64,
     /// The step the run resumed from (0: from the start).
     pub resumed_from: u64,
+    /// Training time (resumed parts included), dev evaluations included.
     pub duration_s: f64,
+    /// Training tokens (padding excluded) per second of training, dev evaluations excluded.
     pub tokens_per_s: f64,
 }
 
@@ -718,6 +720,9 @@ struct Log {
     best: Option<(u64, f64)>,
     tokens: u64,
     seconds: f64,
+    /// Of `seconds`, the time spent evaluating on the dev data.
+    #[serde(default)]
+    eval_seconds: f64,
 }
 
 /// Training through the registry.
@@ -857,8 +862,10 @@ impl Train for Registry {
             if let Some(dev) = &inputs.dev
                 && (k % eval_every == 0 || k == total)
             {
+                let eval_started = Instant::now();
                 let metrics =
                     dev.evaluate(&trainer.model(tokenizer.clone())?, plan.options.seed)?;
+                log.eval_seconds += eval_started.elapsed().as_secs_f64();
                 let value = metrics.get(metric).copied().unwrap_or(f64::NAN);
                 progress.evaluated(k, metric, value);
                 log.dev.push(json!({"step": k, "metrics": metrics}));
@@ -981,7 +988,7 @@ impl Train for Registry {
             truncated,
             resumed_from,
             duration_s: seconds,
-            tokens_per_s: log.tokens as f64 / seconds.max(1e-9),
+            tokens_per_s: log.tokens as f64 / (seconds - log.eval_seconds).max(1e-9),
         })
     }
 }
