@@ -139,7 +139,8 @@ fn run<K: Rows>(len: usize, k: &K) -> Vec<f32> {
     out
 }
 
-fn contiguous_mut<'a>(
+/// The values of a contiguous f32 CPU storage, mutable (an error naming `op` otherwise).
+pub(crate) fn contiguous_mut<'a>(
     s: &'a mut CpuStorage,
     l: &Layout,
     op: &str,
@@ -153,7 +154,12 @@ fn contiguous_mut<'a>(
     Ok(&mut v[a..b])
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+/// The values of a contiguous f32 CPU storage (an error naming `op` otherwise).
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{op}: f32 only")
     };

@@ -91,13 +91,9 @@ impl candle_core::CustomOp1 for MaskOp {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let (candle_core::CpuStorage::F32(v), Some((start, end))) =
-            (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("dropout: contiguous f32 only")
-        };
+        let values = crate::kernels::contiguous_f32(storage, layout, "dropout")?;
         let keep = self.scale();
-        let out: Vec<f32> = v[start..end]
+        let out: Vec<f32> = values
             .par_iter()
             .enumerate()
             .with_min_len(1 << 14)

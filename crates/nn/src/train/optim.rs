@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
 
 use crate::error::{Error, Result};
+use crate::kernels::{contiguous_f32, contiguous_mut};
 
 fn candle(e: &candle_core::Error) -> Error {
     Error::invalid(
@@ -281,23 +282,6 @@ struct Fused {
     step_size: f32,
 }
 
-fn slice<'a>(storage: &'a CpuStorage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
-        _ => candle_core::bail!("adamw: not a contiguous f32 tensor"),
-    }
-}
-
-fn slice_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<&'a mut [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
-        _ => candle_core::bail!("adamw: not a contiguous f32 tensor"),
-    }
-}
-
 /// `m ← m + (g·coef − m)·(1 − β₁)`.
 struct FirstMoment<'a>(&'a Fused);
 /// `v ← v·β₂ + (g·coef)²·(1 − β₂)`.
@@ -317,8 +301,8 @@ impl candle_core::InplaceOp2 for FirstMoment<'_> {
         l2: &Layout,
     ) -> candle_core::Result<()> {
         let f = self.0;
-        let g = slice(s2, l2)?;
-        for (m, &g) in slice_mut(s1, l1)?.iter_mut().zip(g) {
+        let g = contiguous_f32(s2, l2, "adamw")?;
+        for (m, &g) in contiguous_mut(s1, l1, "adamw")?.iter_mut().zip(g) {
             let g = g * f.coef; // exact when coef is 1
             *m += (g - *m) * f.keep1;
         }
@@ -338,8 +322,8 @@ impl candle_core::InplaceOp2 for SecondMoment<'_> {
         l2: &Layout,
     ) -> candle_core::Result<()> {
         let f = self.0;
-        let g = slice(s2, l2)?;
-        for (v, &g) in slice_mut(s1, l1)?.iter_mut().zip(g) {
+        let g = contiguous_f32(s2, l2, "adamw")?;
+        for (v, &g) in contiguous_mut(s1, l1, "adamw")?.iter_mut().zip(g) {
             let g = g * f.coef; // exact when coef is 1
             *v = *v * f.beta2 + g * g * f.keep2;
         }
@@ -361,8 +345,11 @@ impl candle_core::InplaceOp3 for Parameter<'_> {
         l3: &Layout,
     ) -> candle_core::Result<()> {
         let f = self.0;
-        let (m, v) = (slice(s2, l2)?, slice(s3, l3)?);
-        for ((p, &m), &v) in slice_mut(s1, l1)?.iter_mut().zip(m).zip(v) {
+        let (m, v) = (
+            contiguous_f32(s2, l2, "adamw")?,
+            contiguous_f32(s3, l3, "adamw")?,
+        );
+        for ((p, &m), &v) in contiguous_mut(s1, l1, "adamw")?.iter_mut().zip(m).zip(v) {
             if let Some(d) = f.decay {
                 *p *= d;
             }
