@@ -28,6 +28,7 @@ use crate::eval::run::{self, Scoring, Task};
 use crate::eval::train::data::{self, Dataset};
 use crate::eval::train::heads::{config_for, new_head, new_parser};
 use crate::eval::train::masking::Masking;
+use crate::eval::train::state;
 use crate::eval::train::trainer::Trained;
 use crate::eval::train::{Freeze, Objective, Options, Step, Trainer};
 use crate::eval::{align, conllu, ner, nli, text};
@@ -647,7 +648,7 @@ impl StateDir {
     }
 
     fn best(&self, step: u64) -> PathBuf {
-        self.dir.join(format!("best-{step}.bin"))
+        self.dir.join(format!("best-{step}.safetensors"))
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {
@@ -667,49 +668,13 @@ impl StateDir {
             let Some(s) = name.to_str() else { continue };
             let step = s
                 .strip_prefix("best-")
-                .and_then(|r| r.strip_suffix(".bin"))
+                .and_then(|r| r.strip_suffix(".safetensors"))
                 .and_then(|r| r.parse::<u64>().ok());
             if step.is_some() && step != keep {
                 let _ = std::fs::remove_file(e.path());
             }
         }
     }
-}
-
-/// Weights as bytes: (name, shape, f32 values) in order, length-prefixed.
-fn encode_weights(w: &[Trained]) -> Vec<u8> {
-    let header: Vec<(&str, &[usize])> = w
-        .iter()
-        .map(|(n, s, _)| (n.as_str(), s.as_slice()))
-        .collect();
-    let head = serde_json::to_vec(&header).expect("serialises");
-    let mut out = Vec::new();
-    out.extend_from_slice(&(head.len() as u64).to_le_bytes());
-    out.extend_from_slice(&head);
-    for (_, _, v) in w {
-        for x in v {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
-    }
-    out
-}
-
-fn decode_weights(bytes: &[u8]) -> Option<Vec<Trained>> {
-    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header: Vec<(String, Vec<usize>)> = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
-    let mut at = 8 + n;
-    let mut out = Vec::with_capacity(header.len());
-    for (name, shape) in header {
-        let count: usize = shape.iter().product();
-        let raw = bytes.get(at..at + count * 4)?;
-        at += count * 4;
-        let values = raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        out.push((name, shape, values));
-    }
-    (at == bytes.len()).then_some(out)
 }
 
 /// The bookkeeping saved with the state.
@@ -836,12 +801,7 @@ impl Train for Registry {
             if let Some((step, _)) = log.best {
                 let path = state.best(step);
                 let bytes = std::fs::read(&path).map_err(|e| Error::io("reading", &path, e))?;
-                best_weights = Some(decode_weights(&bytes).ok_or_else(|| {
-                    Error::invalid(
-                        "the saved best weights are damaged",
-                        "start the run again without --resume",
-                    )
-                })?);
+                best_weights = Some(state::decode_weights(&bytes)?.0);
             }
         } else if state.dir.exists() {
             // A fresh start: an earlier run's state of the same key is stale.
@@ -875,7 +835,10 @@ impl Train for Registry {
                 if better && value.is_finite() {
                     let weights = trainer.tensors()?;
                     if plan.save_every > 0 {
-                        state.write(&state.best(k), &encode_weights(&weights))?;
+                        state.write(
+                            &state.best(k),
+                            &state::encode_weights(&weights, &json!({ "step": k })),
+                        )?;
                     }
                     best_weights = Some(weights);
                     log.best = Some((k, value));

@@ -484,16 +484,31 @@ fn the_same_seed_gives_the_same_bits_and_another_seed_others() {
 #[test]
 fn runs_killed_at_random_moments_resume_to_the_bits_of_an_uninterrupted_run() {
     let whole = Setup::new();
-    let args = pos_args(&whole, "run", &["--save-every", "1", "--epochs", "60"]);
+    // With dev data, so the best step's saved weights are part of what a resume restores.
+    let dev = whole.file("toy-dev.conllu");
+    let args = pos_args(
+        &whole,
+        "run",
+        &["--save-every", "1", "--epochs", "60", "--dev", &dev],
+    );
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     whole.train(&refs).assert().success();
     let want = manifest_of(&whole, "run");
 
     let killed = Setup::new();
+    let dev = killed.file("toy-dev.conllu");
     let args = pos_args(
         &killed,
         "run",
-        &["--save-every", "1", "--epochs", "60", "--resume"],
+        &[
+            "--save-every",
+            "1",
+            "--epochs",
+            "60",
+            "--resume",
+            "--dev",
+            &dev,
+        ],
     );
     let mut rng = Rng(99);
     let mut kills = 0;

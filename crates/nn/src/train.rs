@@ -17,7 +17,7 @@ pub mod masking;
 pub mod optim;
 #[cfg(test)]
 mod parity;
-mod state;
+pub mod state;
 pub mod trainer;
 
 pub use trainer::{Freeze, Objective, Options, Step, Trainer};

@@ -8,6 +8,9 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
 
+/// A trained weight: name, shape, f32 values.
+pub type Trained = (String, Vec<usize>, Vec<f32>);
+
 const KEY: &str = "crossmerge_training_state";
 
 pub(super) fn corrupt(why: &str) -> Error {
@@ -19,21 +22,33 @@ pub(super) fn corrupt(why: &str) -> Error {
 
 /// Tensors (f32) and metadata as safetensors bytes.
 pub(super) fn encode(tensors: &[(String, Tensor)], meta: &Value) -> Result<Vec<u8>> {
+    let weights = tensors
+        .iter()
+        .map(|(name, t)| {
+            let values: Vec<f32> = t
+                .flatten_all()
+                .and_then(|x| x.to_vec1())
+                .map_err(|e| corrupt(&e.to_string()))?;
+            Ok((name.clone(), t.dims().to_vec(), values))
+        })
+        .collect::<Result<Vec<Trained>>>()?;
+    Ok(encode_weights(&weights, meta))
+}
+
+/// Weights (name, shape, f32 values) and metadata as safetensors bytes: the training state's
+/// format, also for the best dev step's weights.
+pub fn encode_weights(weights: &[Trained], meta: &Value) -> Vec<u8> {
     let mut header = Map::new();
     header.insert("__metadata__".to_owned(), json!({ KEY: meta.to_string() }));
     let mut data = Vec::new();
-    for (name, t) in tensors {
-        let values: Vec<f32> = t
-            .flatten_all()
-            .and_then(|x| x.to_vec1())
-            .map_err(|e| corrupt(&e.to_string()))?;
+    for (name, shape, values) in weights {
         let start = data.len();
         for v in values {
             data.extend_from_slice(&v.to_le_bytes());
         }
         header.insert(
             name.clone(),
-            json!({"dtype": "F32", "shape": t.dims(), "data_offsets": [start, data.len()]}),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
         );
     }
     let mut head = serde_json::to_vec(&Value::Object(header)).expect("JSON serialises");
@@ -44,7 +59,12 @@ pub(super) fn encode(tensors: &[(String, Tensor)], meta: &Value) -> Result<Vec<u
     out.extend_from_slice(&(head.len() as u64).to_le_bytes());
     out.extend_from_slice(&head);
     out.extend_from_slice(&data);
-    Ok(out)
+    out
+}
+
+/// The weights (sorted by name) and metadata of [`encode_weights`]'s bytes, checked.
+pub fn decode_weights(bytes: &[u8]) -> Result<(Vec<Trained>, Value)> {
+    decode_raw(bytes, KEY)
 }
 
 /// The tensors (on `device`) and metadata of [`encode`]'s bytes, checked.
@@ -58,6 +78,18 @@ pub(super) fn decode_with(
     device: &Device,
     key: &str,
 ) -> Result<(HashMap<String, Tensor>, Value)> {
+    let (weights, meta) = decode_raw(bytes, key)?;
+    let tensors = weights
+        .into_iter()
+        .map(|(name, shape, values)| {
+            let t = Tensor::from_vec(values, shape, device).map_err(|e| corrupt(&e.to_string()))?;
+            Ok((name, t))
+        })
+        .collect::<Result<_>>()?;
+    Ok((tensors, meta))
+}
+
+fn decode_raw(bytes: &[u8], key: &str) -> Result<(Vec<Trained>, Value)> {
     let n = bytes
         .get(..8)
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
@@ -71,7 +103,7 @@ pub(super) fn decode_with(
         serde_json::from_slice(&bytes[8..end]).map_err(|e| corrupt(&e.to_string()))?;
     let data = &bytes[end..];
     let mut meta = Value::Null;
-    let mut tensors = HashMap::new();
+    let mut weights = Vec::new();
     for (name, info) in header {
         if name == "__metadata__" {
             let s = info[key].as_str().ok_or_else(|| corrupt("no metadata"))?;
@@ -91,11 +123,11 @@ pub(super) fn decode_with(
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        let t = Tensor::from_vec(values, shape, device).map_err(|e| corrupt(&e.to_string()))?;
-        tensors.insert(name, t);
+        weights.push((name, shape, values));
     }
     if meta.is_null() {
         return Err(corrupt("no metadata"));
     }
-    Ok((tensors, meta))
+    weights.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((weights, meta))
 }

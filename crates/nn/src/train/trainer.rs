@@ -22,6 +22,7 @@ use super::data::{Dataset, Example, Target};
 use super::masking::Masking;
 use super::optim::{AdamW, AdamWConfig, LinearSchedule, grad_norm};
 use super::state;
+pub use super::state::Trained;
 use crate::error::{Error, Result};
 use crate::model::{Config, Dropout, Encoder, Head, HeadKind, Weights};
 use crate::parser::{Parser, ParserConfig};
@@ -113,9 +114,6 @@ pub struct Step {
     /// Tokens (padding excluded) the step read.
     pub tokens: u64,
 }
-
-/// A trained weight: name, shape, f32 values.
-pub type Trained = (String, Vec<usize>, Vec<f32>);
 
 /// Stream constants of the trainer's draws.
 const SHUFFLE: u64 = 0x2545_F491_4F6C_DD1D;
