@@ -8,6 +8,7 @@ mod eval;
 mod merge;
 mod output;
 mod progress;
+mod study;
 mod train;
 mod vectors;
 
@@ -85,6 +86,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Fine-tune a checkpoint on a language (mlm) or a task (pos, ner, nli, dp) and register it.
     Train(train::TrainArgs),
+    /// Run a cross-lingual transfer study end to end: train, derive, merge, evaluate,
+    /// compare, and write its tables and plots.
+    Study(study::StudyArgs),
+    /// Walk from an evaluation id to the checkpoints, recipe, vectors, training runs and
+    /// data hashes behind it.
+    Trace(study::TraceArgs),
     /// Tables of stored results.
     #[command(subcommand)]
     Report(eval::ReportCommand),
@@ -172,6 +179,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Merge(a) => merge::merge(&ctx(&a.reg), &a),
         Command::Eval(a) => eval::eval(&ctx(&a.reg), &a),
         Command::Train(a) => train::train(&ctx(&a.reg), &a),
+        Command::Study(a) => study::study(&ctx(&a.reg), &a),
+        Command::Trace(a) => study::trace(&ctx(&a.reg), &a),
         Command::Report(c) => {
             let eval::ReportCommand::Evals(a) = &c;
             eval::report(&ctx(&a.reg), &c)

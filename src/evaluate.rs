@@ -43,7 +43,80 @@ pub struct EvalOptions {
     pub label_map: Option<PathBuf>,
     /// NER: seqeval's default or strict IOB2 mode.
     pub ner_mode: crate::eval::metrics::NerMode,
+    /// Only these sentences (texts, pairs) of the data file.
+    pub range: Option<Range>,
+    /// Return the stored result of the same evaluation (same id) instead of running it again.
+    pub reuse: bool,
 }
+
+/// A half-open range of a data file's sentences (texts, pairs), 0-based: `START:END` as
+/// Python slices it (`:500` is the first 500, `500:` the rest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Range {
+    pub start: usize,
+    pub end: Option<usize>,
+}
+
+impl Range {
+    /// Parses `START:END` (either side may be empty), with or without surrounding brackets.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(
+                format!("`{text}` is not a sentence range"),
+                "write START:END with 0 <= START < END (e.g. 0:500, :500 or 500:), as a Python slice",
+            )
+        };
+        let inner = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        let (a, b) = inner.split_once(':').ok_or_else(bad)?;
+        let num = |s: &str| -> Result<Option<usize>> {
+            let s = s.trim();
+            if s.is_empty() {
+                Ok(None)
+            } else if s.bytes().all(|b| b.is_ascii_digit()) && s.len() <= 12 {
+                s.parse().map(Some).map_err(|_| bad())
+            } else {
+                Err(bad())
+            }
+        };
+        let (start, end) = (num(a)?.unwrap_or(0), num(b)?);
+        if end.is_some_and(|e| e <= start) {
+            return Err(bad());
+        }
+        Ok(Self { start, end })
+    }
+
+    /// Keeps the range of `items`; an error when it starts past their end.
+    pub fn apply<T>(self, items: &mut Vec<T>, path: &Path) -> Result<()> {
+        if self.start >= items.len() {
+            return Err(Error::invalid(
+                format!(
+                    "the range {self} starts past the {} examples of `{}`",
+                    items.len(),
+                    path.display()
+                ),
+                "give a range within the file (0-based, end excluded)",
+            ));
+        }
+        items.truncate(self.end.unwrap_or(usize::MAX));
+        items.drain(..self.start);
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.end {
+            Some(e) => write!(f, "[{}:{e}]", self.start),
+            None => write!(f, "[{}:]", self.start),
+        }
+    }
+}
+
+/// Key of evaluation ids (FORMAT.md §12).
+pub const EVALUATION_CONTEXT: &str = "crossmerge 2026-11 evaluation v1";
 
 impl EvalOptions {
     pub fn new(task: Task, data: impl Into<PathBuf>) -> Self {
@@ -59,6 +132,8 @@ impl EvalOptions {
             pseudo_perplexity: false,
             label_map: None,
             ner_mode: crate::eval::metrics::NerMode::Default,
+            range: None,
+            reuse: false,
         }
     }
 }
@@ -66,6 +141,10 @@ impl EvalOptions {
 /// What `eval` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
+    /// The evaluation's id: the same for every run of the same evaluation.
+    pub id: String,
+    /// True when the result was the stored one of an earlier run (`reuse`).
+    pub reused: bool,
     pub checkpoint: String,
     pub task: Task,
     pub language: Option<String>,
@@ -164,11 +243,132 @@ pub(crate) fn file_of(
     reg.read_object(&f.object(), Some(name))
 }
 
+/// What an evaluation is, before it runs: its checkpoint, data hash, settings and id.
+struct Prepared {
+    row: CheckpointRow,
+    dataset_hash: String,
+    label_map: LabelMap,
+    scoring: Scoring,
+    split: Option<String>,
+    settings: serde_json::Value,
+    id: String,
+}
+
+/// Checks the options, hashes the data and computes the evaluation's id; reads no weight.
+fn prepare(reg: &Registry, reference: &str, opts: &EvalOptions) -> Result<Prepared> {
+    if opts.max_length < MIN_MAX_LENGTH {
+        return Err(Error::invalid(
+            format!(
+                "--max-length {} is below {MIN_MAX_LENGTH}, the shortest sequence crossmerge evaluates",
+                opts.max_length
+            ),
+            "give --max-length between 8 and the model's max_position_embeddings (default 512)",
+        ));
+    }
+    let row = reg.resolve(reference)?;
+    let bytes = crate::eval::read_data(&opts.data)?;
+    let dataset_hash = blake3::hash(&bytes).to_hex().to_string();
+    let label_map = opts
+        .label_map
+        .as_deref()
+        .map(LabelMap::read)
+        .transpose()?
+        .unwrap_or_default();
+    if !label_map.is_empty() && opts.task == Task::Mlm {
+        return Err(Error::invalid(
+            "--label-map has no labels to map in a masked-LM evaluation",
+            "give --label-map with pos, ner, nli or dp",
+        ));
+    }
+    if opts.pseudo_perplexity && opts.task != Task::Mlm {
+        return Err(Error::invalid(
+            "--pseudo-perplexity scores masked-LM text",
+            "use it with --task mlm",
+        ));
+    }
+    let scoring = if opts.pseudo_perplexity {
+        Scoring::Pseudo
+    } else {
+        Scoring::Masked { seed: opts.seed }
+    };
+    let split = opts.split.clone().or_else(|| split_of(&opts.data));
+    let mut settings = serde_json::json!({ "max_length": opts.max_length });
+    if !label_map.is_empty() {
+        settings["label_map"] = serde_json::to_value(&label_map).expect("strings serialise");
+    }
+    if opts.task == Task::Mlm {
+        settings["scoring"] = serde_json::to_value(scoring).expect("serialises");
+    }
+    if opts.task == Task::Ner {
+        settings["ner_mode"] = opts.ner_mode.name().into();
+    }
+    if let Some(r) = opts.range {
+        settings["range"] = serde_json::json!([r.start, r.end]);
+    }
+    let id = evaluation_id(
+        &row,
+        opts.task,
+        opts.language.as_deref(),
+        &dataset_hash,
+        split.as_deref(),
+        &settings,
+        &opts.device,
+    );
+    Ok(Prepared {
+        row,
+        dataset_hash,
+        label_map,
+        scoring,
+        split,
+        settings,
+        id,
+    })
+}
+
+/// Keeps `range` of `items` (all without one).
+fn cut<T>(range: Option<Range>, items: &mut Vec<T>, path: &Path) -> Result<()> {
+    range.map_or(Ok(()), |r| r.apply(items, path))
+}
+
+/// The id of an evaluation: what decides its numbers, canonically (FORMAT.md §12).
+fn evaluation_id(
+    row: &CheckpointRow,
+    task: Task,
+    language: Option<&str>,
+    dataset_hash: &str,
+    split: Option<&str>,
+    settings: &serde_json::Value,
+    device: &str,
+) -> String {
+    let kind = if device.starts_with("cuda") {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    // serde_json's map is ordered by key: sorted keys, no spaces.
+    let canonical = serde_json::json!({
+        "format": "crossmerge.evaluation.v1",
+        "manifest": row.manifest_id.to_hex(),
+        "task": task.name(),
+        "language": language,
+        "dataset": dataset_hash,
+        "split": split,
+        "settings": settings,
+        "device": kind,
+    })
+    .to_string();
+    crate::ObjectId::from_bytes(blake3::derive_key(EVALUATION_CONTEXT, canonical.as_bytes()))
+        .to_hex()
+}
+
 /// Evaluation of registry checkpoints: the glue between `crossmerge-core`'s registry and
 /// `crossmerge-nn`'s models (neither depends on the other).
 pub trait Evaluate {
     /// Loads a checkpoint as a model with the head `task` needs.
     fn load_model(&self, row: &CheckpointRow, task: Task, device_spec: &str) -> Result<Model>;
+
+    /// The id `evaluate` would give this evaluation (it reads the data, not the weights).
+    fn evaluation_id(&self, reference: &str, opts: &EvalOptions) -> Result<String>;
 
     /// Evaluates checkpoint `reference` and stores the row.
     fn evaluate(
@@ -312,41 +512,47 @@ impl Evaluate for Registry {
         })
     }
 
+    fn evaluation_id(&self, reference: &str, opts: &EvalOptions) -> Result<String> {
+        Ok(prepare(self, reference, opts)?.id)
+    }
+
     fn evaluate(
         &mut self,
         reference: &str,
         opts: &EvalOptions,
         progress: &dyn Progress,
     ) -> Result<EvalReport> {
-        if opts.max_length < MIN_MAX_LENGTH {
-            return Err(Error::invalid(
-                format!(
-                    "--max-length {} is below {MIN_MAX_LENGTH}, the shortest sequence crossmerge evaluates",
-                    opts.max_length
-                ),
-                "give --max-length between 8 and the model's max_position_embeddings (default 512)",
-            ));
-        }
-        let row = self.resolve(reference)?;
-        let bytes = crate::eval::read_data(&opts.data)?;
-        let dataset_hash = blake3::hash(&bytes).to_hex().to_string();
-        let label_map = opts
-            .label_map
-            .as_deref()
-            .map(LabelMap::read)
-            .transpose()?
-            .unwrap_or_default();
-        if !label_map.is_empty() && opts.task == Task::Mlm {
-            return Err(Error::invalid(
-                "--label-map has no labels to map in a masked-LM evaluation",
-                "give --label-map with pos, ner, nli or dp",
-            ));
-        }
-        if opts.pseudo_perplexity && opts.task != Task::Mlm {
-            return Err(Error::invalid(
-                "--pseudo-perplexity scores masked-LM text",
-                "use it with --task mlm",
-            ));
+        let Prepared {
+            row,
+            dataset_hash,
+            label_map,
+            scoring,
+            split,
+            settings,
+            id,
+        } = prepare(self, reference, opts)?;
+        let m = opts.max_length;
+        if opts.reuse
+            && let Some((e, _)) = self.catalog().evaluation_by_id(&id)?
+        {
+            return Ok(EvalReport {
+                id,
+                reused: true,
+                checkpoint: row.reference(),
+                task: opts.task,
+                language: e.language,
+                split: e.split,
+                dataset_hash,
+                device: e.device,
+                duration_s: e.duration_s,
+                settings: e.settings,
+                outcome: Outcome {
+                    metrics: e.metrics,
+                    examples: e.examples,
+                    truncated_words: e.truncated,
+                    unaligned_words: 0,
+                },
+            });
         }
         let model = self.load_model(&row, opts.task, &opts.device)?;
         if !label_map.is_empty() {
@@ -358,17 +564,13 @@ impl Evaluate for Registry {
             };
             label_map.check_targets(labels.iter().map(String::as_str), key)?;
         }
-        let scoring = if opts.pseudo_perplexity {
-            Scoring::Pseudo
-        } else {
-            Scoring::Masked { seed: opts.seed }
-        };
         let started = Instant::now();
         let advance = |n: u64| progress.advance(n);
-        let (b, m) = (opts.batch_size.max(1), opts.max_length);
+        let b = opts.batch_size.max(1);
         let outcome = match opts.task {
             Task::Pos => {
                 let mut data = conllu::read(&opts.data)?;
+                cut(opts.range, &mut data, &opts.data)?;
                 for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
                     w.upos = label_map.apply(&w.upos);
                 }
@@ -377,6 +579,7 @@ impl Evaluate for Registry {
             }
             Task::Ner => {
                 let mut data = ner::read(&opts.data)?;
+                cut(opts.range, &mut data, &opts.data)?;
                 for t in data.iter_mut().flat_map(|s| s.tags.iter_mut()) {
                     *t = label_map.apply(t);
                 }
@@ -385,6 +588,7 @@ impl Evaluate for Registry {
             }
             Task::Nli => {
                 let mut data = nli::read(&opts.data)?;
+                cut(opts.range, &mut data, &opts.data)?;
                 for e in &mut data {
                     e.label = label_map.apply(&e.label);
                 }
@@ -393,6 +597,7 @@ impl Evaluate for Registry {
             }
             Task::Dp => {
                 let mut data = conllu::read(&opts.data)?;
+                cut(opts.range, &mut data, &opts.data)?;
                 for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
                     w.deprel = label_map.apply_relation(&w.deprel);
                 }
@@ -400,26 +605,17 @@ impl Evaluate for Registry {
                 run::dp(&model, &data, b, m, &advance)?
             }
             Task::Mlm => {
-                let data = text::read(&opts.data)?;
+                let mut data = text::read(&opts.data)?;
+                cut(opts.range, &mut data, &opts.data)?;
                 progress.start("evaluating", data.len() as u64);
                 run::mlm(&model, &data, scoring, b, m, &advance)?
             }
         };
         progress.finish();
         let duration_s = started.elapsed().as_secs_f64();
-        let split = opts.split.clone().or_else(|| split_of(&opts.data));
         let path = std::fs::canonicalize(&opts.data).unwrap_or_else(|_| opts.data.clone());
-        let mut settings = serde_json::json!({ "max_length": m });
-        if !label_map.is_empty() {
-            settings["label_map"] = serde_json::to_value(&label_map).expect("strings serialise");
-        }
-        if opts.task == Task::Mlm {
-            settings["scoring"] = serde_json::to_value(scoring).expect("serialises");
-        }
-        if opts.task == Task::Ner {
-            settings["ner_mode"] = opts.ner_mode.name().into();
-        }
         self.record_evaluation(&NewEvaluation {
+            key: id.clone(),
             checkpoint: row.rowid,
             task: opts.task.name().to_owned(),
             language: opts.language.clone(),
@@ -434,6 +630,8 @@ impl Evaluate for Registry {
             settings: settings.clone(),
         })?;
         Ok(EvalReport {
+            id,
+            reused: false,
             checkpoint: row.reference(),
             task: opts.task,
             language: opts.language.clone(),

@@ -41,6 +41,8 @@ pub use crossmerge_nn as eval;
 #[cfg(feature = "eval")]
 pub mod evaluate;
 #[cfg(feature = "eval")]
+pub mod study;
+#[cfg(feature = "eval")]
 pub mod train;
 
 pub use crossmerge_core::{

@@ -305,7 +305,7 @@ pub struct TrainReport {
 }
 
 /// The metric that picks the kept step, and whether higher is better.
-fn selection(task: Task) -> (&'static str, bool) {
+pub(crate) fn selection(task: Task) -> (&'static str, bool) {
     match task {
         Task::Pos => ("upos_accuracy", true),
         Task::Ner => ("entity_f1", true),

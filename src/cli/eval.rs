@@ -51,6 +51,14 @@ pub struct EvalArgs {
     /// runs are entities).
     #[arg(long, default_value = "default", value_parser = ["default", "strict"])]
     ner_mode: String,
+    /// Only these sentences (texts, pairs) of the data, 0-based, end excluded: `0:500`,
+    /// `:500`, `500:` (as a Python slice).
+    #[arg(long, value_name = "START:END")]
+    range: Option<String>,
+    /// Print the stored result when this same evaluation (same id: checkpoint, data, range,
+    /// settings) was run before, instead of running it again.
+    #[arg(long)]
+    reuse: bool,
     /// Print JSON (for scripts) instead of text.
     #[arg(long)]
     json: bool,
@@ -82,6 +90,12 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
     opts.label_map.clone_from(&a.label_map);
     opts.ner_mode =
         crossmerge::eval::metrics::NerMode::parse(&a.ner_mode).expect("clap checked it");
+    opts.range = a
+        .range
+        .as_deref()
+        .map(crossmerge::evaluate::Range::parse)
+        .transpose()?;
+    opts.reuse = a.reuse;
     let r = reg.evaluate(&a.reference, &opts, &Bar::new(ctx.quiet))?;
     if a.json {
         output::json(&r)?;
@@ -113,14 +127,17 @@ pub fn eval(ctx: &Context, a: &EvalArgs) -> anyhow::Result<ExitCode> {
             r.outcome.unaligned_words
         );
     }
+    let range = opts.range.map(|r| r.to_string()).unwrap_or_default();
+    let when = if r.reused { " (stored result)" } else { "" };
     eprintln!(
-        "{} on {} ({} examples, {}): {:.1} s on {}{notes}",
+        "{} on {}{range} ({} examples, {}): {:.1} s on {}{when}{notes}; evaluation {}",
         r.checkpoint,
         a.data.display(),
         r.outcome.examples,
         r.split.as_deref().unwrap_or("no split"),
         r.duration_s,
         r.device,
+        &r.id[..12],
     );
     Ok(ExitCode::SUCCESS)
 }

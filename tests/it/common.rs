@@ -206,7 +206,7 @@ pub fn snapshot(root: &Path) -> Snapshot {
         .collect();
     let mut files = BTreeMap::new();
     for dir in ["objects", "tmp"] {
-        for e in walk(&root.join(dir)) {
+        for e in files_under(&root.join(dir)) {
             files.insert(
                 e.strip_prefix(root).unwrap().display().to_string(),
                 blake3::hash(&std::fs::read(&e).unwrap()),
@@ -222,7 +222,8 @@ pub fn snapshot(root: &Path) -> Snapshot {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+/// Every file under `dir`, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -230,7 +231,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     for e in entries {
         let p = e.unwrap().path();
         if p.is_dir() {
-            out.extend(walk(&p));
+            out.extend(files_under(&p));
         } else {
             out.push(p);
         }

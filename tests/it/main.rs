@@ -23,6 +23,9 @@ mod parity;
 mod roundtrip;
 mod safety;
 mod snapshots;
+#[cfg(feature = "eval")]
+mod study;
+mod toy;
 mod train;
 mod vectors;
 mod writer;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../schemas/sql/0005_evaluation_settings.sql"),
     include_str!("../../../schemas/sql/0006_records_and_gc_index.sql"),
     include_str!("../../../schemas/sql/0007_trainings.sql"),
+    include_str!("../../../schemas/sql/0008_evaluation_ids.sql"),
 ];
 
 /// Rows per transaction when gc marks and deletes objects.
@@ -1032,6 +1033,20 @@ impl Catalog {
             .optional()?)
     }
 
+    /// The first vector (by name and version) whose definition id is `definition`.
+    pub fn vector_by_definition(&self, definition: &str) -> Result<Option<VectorRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {VECTOR_COLUMNS} FROM vectors v WHERE v.definition = ?1 ORDER BY v.name, v.version LIMIT 1"
+                ),
+                [definition],
+                vector_from_row,
+            )
+            .optional()?)
+    }
+
     pub fn vectors(&self) -> Result<Vec<VectorRow>> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {VECTOR_COLUMNS} FROM vectors v ORDER BY v.name, v.version"
@@ -1289,6 +1304,9 @@ impl Catalog {
 /// One stored evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EvaluationRow {
+    /// The evaluation's id (64 hex; `None` for rows older than ids): the same for every run
+    /// of the same evaluation.
+    pub id: Option<String>,
     pub checkpoint: String,
     pub manifest_id: ObjectId,
     pub task: String,
@@ -1310,6 +1328,8 @@ pub struct EvaluationRow {
 /// What a new evaluation row holds.
 #[derive(Clone, Debug)]
 pub struct NewEvaluation {
+    /// The evaluation's id ([`EvaluationRow::id`]).
+    pub key: String,
     pub checkpoint: i64,
     pub task: String,
     pub language: Option<String>,
@@ -1328,8 +1348,8 @@ impl Catalog {
     pub fn insert_evaluation(&mut self, e: &NewEvaluation) -> Result<()> {
         self.conn.execute(
             "INSERT INTO evaluations (checkpoint_id, task, language, dataset_hash, dataset_path, split, \
-             metrics, examples, truncated, device, crossmerge_version, duration_s, settings) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             metrics, examples, truncated, device, crossmerge_version, duration_s, settings, key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 e.checkpoint,
                 e.task,
@@ -1344,6 +1364,7 @@ impl Catalog {
                 env!("CARGO_PKG_VERSION"),
                 e.duration_s,
                 e.settings.to_string(),
+                e.key,
             ],
         )?;
         Ok(())
@@ -1355,50 +1376,69 @@ impl Catalog {
         task: Option<&str>,
         language: Option<&str>,
     ) -> Result<Vec<EvaluationRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT c.name || '@' || c.version, c.manifest_id, e.task, e.language, e.dataset_hash, \
-             e.dataset_path, e.split, e.metrics, e.examples, e.truncated, e.device, e.crossmerge_version, \
-             e.duration_s, e.created_at, e.settings FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
-             WHERE (?1 IS NULL OR e.task = ?1) AND (?2 IS NULL OR e.language = ?2) ORDER BY e.id",
-        )?;
-        let rows = stmt.query_map(params![task, language], |r| {
-            let metrics: String = r.get(7)?;
-            let manifest: String = r.get(1)?;
-            let settings: String = r.get(14)?;
-            Ok(EvaluationRow {
-                checkpoint: r.get(0)?,
-                manifest_id: parse_id(&manifest)?,
-                task: r.get(2)?,
-                language: r.get(3)?,
-                dataset_hash: r.get(4)?,
-                dataset_path: r.get(5)?,
-                split: r.get(6)?,
-                metrics: serde_json::from_str(&metrics).map_err(|_| {
-                    damaged(
-                        "evaluations",
-                        &format!("of `{}`", r.get::<_, String>(0).unwrap_or_default()),
-                        "metrics",
-                        &metrics,
-                    )
-                })?,
-                examples: r.get(8)?,
-                truncated: r.get(9)?,
-                device: r.get(10)?,
-                crossmerge_version: r.get(11)?,
-                duration_s: r.get(12)?,
-                created_at: r.get(13)?,
-                settings: serde_json::from_str(&settings).map_err(|_| {
-                    damaged(
-                        "evaluations",
-                        &format!("of `{}`", r.get::<_, String>(0).unwrap_or_default()),
-                        "settings",
-                        &settings,
-                    )
-                })?,
-            })
-        })?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {EVALUATION_COLUMNS} FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
+             WHERE (?1 IS NULL OR e.task = ?1) AND (?2 IS NULL OR e.language = ?2) ORDER BY e.id"
+        ))?;
+        let rows = stmt.query_map(params![task, language], evaluation_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
+
+    /// The latest evaluation whose id starts with `prefix` (lowercase hex), with the rowid of
+    /// its checkpoint; an error when the prefix names more than one evaluation.
+    pub fn evaluation_by_id(&self, prefix: &str) -> Result<Option<(EvaluationRow, i64)>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {EVALUATION_COLUMNS}, e.checkpoint_id FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
+             WHERE e.key >= ?1 AND e.key < ?1 || 'g' ORDER BY e.id DESC"
+        ))?;
+        let rows: Vec<(EvaluationRow, i64)> = stmt
+            .query_map([prefix], |r| Ok((evaluation_from_row(r)?, r.get(16)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut ids: Vec<&str> = rows.iter().filter_map(|(e, _)| e.id.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() > 1 {
+            return Err(Error::invalid(
+                format!(
+                    "evaluation id `{prefix}` is ambiguous: it starts {} evaluations",
+                    ids.len()
+                ),
+                "give more hex characters of the id",
+            ));
+        }
+        Ok(rows.into_iter().next())
+    }
+}
+
+const EVALUATION_COLUMNS: &str = "c.name || '@' || c.version, c.manifest_id, e.task, e.language, \
+     e.dataset_hash, e.dataset_path, e.split, e.metrics, e.examples, e.truncated, e.device, \
+     e.crossmerge_version, e.duration_s, e.created_at, e.settings, e.key";
+
+fn evaluation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EvaluationRow> {
+    let metrics: String = r.get(7)?;
+    let manifest: String = r.get(1)?;
+    let settings: String = r.get(14)?;
+    let of = || format!("of `{}`", r.get::<_, String>(0).unwrap_or_default());
+    Ok(EvaluationRow {
+        id: r.get(15)?,
+        checkpoint: r.get(0)?,
+        manifest_id: parse_id(&manifest)?,
+        task: r.get(2)?,
+        language: r.get(3)?,
+        dataset_hash: r.get(4)?,
+        dataset_path: r.get(5)?,
+        split: r.get(6)?,
+        metrics: serde_json::from_str(&metrics)
+            .map_err(|_| damaged("evaluations", &of(), "metrics", &metrics))?,
+        examples: r.get(8)?,
+        truncated: r.get(9)?,
+        device: r.get(10)?,
+        crossmerge_version: r.get(11)?,
+        duration_s: r.get(12)?,
+        created_at: r.get(13)?,
+        settings: serde_json::from_str(&settings)
+            .map_err(|_| damaged("evaluations", &of(), "settings", &settings))?,
+    })
 }
 
 /// Names of checkpoints and vectors: letters, digits, `.`, `_`, `-`, `/`, starting with a

@@ -11,6 +11,7 @@
 mod merge;
 mod ops;
 mod records;
+mod trace;
 mod vectors;
 mod writer;
 
@@ -25,6 +26,7 @@ pub use self::ops::{
     RegisterOptions, Registered, TensorDetails, VerifyReport,
 };
 pub use self::records::{RebuildReport, rebuild_catalog};
+pub use self::trace::{Input as TraceInput, MergeNode, Node as TraceNode, Trace, TrainingNode};
 pub use self::vectors::{
     ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,
 };

@@ -156,7 +156,8 @@ pub fn compare_csv(r: &CompareReport) -> String {
     out
 }
 
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted as RFC 4180 asks when it holds a comma, quote or newline.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -488,6 +489,104 @@ impl Drawer for Lines<'_> {
     }
 }
 
+/// A chart of numbered series over a numeric x axis: lines through the points, or points
+/// alone (a scatter, each labelled).
+#[derive(Clone, Debug, Default)]
+pub struct XyChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    /// (name, points) per series.
+    pub series: Vec<(String, Vec<XyPoint>)>,
+    /// Join each series' points with a line.
+    pub lines: bool,
+}
+
+/// A point of an [`XyChart`], with an optional label drawn beside it.
+#[derive(Clone, Debug, Default)]
+pub struct XyPoint {
+    pub x: f64,
+    pub y: f64,
+    pub label: Option<String>,
+}
+
+/// Writes an [`XyChart`] as PNG or SVG (by extension).
+pub fn plot_xy(path: &Path, chart: &XyChart) -> Result<()> {
+    register_font();
+    render(path, (760, 500), chart)
+}
+
+/// `lo..hi` widened by 5% each side (and to a unit range when flat).
+fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    let pad = if hi - lo < 1e-12 {
+        0.5
+    } else {
+        (hi - lo) * 0.05
+    };
+    (lo - pad, hi + pad)
+}
+
+impl Drawer for XyChart {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let all = || self.series.iter().flat_map(|(_, p)| p.iter());
+        let (x0, x1) = padded(all().map(|p| p.x));
+        let (y0, y1) = padded(all().map(|p| p.y));
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title.clone(), (FONT, 20))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(self.x_label.clone())
+            .y_desc(self.y_label.clone())
+            .label_style((FONT, 13))
+            .axis_desc_style((FONT, 15))
+            .draw()?;
+        for (k, (name, points)) in self.series.iter().enumerate() {
+            let colour = Palette99::pick(k).to_rgba();
+            let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
+            let drawn = if self.lines {
+                chart.draw_series(LineSeries::new(xy.clone(), colour.stroke_width(2)))?
+            } else {
+                chart.draw_series(xy.iter().map(|&p| Circle::new(p, 5, colour.filled())))?
+            };
+            drawn
+                .label(name.clone())
+                .legend(move |(x, y)| Circle::new((x + 9, y), 4, colour.filled()));
+            chart.draw_series(xy.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+            for p in points {
+                if let Some(label) = &p.label {
+                    chart.draw_series(std::iter::once(Text::new(
+                        label.clone(),
+                        (p.x, p.y),
+                        TextStyle::from((FONT, 13)).pos(Pos::new(HPos::Left, VPos::Bottom)),
+                    )))?;
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FONT, 14))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+        Ok(())
+    }
+}
+
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_owned()
@@ -542,6 +641,7 @@ mod tests {
 
     fn row(path: &str) -> EvaluationRow {
         EvaluationRow {
+            id: None,
             checkpoint: "pos-en+es/es=0.3".into(),
             manifest_id: crate::id::ObjectId::zero(),
             task: "pos".into(),

@@ -1,0 +1,848 @@
+//! The study (`crossmerge study`): for each task T and language X,
+//! `θ = θ_T + λ·(θ_lm,X − θ_base)` over a λ grid, λ selected on X's validation data (ties → the
+//! smaller λ) and scored on X's test data against the task model alone; masked-LM perplexity
+//! before and after language fine-tuning; the cosine of each language vector with the
+//! reference's, overall and by layer.
+//!
+//! A study is a list of units (train, derive, merge, evaluate, compare) walked in dependency
+//! order. Every unit but `compare` is memoised in the registry (a model by its name, a vector
+//! by its definition, a merge by its recipe hash, an evaluation by its id), so a study that is
+//! killed and run again does only what is left, and a dry run walks the same list without
+//! running anything (it reads manifests and data files, never a tensor).
+
+pub mod file;
+pub mod output;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::catalog::{CheckpointRow, VectorRow};
+use crate::error::{Error, Result};
+use crate::eval::run::Task;
+use crate::eval::{conllu, ner, nli};
+use crate::evaluate::{EvalOptions, Evaluate};
+use crate::registry::MergeOptions;
+use crate::train::{Train, TrainPlan, TrainSettings};
+use crate::{CompareOptions, DeriveOptions, GroupBy, NoProgress, Registry, VectorKind};
+pub use file::Study;
+use file::{Data, Source};
+use output::{
+    Cosine, ModelRef, Perplexity, PerplexityPair, Results, Score, SweepPoint, TaskResults, Transfer,
+};
+
+/// The kinds of unit, in dependency order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitKind {
+    Train,
+    Derive,
+    Merge,
+    Eval,
+    Compare,
+}
+
+impl UnitKind {
+    pub const ALL: [UnitKind; 5] = [
+        UnitKind::Train,
+        UnitKind::Derive,
+        UnitKind::Merge,
+        UnitKind::Eval,
+        UnitKind::Compare,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnitKind::Train => "train",
+            UnitKind::Derive => "derive",
+            UnitKind::Merge => "merge",
+            UnitKind::Eval => "eval",
+            UnitKind::Compare => "compare",
+        }
+    }
+}
+
+/// One unit and whether it was done before this run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unit {
+    pub kind: UnitKind,
+    pub label: String,
+    /// Found in the registry when the run began (or, in a dry run, now).
+    pub done: bool,
+}
+
+/// Every unit of a study, in order.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Plan {
+    pub units: Vec<Unit>,
+}
+
+impl Plan {
+    /// (total, done) units of `kind`.
+    pub fn count(&self, kind: UnitKind) -> (usize, usize) {
+        let of: Vec<&Unit> = self.units.iter().filter(|u| u.kind == kind).collect();
+        (of.len(), of.iter().filter(|u| u.done).count())
+    }
+}
+
+/// What a study reports as it goes.
+pub trait StudyProgress {
+    /// A unit that was not done starts (or, for a sweep's merges, is reached).
+    fn unit(&self, kind: UnitKind, label: &str);
+}
+
+/// Reports nothing.
+pub struct Silent;
+
+impl StudyProgress for Silent {
+    fn unit(&self, _: UnitKind, _: &str) {}
+}
+
+/// How to run a study.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct StudyOptions {
+    /// Plan and report what is done; run nothing, read no tensor.
+    pub dry_run: bool,
+    /// Replaces the study file's evaluation and training device.
+    pub device: Option<String>,
+    /// The command line, written into the generated files.
+    pub command: String,
+}
+
+/// What a study run (or dry run) found and made.
+#[derive(Debug)]
+pub struct Outcome {
+    pub plan: Plan,
+    /// `None` in a dry run.
+    pub results: Option<Results>,
+}
+
+/// The reference of a vector: `name@version`.
+fn vref(v: &VectorRow) -> String {
+    v.reference()
+}
+
+/// Runs `study` (or walks it, in a dry run).
+pub fn run(
+    reg: &mut Registry,
+    study: &Study,
+    opts: &StudyOptions,
+    progress: &dyn StudyProgress,
+) -> Result<Outcome> {
+    let mut w = Walk {
+        reg,
+        study,
+        exec: !opts.dry_run,
+        device: opts.device.clone().unwrap_or_else(|| study.device.clone()),
+        plan: Plan::default(),
+        progress,
+    };
+    w.check()?;
+    let results = w.walk(&opts.command)?;
+    Ok(Outcome {
+        plan: w.plan,
+        results,
+    })
+}
+
+struct Walk<'a> {
+    reg: &'a mut Registry,
+    study: &'a Study,
+    exec: bool,
+    device: String,
+    plan: Plan,
+    progress: &'a dyn StudyProgress,
+}
+
+impl Walk<'_> {
+    fn unit(&mut self, kind: UnitKind, label: String, done: bool) {
+        // A model several entries name (one `before` for many languages) is one unit.
+        if self
+            .plan
+            .units
+            .iter()
+            .any(|u| u.kind == kind && u.label == label)
+        {
+            return;
+        }
+        if !done && self.exec {
+            self.progress.unit(kind, &label);
+        }
+        self.plan.units.push(Unit { kind, label, done });
+    }
+
+    /// Everything that can be checked before a unit runs: references resolve, data files
+    /// parse, ranges fit them, and their labels are the task model's.
+    fn check(&self) -> Result<()> {
+        let s = self.study;
+        self.reg.resolve(&s.base)?;
+        let resolve = |src: &Source| -> Result<()> {
+            if let Source::Registered(r) = src {
+                self.reg.resolve(r)?;
+            }
+            Ok(())
+        };
+        for l in &s.languages {
+            resolve(&l.model)?;
+            if let Some(b) = &l.before {
+                resolve(b)?;
+            }
+            if let Some(t) = &l.text {
+                count_examples(Task::Mlm, t)?;
+                let before = match &l.before {
+                    Some(Source::Registered(r)) => Some(r.as_str()),
+                    Some(Source::Trained { .. }) => None,
+                    None => Some(s.base.as_str()),
+                };
+                if let Some(r) = before {
+                    self.has_mlm_head(r, &l.language)?;
+                }
+            }
+        }
+        for t in &s.tasks {
+            resolve(&t.model)?;
+            for b in t.baselines.values() {
+                self.reg.resolve(b)?;
+            }
+            let labels = self.model_labels(t.task, &t.model)?;
+            for (_, val, test) in &t.data {
+                for d in [val, test] {
+                    count_examples(t.task, d)?;
+                    if let Some(model_labels) = &labels {
+                        check_labels(t.task, d, model_labels, t.label_map.as_deref())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a perplexity "before" model without a masked-LM head.
+    fn has_mlm_head(&self, reference: &str, language: &str) -> Result<()> {
+        let row = self.reg.resolve(reference)?;
+        let manifest = self.reg.manifest(&row)?;
+        let head = manifest
+            .tensors
+            .iter()
+            .any(|t| t.name.contains("cls.predictions.") || t.name.starts_with("lm_head."));
+        if head {
+            return Ok(());
+        }
+        Err(Error::bad_input(
+            &self.study.path,
+            format!(
+                "[languages.{language}]: perplexity before language fine-tuning needs a masked-LM head, and `{}` has none",
+                row.reference()
+            ),
+            "name the model before fine-tuning with `before` (e.g. an MLM head trained with the encoder frozen: train settings with task = \"mlm\", freeze = \"encoder\")",
+        ))
+    }
+
+    /// The labels a task model scores: config.json's when registered, else the training
+    /// data's (or its label file's); `None` when it cannot be known before training.
+    fn model_labels(&self, task: Task, src: &Source) -> Result<Option<BTreeSet<String>>> {
+        match src {
+            Source::Registered(r) => {
+                let row = self.reg.resolve(r)?;
+                let manifest = self.reg.manifest(&row)?;
+                let config = crate::evaluate::file_of(self.reg, &manifest, &row, "config.json")?;
+                let config = crate::eval::model::Config::parse(&config)?;
+                Ok(Some(config.labels().into_iter().collect()))
+            }
+            Source::Trained { settings, name } => {
+                if self.reg.resolve(name).is_ok() {
+                    return self.model_labels(task, &Source::Registered(name.clone()));
+                }
+                let s = TrainSettings::read(settings)?;
+                if let Some(file) = &s.labels {
+                    let text =
+                        std::fs::read_to_string(file).map_err(|e| Error::io("reading", file, e))?;
+                    return Ok(Some(
+                        text.lines()
+                            .map(str::trim)
+                            .filter(|l| !l.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    ));
+                }
+                match &s.data {
+                    Some(data) => labels_of(
+                        task,
+                        &Data {
+                            path: data.clone(),
+                            range: None,
+                        },
+                    )
+                    .map(Some),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// The model of `src`: trained first when the study trains it and it is not registered.
+    fn model(
+        &mut self,
+        src: &Source,
+        task: Task,
+        language: Option<&str>,
+    ) -> Result<Option<CheckpointRow>> {
+        match src {
+            Source::Registered(r) => self.reg.resolve(r).map(Some),
+            Source::Trained { settings, name } => {
+                let found = self.reg.resolve(name).ok();
+                self.unit(UnitKind::Train, format!("train {name}"), found.is_some());
+                if found.is_some() || !self.exec {
+                    return Ok(found);
+                }
+                let mut s = TrainSettings::read(settings)?;
+                if s.task.is_none() {
+                    s.task = Some(task.name().to_owned());
+                }
+                if s.language.is_none() {
+                    s.language = language.map(str::to_owned);
+                }
+                if s.device.is_none() {
+                    s.device = Some(self.device.clone());
+                }
+                let plan = TrainPlan::try_from(&s)?;
+                if plan.task != task {
+                    return Err(Error::bad_input(
+                        settings,
+                        format!(
+                            "trains task `{}` where the study needs `{}`",
+                            plan.task.name(),
+                            task.name()
+                        ),
+                        "set `task` in the settings file to the study's task (mlm for a language model)",
+                    ));
+                }
+                let base = self.study.base.clone();
+                self.reg.train(&base, &plan, true, &crate::train::Quiet)?;
+                self.reg.resolve(name).map(Some)
+            }
+        }
+    }
+
+    /// The vector `model − base` named `name`, derived unless it is.
+    fn vector(
+        &mut self,
+        kind: VectorKind,
+        name: &str,
+        model: Option<&CheckpointRow>,
+        base: &CheckpointRow,
+    ) -> Result<Option<VectorRow>> {
+        let found = model.and_then(|m| {
+            self.reg.resolve_vector(name).ok().filter(|v| {
+                v.from_rowid == m.rowid
+                    && v.minus_rowid == base.rowid
+                    && v.exclude == self.exclude()
+            })
+        });
+        self.unit(UnitKind::Derive, format!("derive {name}"), found.is_some());
+        if found.is_some() || !self.exec {
+            return Ok(found);
+        }
+        let model = model.expect("runs have every model");
+        let mut opts = DeriveOptions::new(kind, name, model.reference()).minus(base.reference());
+        for g in &self.study.exclude {
+            opts = opts.exclude(g.clone());
+        }
+        let d = self.reg.derive(&opts, &NoProgress)?;
+        Ok(Some(d.vector))
+    }
+
+    fn exclude(&self) -> Vec<String> {
+        let mut e = self.study.exclude.clone();
+        e.sort();
+        e.dedup();
+        e
+    }
+
+    /// The λ sweep of task vector `tv` plus language vector `lv`: one checkpoint per λ.
+    fn sweep(
+        &mut self,
+        task: Task,
+        language: &str,
+        base: &CheckpointRow,
+        heads: Option<&CheckpointRow>,
+        tv: Option<&VectorRow>,
+        lv: Option<&VectorRow>,
+    ) -> Result<Vec<Option<CheckpointRow>>> {
+        let s = self.study;
+        let name = format!("{}/{}+{language}", s.name, task.name());
+        let labels = |w: &mut Self, done: &[bool]| {
+            for (l, d) in s.lambdas.iter().zip(done) {
+                w.unit(UnitKind::Merge, format!("merge {name}/lambda={l}"), *d);
+            }
+        };
+        let (Some(tv), Some(lv), Some(heads)) = (tv, lv, heads) else {
+            labels(self, &vec![false; s.lambdas.len()]);
+            return Ok(vec![None; s.lambdas.len()]);
+        };
+        let mut recipe = s.merge.clone();
+        let mut table = toml::Table::new();
+        table.insert("name".into(), name.clone().into());
+        table.insert("base".into(), base.reference().into());
+        let mut t_in = toml::Table::new();
+        t_in.insert("vector".into(), vref(tv).into());
+        t_in.insert("label".into(), "task".into());
+        let mut l_in = toml::Table::new();
+        l_in.insert("vector".into(), vref(lv).into());
+        l_in.insert("label".into(), "lambda".into());
+        let mut sweep = toml::Table::new();
+        sweep.insert(
+            "sweep".into(),
+            toml::Value::Array(s.lambdas.iter().map(|&l| l.into()).collect()),
+        );
+        l_in.insert("weight".into(), sweep.into());
+        table.insert(
+            "inputs".into(),
+            toml::Value::Array(vec![t_in.into(), l_in.into()]),
+        );
+        let mut h = toml::Table::new();
+        h.insert("from".into(), heads.reference().into());
+        table.insert("heads".into(), h.into());
+        let out = recipe
+            .entry("output")
+            .or_insert_with(|| toml::Table::new().into());
+        if let Some(o) = out.as_table_mut() {
+            o.insert("language".into(), language.into());
+            o.insert("task".into(), task.name().into());
+        }
+        recipe.extend(table);
+        let text = toml::to_string(&recipe).expect("a table serialises");
+        let parsed = crate::recipe::parse(&s.path, &text)?;
+        if parsed.point_count() != Some(s.lambdas.len() as u64) {
+            return Err(Error::bad_input(
+                &s.path,
+                "[merge] sweeps a parameter; the study sweeps λ only",
+                "give [merge] fixed values (one study per density, say)",
+            ));
+        }
+        let dry = self.reg.merge(
+            &parsed,
+            &text,
+            &MergeOptions::default().dry_run(true),
+            &NoProgress,
+        )?;
+        let mut done = Vec::new();
+        for p in &dry {
+            let found = self
+                .reg
+                .catalog()
+                .merges_by_hash(&p.recipe_hash)?
+                .into_iter()
+                .find(|(_, c)| c.name == p.name)
+                .map(|(_, c)| c);
+            done.push(found);
+        }
+        labels(self, &done.iter().map(Option::is_some).collect::<Vec<_>>());
+        if !self.exec || done.iter().all(Option::is_some) {
+            return Ok(done);
+        }
+        let points = self
+            .reg
+            .merge(&parsed, &text, &MergeOptions::default(), &NoProgress)?;
+        Ok(points.into_iter().map(|p| p.checkpoint).collect())
+    }
+
+    fn eval_options(
+        &self,
+        task: Task,
+        data: &Data,
+        language: &str,
+        split: &str,
+        label_map: Option<&Path>,
+    ) -> EvalOptions {
+        let mut o = EvalOptions::new(task, data.path.clone());
+        o.language = Some(language.to_owned());
+        o.split = Some(split.to_owned());
+        o.device.clone_from(&self.device);
+        o.batch_size = self.study.batch_size;
+        o.max_length = self.study.max_length;
+        o.seed = self.study.seed;
+        o.label_map = label_map.map(Path::to_path_buf);
+        o.range = data.range;
+        o.reuse = true;
+        o
+    }
+
+    /// Evaluates `model` (when it exists; `name` says what it will be) and returns `metric`.
+    fn score(
+        &mut self,
+        model: Option<&CheckpointRow>,
+        name: &str,
+        opts: &EvalOptions,
+        metric: &str,
+    ) -> Result<Option<Score>> {
+        let scoring = if opts.pseudo_perplexity {
+            " (pseudo)"
+        } else {
+            ""
+        };
+        let label = |m: &str| {
+            format!(
+                "eval {m} {}{scoring} on {}",
+                opts.task.name(),
+                Data {
+                    path: opts.data.clone(),
+                    range: opts.range
+                }
+                .label()
+            )
+        };
+        let Some(model) = model else {
+            self.unit(UnitKind::Eval, label(name), false);
+            return Ok(None);
+        };
+        let reference = model.reference();
+        let id = self.reg.evaluation_id(&reference, opts)?;
+        let stored = self.reg.catalog().evaluation_by_id(&id)?.is_some();
+        self.unit(UnitKind::Eval, label(&reference), stored);
+        if !stored && !self.exec {
+            return Ok(None);
+        }
+        let r = self.reg.evaluate(&reference, opts, &NoProgress)?;
+        let value = *r.outcome.metrics.get(metric).ok_or_else(|| {
+            Error::invalid(
+                format!(
+                    "the {} evaluation has no metric `{metric}` (it has {})",
+                    opts.task.name(),
+                    r.outcome
+                        .metrics
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "set the task's `metric` in the study file to one of these",
+            )
+        })?;
+        Ok(Some(Score {
+            value,
+            evaluation: r.id,
+            examples: r.outcome.examples,
+        }))
+    }
+
+    #[allow(clippy::too_many_lines)] // the study's units, in order
+    fn walk(&mut self, command: &str) -> Result<Option<Results>> {
+        let s = self.study;
+        let base = self.reg.resolve(&s.base)?;
+        // Models.
+        let mut task_models = Vec::new();
+        for t in &s.tasks {
+            task_models.push(self.model(&t.model, t.task, Some("en"))?);
+        }
+        let mut lang_models = BTreeMap::new();
+        let mut befores = BTreeMap::new();
+        for l in &s.languages {
+            let m = self.model(&l.model, Task::Mlm, Some(&l.language))?;
+            lang_models.insert(l.language.clone(), m);
+            let b = match &l.before {
+                Some(src) => self.model(src, Task::Mlm, Some(&l.language))?,
+                None => Some(base.clone()),
+            };
+            befores.insert(l.language.clone(), b);
+        }
+        // Vectors.
+        let mut lang_vectors = BTreeMap::new();
+        for l in &s.languages {
+            let name = format!("{}/language/{}", s.name, l.language);
+            let v = self.vector(
+                VectorKind::Language,
+                &name,
+                lang_models[&l.language].as_ref(),
+                &base,
+            )?;
+            lang_vectors.insert(l.language.clone(), v);
+        }
+        let mut task_vectors = Vec::new();
+        for (t, m) in s.tasks.iter().zip(&task_models) {
+            let name = format!("{}/task/{}", s.name, t.task.name());
+            task_vectors.push(self.vector(VectorKind::Task, &name, m.as_ref(), &base)?);
+        }
+        // Merges, then evaluations, per task and language.
+        let mut tasks = Vec::new();
+        for ((t, model), tv) in s.tasks.iter().zip(&task_models).zip(&task_vectors) {
+            let mut transfers = Vec::new();
+            for (lang, val, test) in &t.data {
+                let points = self.sweep(
+                    t.task,
+                    lang,
+                    &base,
+                    model.as_ref(),
+                    tv.as_ref(),
+                    lang_vectors[lang].as_ref(),
+                )?;
+                let lm = t.label_map.as_deref();
+                let test_opts = self.eval_options(t.task, test, lang, "test", lm);
+                let val_opts = self.eval_options(t.task, val, lang, "validation", lm);
+                let zero_shot =
+                    self.score(model.as_ref(), t.model.reference(), &test_opts, &t.metric)?;
+                let mut sweep = Vec::new();
+                for (l, p) in s.lambdas.iter().zip(&points) {
+                    let point = format!("{}/{}+{lang}/lambda={l}", s.name, t.task.name());
+                    let v = self.score(p.as_ref(), &point, &val_opts, &t.metric)?;
+                    sweep.push((*l, p.clone(), v));
+                }
+                // Selection: the highest validation score, the smaller λ on ties.
+                let best = if sweep.iter().all(|(_, _, v)| v.is_some()) {
+                    let mut best = 0;
+                    for (i, (_, _, v)) in sweep.iter().enumerate() {
+                        let v = v.as_ref().expect("all scored").value;
+                        if v > sweep[best].2.as_ref().expect("all scored").value {
+                            best = i;
+                        }
+                    }
+                    Some(best)
+                } else {
+                    None
+                };
+                let best_name = format!("{}/{}+{lang} at the best λ", s.name, t.task.name());
+                let at_best = match best {
+                    Some(b) => {
+                        self.score(sweep[b].1.as_ref(), &best_name, &test_opts, &t.metric)?
+                    }
+                    None => self.score(None, &best_name, &test_opts, &t.metric)?,
+                };
+                let mut trained = None;
+                if let Some(b) = t.baselines.get(lang) {
+                    let row = self.reg.resolve(b)?;
+                    trained = self
+                        .score(Some(&row), b, &test_opts, &t.metric)?
+                        .map(|sc| (ModelRef::of(&row), sc));
+                }
+                if let (Some(b), Some(test_score), Some(zero)) = (best, at_best, zero_shot) {
+                    let zero_value = zero.value;
+                    transfers.push(Transfer {
+                        language: lang.clone(),
+                        language_vector: lang_vectors[lang].as_ref().map(output::VectorRef::of),
+                        validation_data: val.label(),
+                        test_data: test.label(),
+                        zero_shot: zero,
+                        sweep: sweep
+                            .into_iter()
+                            .map(|(lambda, p, v)| SweepPoint {
+                                lambda,
+                                checkpoint: p.as_ref().map(ModelRef::of),
+                                validation: v.expect("all scored"),
+                            })
+                            .collect(),
+                        best_lambda: s.lambdas[b],
+                        gain: test_score.value - zero_value,
+                        test: test_score,
+                        trained_baseline: trained,
+                    });
+                }
+            }
+            tasks.push(TaskResults {
+                task: t.task.name().to_owned(),
+                metric: t.metric.clone(),
+                model: model.as_ref().map(ModelRef::of),
+                vector: tv.as_ref().map(output::VectorRef::of),
+                transfers,
+            });
+        }
+        // Perplexity before and after language fine-tuning.
+        let mut perplexity = Vec::new();
+        for l in &s.languages {
+            let Some(text) = &l.text else { continue };
+            let pair = |w: &mut Self,
+                        m: Option<&CheckpointRow>,
+                        name: &str|
+             -> Result<Option<PerplexityPair>> {
+                let mut o = w.eval_options(Task::Mlm, text, &l.language, "text", None);
+                let ppl = w.score(m, name, &o, "perplexity")?;
+                let pseudo = if w.study.pseudo_perplexity {
+                    o.pseudo_perplexity = true;
+                    w.score(m, name, &o, "pseudo_perplexity")?
+                } else {
+                    None
+                };
+                Ok(match (m, ppl) {
+                    (Some(m), Some(p)) => Some(PerplexityPair {
+                        model: ModelRef::of(m),
+                        perplexity: p,
+                        pseudo_perplexity: pseudo,
+                    }),
+                    _ => None,
+                })
+            };
+            let before_name = l.before.as_ref().map_or(s.base.as_str(), Source::reference);
+            let before = pair(self, befores[&l.language].as_ref(), before_name)?;
+            let after = pair(self, lang_models[&l.language].as_ref(), l.model.reference())?;
+            if let (Some(before), Some(after)) = (before, after) {
+                perplexity.push(Perplexity {
+                    language: l.language.clone(),
+                    text: text.label(),
+                    before,
+                    after,
+                });
+            }
+        }
+        // Cosine of every language vector with the reference's.
+        let cosine = match &s.reference {
+            Some(r) if s.languages.len() > 1 => {
+                self.unit(
+                    UnitKind::Compare,
+                    format!("compare language vectors with {r}'s"),
+                    false,
+                );
+                if self.exec {
+                    let c = self.compare(r, &lang_vectors)?;
+                    Some(c)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if !self.exec {
+            return Ok(None);
+        }
+        Ok(Some(output::assemble(
+            s,
+            command,
+            ModelRef::of(&base),
+            tasks,
+            perplexity,
+            cosine,
+        )))
+    }
+
+    fn compare(
+        &self,
+        reference: &str,
+        vectors: &BTreeMap<String, Option<VectorRow>>,
+    ) -> Result<Cosine> {
+        let langs: Vec<&String> = vectors.keys().collect();
+        let refs: Vec<String> = langs
+            .iter()
+            .map(|l| vref(vectors[*l].as_ref().expect("derived before compare")))
+            .collect();
+        let r = langs
+            .iter()
+            .position(|l| *l == reference)
+            .expect("a study language");
+        let by_model = self.reg.compare(
+            &refs,
+            &CompareOptions::default()
+                .reference(refs[r].clone())
+                .by(GroupBy::Model),
+            &NoProgress,
+        )?;
+        let by_layer = self.reg.compare(
+            &refs,
+            &CompareOptions::default()
+                .reference(refs[r].clone())
+                .by(GroupBy::Layer),
+            &NoProgress,
+        )?;
+        Ok(Cosine::of(reference, &langs, &by_model, &by_layer))
+    }
+}
+
+/// Examples in the part of `data` a study uses; an error when the range does not fit.
+fn count_examples(task: Task, data: &Data) -> Result<usize> {
+    let n = match task {
+        Task::Pos | Task::Dp => conllu::read(&data.path)?.len(),
+        Task::Ner => ner::read(&data.path)?.len(),
+        Task::Nli => nli::read(&data.path)?.len(),
+        Task::Mlm => crate::eval::text::read(&data.path)?.len(),
+    };
+    if let Some(r) = data.range {
+        let mut v = vec![(); n];
+        r.apply(&mut v, &data.path)?;
+        return Ok(v.len());
+    }
+    Ok(n)
+}
+
+/// The gold labels of the used part of `data`, as the model would have to name them.
+fn labels_of(task: Task, data: &Data) -> Result<BTreeSet<String>> {
+    let cut = |n: usize| -> Result<std::ops::Range<usize>> {
+        let mut idx: Vec<usize> = (0..n).collect();
+        if let Some(r) = data.range {
+            r.apply(&mut idx, &data.path)?;
+        }
+        Ok(idx.first().copied().unwrap_or(0)..idx.last().map_or(0, |l| l + 1))
+    };
+    Ok(match task {
+        Task::Pos | Task::Dp => {
+            let s = conllu::read(&data.path)?;
+            let r = cut(s.len())?;
+            s[r].iter()
+                .flat_map(|s| &s.words)
+                .map(|w| {
+                    if task == Task::Pos {
+                        w.upos.clone()
+                    } else {
+                        w.deprel.clone()
+                    }
+                })
+                .collect()
+        }
+        Task::Ner => {
+            let s = ner::read(&data.path)?;
+            let r = cut(s.len())?;
+            s[r].iter().flat_map(|s| s.tags.iter().cloned()).collect()
+        }
+        Task::Nli => {
+            let s = nli::read(&data.path)?;
+            let r = cut(s.len())?;
+            s[r].iter().map(|e| e.label.clone()).collect()
+        }
+        Task::Mlm => BTreeSet::new(),
+    })
+}
+
+/// Refuses data whose gold labels (after the label map) the model does not score.
+fn check_labels(
+    task: Task,
+    data: &Data,
+    model: &BTreeSet<String>,
+    label_map: Option<&Path>,
+) -> Result<()> {
+    let map = label_map
+        .map(crate::eval::label_map::LabelMap::read)
+        .transpose()?
+        .unwrap_or_default();
+    let key = |l: &str| -> String {
+        match task {
+            Task::Dp => conllu::universal(l).to_owned(),
+            Task::Ner => l.split_once('-').map_or(l, |(_, t)| t).to_owned(),
+            _ => l.to_owned(),
+        }
+    };
+    let known: BTreeSet<String> = model.iter().map(|l| key(l)).collect();
+    let missing: Vec<String> = labels_of(task, data)?
+        .into_iter()
+        .map(|l| {
+            if task == Task::Dp {
+                map.apply_relation(&l)
+            } else {
+                map.apply(&l)
+            }
+        })
+        .filter(|l| !(task == Task::Ner && l == "O"))
+        .filter(|l| !known.contains(&key(l)))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::bad_input(
+        &data.path,
+        format!(
+            "labels the {} model does not have: {}",
+            task.name(),
+            missing.join(", ")
+        ),
+        "map them to the model's labels with the task's `label_map`, or use data in the model's label set",
+    ))
+}
