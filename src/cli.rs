@@ -85,7 +85,7 @@ enum Command {
     /// Evaluate a checkpoint on a task (pos, ner, nli, mlm, dp) and store the result.
     Eval(eval::EvalArgs),
     /// Fine-tune a checkpoint on a language (mlm) or a task (pos, ner, nli, dp) and register it.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Run a cross-lingual transfer study end to end: train, derive, merge, evaluate,
     /// compare, and write its tables and plots.
     Study(study::StudyArgs),

@@ -32,7 +32,7 @@ use crate::eval::train::state;
 use crate::eval::train::trainer::Trained;
 use crate::eval::train::{Freeze, Objective, Options, Step, Trainer};
 use crate::eval::{align, conllu, ner, nli, text};
-use crate::evaluate::{device, file_of};
+use crate::evaluate::{Range, device, file_of};
 use crate::registry::MemoryTensor;
 use crate::tensor::Dtype;
 use crate::{NoProgress, RegisterOptions, Registry};
@@ -51,6 +51,11 @@ pub struct TrainSettings {
     /// Development data in the same format: evaluated every `eval_every` steps (default:
     /// every epoch); the best step's weights are the ones registered.
     pub dev: Option<PathBuf>,
+    /// Only these examples (sentences, pairs, non-empty lines) of `data`: `START:END`,
+    /// 0-based, end excluded, as a Python slice (e.g. `:21000` to hold out the rest).
+    pub data_range: Option<String>,
+    /// Only these examples of `dev` (`START:END`).
+    pub dev_range: Option<String>,
     /// Name of the trained checkpoint.
     pub name: Option<String>,
     /// Language (BCP-47): the trained language of an mlm run, the data's of a task run.
@@ -130,6 +135,8 @@ impl TrainSettings {
             task,
             data,
             dev,
+            data_range,
+            dev_range,
             name,
             language,
             labels,
@@ -159,6 +166,8 @@ pub struct TrainPlan {
     pub task: Task,
     pub data: PathBuf,
     pub dev: Option<PathBuf>,
+    pub data_range: Option<Range>,
+    pub dev_range: Option<Range>,
     pub name: String,
     pub language: Option<String>,
     pub labels: Option<PathBuf>,
@@ -230,6 +239,8 @@ impl TryFrom<&TrainSettings> for TrainPlan {
             task,
             data: s.data.clone().ok_or_else(|| need("data"))?,
             dev: s.dev.clone(),
+            data_range: s.data_range.as_deref().map(Range::parse).transpose()?,
+            dev_range: s.dev_range.as_deref().map(Range::parse).transpose()?,
             name,
             language: s.language.clone(),
             labels: s.labels.clone(),
@@ -427,16 +438,35 @@ fn read_labels(path: &Path) -> Result<Vec<String>> {
     Ok(labels)
 }
 
+/// `items`, or the range of them asked for.
+fn kept<T>(mut items: Vec<T>, range: Option<Range>, path: &Path) -> Result<Vec<T>> {
+    if let Some(r) = range {
+        r.apply(&mut items, path)?;
+    }
+    Ok(items)
+}
+
 fn read_inputs(plan: &TrainPlan, tokenizer: &align::Tokenizer) -> Result<Inputs> {
     let given = plan.labels.as_deref().map(read_labels).transpose()?;
     let given = given.as_deref();
     let m = plan.max_length;
+    let (train, dev_part, data) = (plan.data_range, plan.dev_range, plan.data.as_path());
     let dataset = match plan.task {
-        Task::Pos => data::pos(&conllu::read(&plan.data)?, tokenizer, m, given)?,
-        Task::Ner => data::ner(&ner::read(&plan.data)?, tokenizer, m, given)?,
-        Task::Nli => data::nli(&nli::read(&plan.data)?, tokenizer, m, given)?,
-        Task::Mlm => data::mlm(&plan.data, tokenizer, m)?,
-        Task::Dp => data::dp(&conllu::read(&plan.data)?, tokenizer, m, given)?,
+        Task::Pos => data::pos(
+            &kept(conllu::read(data)?, train, data)?,
+            tokenizer,
+            m,
+            given,
+        )?,
+        Task::Ner => data::ner(&kept(ner::read(data)?, train, data)?, tokenizer, m, given)?,
+        Task::Nli => data::nli(&kept(nli::read(data)?, train, data)?, tokenizer, m, given)?,
+        Task::Mlm => data::mlm(&plan.data, tokenizer, m, train.map(|r| (r.start, r.end)))?,
+        Task::Dp => data::dp(
+            &kept(conllu::read(data)?, train, data)?,
+            tokenizer,
+            m,
+            given,
+        )?,
     };
     if dataset.examples.is_empty() {
         return Err(Error::bad_input(
@@ -450,11 +480,11 @@ fn read_inputs(plan: &TrainPlan, tokenizer: &align::Tokenizer) -> Result<Inputs>
         .as_deref()
         .map(|p| -> Result<Dev> {
             Ok(match plan.task {
-                Task::Pos => Dev::Pos(conllu::read(p)?),
-                Task::Ner => Dev::Ner(ner::read(p)?),
-                Task::Nli => Dev::Nli(nli::read(p)?),
-                Task::Mlm => Dev::Mlm(text::read(p)?),
-                Task::Dp => Dev::Dp(conllu::read(p)?),
+                Task::Pos => Dev::Pos(kept(conllu::read(p)?, dev_part, p)?),
+                Task::Ner => Dev::Ner(kept(ner::read(p)?, dev_part, p)?),
+                Task::Nli => Dev::Nli(kept(nli::read(p)?, dev_part, p)?),
+                Task::Mlm => Dev::Mlm(kept(text::read(p)?, dev_part, p)?),
+                Task::Dp => Dev::Dp(kept(conllu::read(p)?, dev_part, p)?),
             })
         })
         .transpose()?;
@@ -899,6 +929,8 @@ impl Train for Registry {
         }
         let settings = json!({
             "options": plan.options,
+            "data_range": plan.data_range,
+            "dev_range": plan.dev_range,
             "max_length": plan.max_length,
             "whole_word": plan.whole_word,
             "eval_every": plan.eval_every,

@@ -28,6 +28,13 @@ pub struct TrainArgs {
     /// epoch); the best step's weights are registered.
     #[arg(long, value_name = "DEV")]
     dev: Option<PathBuf>,
+    /// Only these examples (sentences, pairs, non-empty lines) of TRAIN: `START:END`,
+    /// 0-based, end excluded (e.g. `:21000`).
+    #[arg(long, value_name = "START:END")]
+    data_range: Option<String>,
+    /// Only these examples of DEV (`START:END`).
+    #[arg(long, value_name = "START:END")]
+    dev_range: Option<String>,
     /// Name of the trained checkpoint.
     #[arg(long)]
     name: Option<String>,
@@ -104,6 +111,8 @@ pub fn train(ctx: &Context, a: &TrainArgs) -> anyhow::Result<ExitCode> {
         task: a.task.clone(),
         data: a.data.clone(),
         dev: a.dev.clone(),
+        data_range: a.data_range.clone(),
+        dev_range: a.dev_range.clone(),
         name: a.name.clone(),
         language: a.language.clone(),
         labels: a.labels.clone(),

@@ -327,7 +327,13 @@ const CHUNK: usize = 4096;
 /// Masked LM on text, one paragraph a line, streamed from `path` ([`Lines`]): one pass
 /// records each non-empty line's span, checks it is UTF-8, counts the paragraphs `max_length`
 /// cuts and leaves out those with nothing to mask, holding one chunk of lines at a time.
-pub fn mlm(path: &Path, tokenizer: &Tokenizer, max_length: usize) -> Result<Dataset> {
+/// `lines` keeps only the non-empty lines `START..END` (0-based, as `eval --range` counts).
+pub fn mlm(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    max_length: usize,
+    lines: Option<(usize, Option<usize>)>,
+) -> Result<Dataset> {
     use std::io::BufRead;
     let meta = std::fs::metadata(path).map_err(|e| Error::io("reading", path, e))?;
     if !meta.is_file() {
@@ -361,7 +367,8 @@ pub fn mlm(path: &Path, tokenizer: &Tokenizer, max_length: usize) -> Result<Data
             }
             Ok(())
         };
-    let (mut offset, mut line_no) = (0u64, 0usize);
+    let (mut offset, mut line_no, mut paragraph) = (0u64, 0usize, 0usize);
+    let (first, end) = lines.unwrap_or((0, None));
     let mut raw = Vec::new();
     loop {
         raw.clear();
@@ -380,7 +387,9 @@ pub fn mlm(path: &Path, tokenizer: &Tokenizer, max_length: usize) -> Result<Data
             )
         })?;
         let trimmed = text.trim();
-        if !trimmed.is_empty() {
+        let wanted = !trimmed.is_empty() && paragraph >= first && end.is_none_or(|e| paragraph < e);
+        paragraph += usize::from(!trimmed.is_empty());
+        if wanted {
             let start = offset + (trimmed.as_ptr() as usize - text.as_ptr() as usize) as u64;
             let len = u32::try_from(trimmed.len()).map_err(|_| {
                 Error::bad_input(
@@ -397,6 +406,13 @@ pub fn mlm(path: &Path, tokenizer: &Tokenizer, max_length: usize) -> Result<Data
         offset += n as u64;
     }
     flush(&mut pending, &mut spans)?;
+    if first > 0 && first >= paragraph {
+        return Err(Error::bad_input(
+            path,
+            format!("the range starts past its {paragraph} non-empty lines"),
+            "give a range within the file (0-based, end excluded)",
+        ));
+    }
     if spans.is_empty() {
         return Err(Error::bad_input(
             path,
@@ -532,7 +548,7 @@ mod tests {
         let path = dir.path().join("t.txt");
         std::fs::write(&path, "  a b \n\n\tc a b c a\r\nb\n   \n").unwrap();
         let tok = tokenizer();
-        let d = mlm(&path, &tok, 6).unwrap();
+        let d = mlm(&path, &tok, 6, None).unwrap();
         assert_eq!(d.examples.len(), 3);
         assert_eq!(
             d.truncated, 1,
@@ -543,11 +559,22 @@ mod tests {
             assert_eq!(got, encode_text(&tok, text, 6).unwrap().0, "{text}");
             assert!(matches!(got.target, Target::Text { .. }));
         }
+        // A range counts non-empty lines, as `eval --range` does.
+        let d = mlm(&path, &tok, 6, Some((1, Some(3)))).unwrap();
+        assert_eq!(d.examples.len(), 2);
+        assert_eq!(
+            d.examples.get(0).unwrap().into_owned(),
+            encode_text(&tok, "c a b c a", 6).unwrap().0
+        );
+        let err = mlm(&path, &tok, 6, Some((3, None)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("starts past its 3 non-empty lines"), "{err}");
         std::fs::write(&path, "\n \n").unwrap();
-        let err = mlm(&path, &tok, 6).unwrap_err().to_string();
+        let err = mlm(&path, &tok, 6, None).unwrap_err().to_string();
         assert!(err.contains("has no text"), "{err}");
         std::fs::write(&path, b"a\n\xff\n").unwrap();
-        let err = mlm(&path, &tok, 6).unwrap_err().to_string();
+        let err = mlm(&path, &tok, 6, None).unwrap_err().to_string();
         assert!(err.contains("line 2 is not UTF-8"), "{err}");
     }
 }
