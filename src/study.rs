@@ -251,7 +251,7 @@ impl Walk<'_> {
                 let config = crate::eval::model::Config::parse(&config)?;
                 Ok(Some(config.labels().into_iter().collect()))
             }
-            Source::Trained { settings, name } => {
+            Source::Trained { settings, name, .. } => {
                 if self.reg.resolve(name).is_ok() {
                     return self.model_labels(task, &Source::Registered(name.clone()));
                 }
@@ -291,9 +291,13 @@ impl Walk<'_> {
     ) -> Result<Option<CheckpointRow>> {
         match src {
             Source::Registered(r) => self.reg.resolve(r).map(Some),
-            Source::Trained { settings, name } => {
+            Source::Trained {
+                settings,
+                name,
+                from,
+            } => {
                 let found = self.reg.resolve(name).ok();
-                self.unit(UnitKind::Train, format!("train {name}"), found.is_some());
+                self.unit(UnitKind::Train, name.clone(), found.is_some());
                 if found.is_some() || !self.exec {
                     return Ok(found);
                 }
@@ -319,8 +323,8 @@ impl Walk<'_> {
                         "set `task` in the settings file to the study's task (mlm for a language model)",
                     ));
                 }
-                let base = self.study.base.clone();
-                self.reg.train(&base, &plan, true, &crate::train::Quiet)?;
+                let source = from.clone().unwrap_or_else(|| self.study.base.clone());
+                self.reg.train(&source, &plan, true, &crate::train::Quiet)?;
                 self.reg.resolve(name).map(Some)
             }
         }
@@ -341,7 +345,7 @@ impl Walk<'_> {
                     && v.exclude == self.exclude()
             })
         });
-        self.unit(UnitKind::Derive, format!("derive {name}"), found.is_some());
+        self.unit(UnitKind::Derive, name.to_owned(), found.is_some());
         if found.is_some() || !self.exec {
             return Ok(found);
         }
@@ -375,7 +379,7 @@ impl Walk<'_> {
         let name = format!("{}/{}+{language}", s.name, task.name());
         let labels = |w: &mut Self, done: &[bool]| {
             for (l, d) in s.lambdas.iter().zip(done) {
-                w.unit(UnitKind::Merge, format!("merge {name}/lambda={l}"), *d);
+                w.unit(UnitKind::Merge, format!("{name}/lambda={l}"), *d);
             }
         };
         let (Some(tv), Some(lv), Some(heads)) = (tv, lv, heads) else {
@@ -485,7 +489,7 @@ impl Walk<'_> {
         };
         let label = |m: &str| {
             format!(
-                "eval {m} {}{scoring} on {}",
+                "{m} {}{scoring} on {}",
                 opts.task.name(),
                 Data {
                     path: opts.data.clone(),
@@ -537,16 +541,19 @@ impl Walk<'_> {
         for t in &s.tasks {
             task_models.push(self.model(&t.model, t.task, Some("en"))?);
         }
-        let mut lang_models = BTreeMap::new();
+        // The models before language fine-tuning first: a language model may start from one.
         let mut befores = BTreeMap::new();
         for l in &s.languages {
-            let m = self.model(&l.model, Task::Mlm, Some(&l.language))?;
-            lang_models.insert(l.language.clone(), m);
             let b = match &l.before {
                 Some(src) => self.model(src, Task::Mlm, Some(&l.language))?,
                 None => Some(base.clone()),
             };
             befores.insert(l.language.clone(), b);
+        }
+        let mut lang_models = BTreeMap::new();
+        for l in &s.languages {
+            let m = self.model(&l.model, Task::Mlm, Some(&l.language))?;
+            lang_models.insert(l.language.clone(), m);
         }
         // Vectors.
         let mut lang_vectors = BTreeMap::new();
@@ -689,7 +696,7 @@ impl Walk<'_> {
             Some(r) if s.languages.len() > 1 => {
                 self.unit(
                     UnitKind::Compare,
-                    format!("compare language vectors with {r}'s"),
+                    format!("language vectors with {r}'s"),
                     false,
                 );
                 if self.exec {

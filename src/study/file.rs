@@ -51,8 +51,11 @@ pub struct ModelFile {
     /// A registered checkpoint (name, name@version or id prefix).
     pub model: Option<String>,
     /// A train settings file (`schemas/train.schema.json`; its `name` names the model): the
-    /// study trains it from `base` unless a checkpoint of that name is registered.
+    /// study trains it unless a checkpoint of that name is registered.
     pub train: Option<PathBuf>,
+    /// What `train` starts from (default: the study's `base`), e.g. a masked-LM head trained
+    /// on the frozen base, so that a language model fine-tunes a head that already works.
+    pub from: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema)]
@@ -171,7 +174,12 @@ impl Data {
 #[derive(Clone, Debug, Serialize)]
 pub enum Source {
     Registered(String),
-    Trained { settings: PathBuf, name: String },
+    Trained {
+        settings: PathBuf,
+        name: String,
+        /// `None`: the study's base.
+        from: Option<String>,
+    },
 }
 
 impl Source {
@@ -293,6 +301,13 @@ impl Study {
             .entry("method")
             .or_insert_with(|| toml::Value::String("task_arithmetic".to_owned()));
         let model = |m: &ModelFile, what: &str| -> Result<Source> {
+            if m.from.is_some() && m.train.is_none() {
+                return Err(at(
+                    path,
+                    format!("{what} names `from` without `train`"),
+                    "`from` says what a trained model starts from; give `train` with it",
+                ));
+            }
             match (&m.model, &m.train) {
                 (Some(r), None) => Ok(Source::Registered(r.clone())),
                 (None, Some(t)) => {
@@ -305,7 +320,11 @@ impl Study {
                             "add name = \"…\" to the settings file",
                         )
                     })?;
-                    Ok(Source::Trained { settings, name })
+                    Ok(Source::Trained {
+                        settings,
+                        name,
+                        from: m.from.clone(),
+                    })
                 }
                 _ => Err(at(
                     path,

@@ -744,3 +744,57 @@ fn the_study_schema_is_current() {
         "schemas/study.schema.json is stale: run the tests with CROSSMERGE_BLESS=1"
     );
 }
+
+/// The example studies in recipes/ plan against ../shared's model and data: every path, range
+/// and label checks out, and the plan has the units the README describes (nothing is run).
+#[test]
+fn the_example_studies_plan_against_the_shared_data() {
+    let shared = crate::common::require_shared!();
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = tmp.path().join("reg");
+    let e5 = shared.join("models/multilingual-e5-small");
+    cm(
+        &reg,
+        &[
+            "register",
+            e5.to_str().unwrap(),
+            "--name",
+            "e5-small",
+            "--kind",
+            "base",
+        ],
+    )
+    .assert()
+    .success();
+    let recipes = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes");
+    let mut studies = 0;
+    for entry in std::fs::read_dir(&recipes).unwrap() {
+        let file = entry.unwrap().path().join("study.toml");
+        if !file.is_file() {
+            continue;
+        }
+        studies += 1;
+        let out = cm(
+            &reg,
+            &["study", file.to_str().unwrap(), "--dry-run", "--json"],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let units = plan["units"].as_array().unwrap();
+        for kind in ["train", "derive", "merge", "eval", "compare"] {
+            assert!(
+                units.iter().any(|u| u["kind"] == kind),
+                "{}: no {kind} unit",
+                file.display()
+            );
+        }
+    }
+    assert!(studies >= 1);
+}

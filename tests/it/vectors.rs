@@ -868,3 +868,90 @@ fn a_damaged_input_fails_the_comparison_instead_of_skewing_it() {
         "no statistics from damaged bytes"
     );
 }
+
+/// An F32 fine-tune of an F16 base (what training a half-precision checkpoint gives): its
+/// vector is taken in F32 after widening the base exactly, and merging it back onto the F16
+/// base gives the fine-tune's values in F16.
+#[test]
+fn a_vector_of_an_f32_fine_tune_over_an_f16_base_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f16 = |v: &[u16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let f32b = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // 1.0, 0.5, 2.0, -1.0 in F16.
+    let base = tmp.path().join("base.safetensors");
+    write_safetensors(
+        &base,
+        &[(
+            "w",
+            Dtype::F16,
+            vec![4],
+            f16(&[0x3C00, 0x3800, 0x4000, 0xBC00]),
+        )],
+    );
+    let tuned = tmp.path().join("tuned.safetensors");
+    write_safetensors(
+        &tuned,
+        &[("w", Dtype::F32, vec![4], f32b(&[1.25, 0.5, 1.0, -1.0]))],
+    );
+    let reg = tmp.path().join("reg");
+    cm(
+        &reg,
+        &[
+            "register",
+            base.to_str().unwrap(),
+            "--name",
+            "b",
+            "--kind",
+            "base",
+        ],
+    )
+    .assert()
+    .success();
+    cm(
+        &reg,
+        &[
+            "register",
+            tuned.to_str().unwrap(),
+            "--name",
+            "t",
+            "--kind",
+            "task",
+            "--task",
+            "pos",
+            "--base",
+            "b",
+        ],
+    )
+    .assert()
+    .success();
+    let out = cm(
+        &reg,
+        &["derive", "task", "--from", "t", "--name", "v", "--json"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let norm = v["vector"]["l2_norm"].as_f64().unwrap();
+    assert!((norm - 1.0625f64.sqrt()).abs() < 1e-15, "{norm}");
+    let recipe = tmp.path().join("r.toml");
+    std::fs::write(
+        &recipe,
+        "name = \"m\"\nmethod = \"task_arithmetic\"\nbase = \"b\"\n[[inputs]]\nvector = \"v\"\n",
+    )
+    .unwrap();
+    cm(&reg, &["merge", recipe.to_str().unwrap()])
+        .assert()
+        .success();
+    let dir = tmp.path().join("m");
+    cm(&reg, &["export", "m", "--out", dir.to_str().unwrap()])
+        .assert()
+        .success();
+    let merged = read_safetensors(&dir.join("model.safetensors"));
+    assert_eq!(merged["w"].0, "F16");
+    assert_eq!(merged["w"].2, f16(&[0x3D00, 0x3800, 0x3C00, 0xBC00]));
+}

@@ -74,9 +74,13 @@ impl Filter {
 pub struct VectorTensor {
     pub name: String,
     pub shape: Vec<u64>,
+    /// `from`'s dtype.
     pub dtype: Dtype,
     pub from: ObjectId,
     pub minus: ObjectId,
+    /// `minus`'s dtype: another float type when, say, an F32 fine-tune is taken against
+    /// its F16 base (every float type widens exactly to the F32 the difference is taken in).
+    pub minus_dtype: Dtype,
 }
 
 impl VectorTensor {
@@ -120,13 +124,13 @@ pub fn plan(from: (&str, &Manifest), minus: (&str, &Manifest), filter: &Filter) 
             out.heads.push(t.name.clone());
             continue;
         };
-        if t.shape != m.shape || t.dtype != m.dtype {
+        if t.shape != m.shape || t.dtype.is_float() != m.dtype.is_float() {
             return Err(Error::invalid(
                 format!(
                     "tensor `{}` is {} {:?} in `{}` but {} {:?} in `{}`",
                     t.name, t.dtype, t.shape, from.0, m.dtype, m.shape, minus.0
                 ),
-                "a vector needs two checkpoints of the same architecture and dtype; check `--minus`",
+                "a vector needs two checkpoints of the same architecture (float tensors of any float type); check `--minus`",
             ));
         }
         if !t.dtype.is_float() {
@@ -145,6 +149,7 @@ pub fn plan(from: (&str, &Manifest), minus: (&str, &Manifest), filter: &Filter) 
             dtype: t.dtype,
             from: t.object(),
             minus: m.object(),
+            minus_dtype: m.dtype,
         });
     }
     let from_names: std::collections::HashSet<&str> =

@@ -245,7 +245,7 @@ pub fn plan(
                             plus: vt.from,
                             plus_dtype: vt.dtype,
                             minus: Some(vt.minus),
-                            minus_dtype: vt.dtype,
+                            minus_dtype: vt.minus_dtype,
                             model: false,
                         }),
                     }

@@ -204,7 +204,7 @@ impl Registry {
                 elements: t.elements(),
                 operands: vec![Operand {
                     plus: (t.from, t.dtype),
-                    minus: Some((t.minus, t.dtype)),
+                    minus: Some((t.minus, t.minus_dtype)),
                 }],
             })
             .collect();

@@ -84,7 +84,7 @@ pub fn jobs(
             }
             operands.push(Operand {
                 plus: (t.from, t.dtype),
-                minus: Some((t.minus, t.dtype)),
+                minus: Some((t.minus, t.minus_dtype)),
             });
         }
         if !count_tied {
