@@ -52,6 +52,8 @@ test = "toy-fr.conllu[8:16]"
 
 [tasks.ner]
 model = "ner-en"
+[tasks.ner.baselines]
+de = "ner-de"
 [tasks.ner.data.es]
 validation = "toy-es.iob2[0:8]"
 test = "toy-es.iob2[8:]"
@@ -116,6 +118,32 @@ impl Setup {
                 "8",
                 "--seed",
                 "3",
+            ],
+        )
+        .assert()
+        .success();
+        // A model "trained in the language" (German's toy data), a baseline beside the transfer.
+        cm(
+            &reg,
+            &[
+                "train",
+                "tiny",
+                "--task",
+                "ner",
+                "--data",
+                root.join("toy-de.iob2").to_str().unwrap(),
+                "--name",
+                "ner-de",
+                "--language",
+                "de",
+                "--epochs",
+                "2",
+                "--lr",
+                "1e-3",
+                "--batch-size",
+                "8",
+                "--seed",
+                "4",
             ],
         )
         .assert()
@@ -313,6 +341,13 @@ fn a_study_runs_end_to_end_and_every_number_equals_the_one_by_one_runs() {
             let zero = t.eval(model, name, test, metric, &[]);
             assert_eq!(f(&x["zero_shot"]["value"]), zero, "{name} {lang}");
             assert_eq!(f(&x["gain"]), at_best - zero);
+            if name == "ner" && lang == "de" {
+                let trained = t.eval("ner-de", name, test, metric, &[]);
+                assert_eq!(f(&x["trained_baseline"][1]["value"]), trained);
+                assert_eq!(s(&x["trained_baseline"][0]["checkpoint"]), "ner-de@1");
+            } else {
+                assert!(x["trained_baseline"].is_null());
+            }
             let row = format!(
                 "| {lang} | {zero:.4} | {} | {at_best:.4} | {:+.4} |",
                 best.1,
@@ -425,7 +460,7 @@ fn a_study_runs_end_to_end_and_every_number_equals_the_one_by_one_runs() {
         })
         .collect();
     let ids = evaluation_ids(&r);
-    // 29 evaluation units; the same evaluation can serve twice (the λ = 0 merge can be the
+    // 30 evaluation units; the same evaluation can serve twice (the λ = 0 merge can be the
     // task model bit for bit, and is then the same checkpoint on the same data).
     let rows = t.json(&["report", "evals", "--json"]);
     let study_rows: BTreeSet<String> = rows
@@ -440,7 +475,7 @@ fn a_study_runs_end_to_end_and_every_number_equals_the_one_by_one_runs() {
         ids, study_rows,
         "results.json names every evaluation the study stored"
     );
-    assert!(ids.len() <= 29 && ids.len() >= 20, "{}", ids.len());
+    assert!(ids.len() <= 30 && ids.len() >= 20, "{}", ids.len());
     for id in &ids {
         let tr = t.json(&["trace", id, "--json"]);
         assert_eq!(s(&tr["evaluation"]["id"]), id);
@@ -475,6 +510,54 @@ fn a_study_runs_end_to_end_and_every_number_equals_the_one_by_one_runs() {
         text.contains(&format!("toy-{}.txt", s(&x["language"]))),
         "{text}"
     );
+
+    // Another merge method: TIES from [merge], the same bits as the recipe by hand.
+    let ties = "name = \"toy-ties\"\nbase = \"tiny\"\nlambdas = [0.0, 1.0]\n\
+        [merge]\nmethod = \"ties\"\ndensity = 0.5\n\
+        [tasks.pos]\ntrain = \"train/pos.toml\"\n\
+        [tasks.pos.data.es]\nvalidation = \"toy-es.conllu[0:8]\"\ntest = \"toy-es.conllu[8:]\"\n\
+        [languages.es]\ntrain = \"train/mlm-es.toml\"\n";
+    std::fs::write(t.root.join("ties.toml"), ties).unwrap();
+    let mut c = bin();
+    c.current_dir(&t.root).args([
+        "--quiet",
+        "study",
+        "ties.toml",
+        "--registry",
+        "reg",
+        "--out",
+        "out-ties",
+    ]);
+    c.assert().success();
+    let rt: Value =
+        serde_json::from_slice(&std::fs::read(t.root.join("out-ties/results.json")).unwrap())
+            .unwrap();
+    assert_eq!(rt["merge"]["method"], "ties");
+    let x = &rt["tasks"][0]["transfers"][0];
+    let recipe = t.root.join("check-ties.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "name = \"check/ties\"\nmethod = \"ties\"\ndensity = 0.5\nbase = \"tiny\"\n\
+             [[inputs]]\nvector = \"{}\"\n[[inputs]]\nvector = \"{}\"\nlabel = \"lambda\"\n\
+             weight = {{ sweep = [0.0, 1.0] }}\n[heads]\nfrom = \"pos-en\"\n",
+            s(&rt["tasks"][0]["vector"]["vector"]),
+            s(&x["language_vector"]["vector"]),
+        ),
+    )
+    .unwrap();
+    let points = t.json(&["merge", recipe.to_str().unwrap(), "--json"]);
+    for (p, point) in x["sweep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(points.as_array().unwrap())
+    {
+        assert_eq!(
+            p["checkpoint"]["manifest_id"],
+            point["checkpoint"]["manifest_id"]
+        );
+    }
 
     // Run again: everything is found, nothing is redone, the same results.
     let before = std::fs::read(t.root.join("out/results.json")).unwrap();
@@ -627,7 +710,7 @@ fn dry_runs_read_no_tensor_and_bad_study_files_are_refused_before_anything_runs(
     );
     assert_eq!(kinds["derive"], 6);
     assert_eq!(kinds["merge"], 15);
-    assert_eq!(kinds["eval"], 29);
+    assert_eq!(kinds["eval"], 30, "29 and the trained baseline");
     assert_eq!(kinds["compare"], 1);
     assert_eq!(snapshot(&t.reg), before, "a dry run changes nothing");
     assert!(!t.root.join("out").exists());
