@@ -485,7 +485,11 @@ fn norm_sums(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
             }
             s
         })
-        .reduce(|| (0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
+        // Summed in block order (rayon's `reduce` associates as the work split, which would
+        // move the last bits, and so the merged tensor's, from run to run).
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1, a.2 + b.2))
 }
 
 /// f32 values to little-endian elements of a float dtype (round to nearest even).

@@ -513,8 +513,11 @@ pub struct XyPoint {
 /// Writes an [`XyChart`] as PNG or SVG (by extension).
 pub fn plot_xy(path: &Path, chart: &XyChart) -> Result<()> {
     register_font();
-    render(path, (760, 500), chart)
+    render(path, (960, 500), chart)
 }
+
+/// Width of the legend panel right of an [`XyChart`]'s plot (the legend never hides a point).
+const LEGEND_WIDTH: u32 = 230;
 
 /// `lo..hi` widened by 5% each side (and to a unit range when flat).
 fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -538,6 +541,19 @@ impl Drawer for XyChart {
         DB::ErrorType: 'static,
     {
         root.fill(&WHITE)?;
+        let (width, _) = root.dim_in_pixel();
+        let (root, legend) = root.split_horizontally(width.saturating_sub(LEGEND_WIDTH));
+        let root = &root;
+        for (k, (name, _)) in self.series.iter().enumerate() {
+            let colour = Palette99::pick(k).to_rgba();
+            let y = 60 + 26 * k as i32;
+            legend.draw(&Circle::new((12, y), 5, colour.filled()))?;
+            legend.draw(&Text::new(
+                name.clone(),
+                (24, y),
+                TextStyle::from((FONT, 14)).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+        }
         let all = || self.series.iter().flat_map(|(_, p)| p.iter());
         let (x0, x1) = padded(all().map(|p| p.x));
         let (y0, y1) = padded(all().map(|p| p.y));
@@ -554,18 +570,15 @@ impl Drawer for XyChart {
             .label_style((FONT, 13))
             .axis_desc_style((FONT, 15))
             .draw()?;
-        for (k, (name, points)) in self.series.iter().enumerate() {
+        for (k, (_, points)) in self.series.iter().enumerate() {
             let colour = Palette99::pick(k).to_rgba();
             let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.x, p.y)).collect();
-            let drawn = if self.lines {
-                chart.draw_series(LineSeries::new(xy.clone(), colour.stroke_width(2)))?
+            if self.lines {
+                chart.draw_series(LineSeries::new(xy.clone(), colour.stroke_width(2)))?;
+                chart.draw_series(xy.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
             } else {
-                chart.draw_series(xy.iter().map(|&p| Circle::new(p, 5, colour.filled())))?
-            };
-            drawn
-                .label(name.clone())
-                .legend(move |(x, y)| Circle::new((x + 9, y), 4, colour.filled()));
-            chart.draw_series(xy.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+                chart.draw_series(xy.iter().map(|&p| Circle::new(p, 5, colour.filled())))?;
+            }
             for p in points {
                 if let Some(label) = &p.label {
                     chart.draw_series(std::iter::once(Text::new(
@@ -576,13 +589,6 @@ impl Drawer for XyChart {
                 }
             }
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FONT, 14))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()?;
         Ok(())
     }
 }

@@ -236,13 +236,14 @@ fn accumulate(values: &[&[f32]], wiring: &[(usize, Option<usize>)], n: usize) ->
                 s
             })
         })
-        .reduce(
-            || PairStats::new(k),
-            |mut a, b| {
-                a.add(&b);
-                a
-            },
-        )
+        // Collected in block order and summed in that order: rayon's own `reduce` associates
+        // as the work happened to split, which moves the last bits from run to run.
+        .collect::<Vec<PairStats>>()
+        .iter()
+        .fold(PairStats::new(k), |mut a, b| {
+            a.add(b);
+            a
+        })
 }
 
 /// Packs 0/1 bytes into bits, 64 to a word. The bit order within a word is the multiply
