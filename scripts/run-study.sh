@@ -25,7 +25,8 @@ cm() { "$bin" --registry "$reg" "$@"; }
 cm register "$model" --name e5-small --kind base     # found, not stored again, on a rerun
 cm study "$study" --dry-run | head -n 8
 cm study "$study" --out "output/$name"
-id="$(sed -n 's/.*"evaluation": "\([0-9a-f]*\)".*/\1/p' "output/$name/results.json" | head -n 1)"
+# The first evaluation id in the results (sed quits there: no pipe to break under pipefail).
+id="$(sed -n '/"evaluation": "/{s/.*"evaluation": "\([0-9a-f]*\)".*/\1/p;q;}' "output/$name/results.json")"
 cm trace "$id"
 cm verify
 cm du | tail -n 1
