@@ -88,21 +88,28 @@ impl Range {
         Ok(Self { start, end })
     }
 
-    /// Keeps the range of `items`; an error when it starts past their end.
-    pub fn apply<T>(self, items: &mut Vec<T>, path: &Path) -> Result<()> {
-        if self.start >= items.len() {
+    /// The indices this range keeps of `len` examples; an error when it starts past their end.
+    pub fn bounds(self, len: usize, path: &Path) -> Result<std::ops::Range<usize>> {
+        if self.start >= len {
             return Err(Error::invalid(
                 format!(
-                    "the range {self} starts past the {} examples of `{}`",
-                    items.len(),
+                    "the range {self} starts past the {len} examples of `{}`",
                     path.display()
                 ),
                 "give a range within the file (0-based, end excluded)",
             ));
         }
-        items.truncate(self.end.unwrap_or(usize::MAX));
-        items.drain(..self.start);
-        Ok(())
+        Ok(self.start..self.end.unwrap_or(len).min(len))
+    }
+
+    /// `items`, or the part of them `range` keeps (read from `path`, for errors).
+    pub fn keep<T>(range: Option<Self>, mut items: Vec<T>, path: &Path) -> Result<Vec<T>> {
+        if let Some(r) = range {
+            let b = r.bounds(items.len(), path)?;
+            items.truncate(b.end);
+            items.drain(..b.start);
+        }
+        Ok(items)
     }
 }
 
@@ -323,11 +330,6 @@ fn prepare(reg: &Registry, reference: &str, opts: &EvalOptions) -> Result<Prepar
         settings,
         id,
     })
-}
-
-/// Keeps `range` of `items` (all without one).
-fn cut<T>(range: Option<Range>, items: &mut Vec<T>, path: &Path) -> Result<()> {
-    range.map_or(Ok(()), |r| r.apply(items, path))
 }
 
 /// The id of an evaluation: what decides its numbers, canonically (FORMAT.md §12).
@@ -569,8 +571,7 @@ impl Evaluate for Registry {
         let b = opts.batch_size.max(1);
         let outcome = match opts.task {
             Task::Pos => {
-                let mut data = conllu::read(&opts.data)?;
-                cut(opts.range, &mut data, &opts.data)?;
+                let mut data = Range::keep(opts.range, conllu::read(&opts.data)?, &opts.data)?;
                 for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
                     w.upos = label_map.apply(&w.upos);
                 }
@@ -578,8 +579,7 @@ impl Evaluate for Registry {
                 run::pos(&model, &data, b, m, &advance)?
             }
             Task::Ner => {
-                let mut data = ner::read(&opts.data)?;
-                cut(opts.range, &mut data, &opts.data)?;
+                let mut data = Range::keep(opts.range, ner::read(&opts.data)?, &opts.data)?;
                 for t in data.iter_mut().flat_map(|s| s.tags.iter_mut()) {
                     *t = label_map.apply(t);
                 }
@@ -587,8 +587,7 @@ impl Evaluate for Registry {
                 run::ner(&model, &data, opts.ner_mode, b, m, &advance)?
             }
             Task::Nli => {
-                let mut data = nli::read(&opts.data)?;
-                cut(opts.range, &mut data, &opts.data)?;
+                let mut data = Range::keep(opts.range, nli::read(&opts.data)?, &opts.data)?;
                 for e in &mut data {
                     e.label = label_map.apply(&e.label);
                 }
@@ -596,8 +595,7 @@ impl Evaluate for Registry {
                 run::nli(&model, &data, b, m, &advance)?
             }
             Task::Dp => {
-                let mut data = conllu::read(&opts.data)?;
-                cut(opts.range, &mut data, &opts.data)?;
+                let mut data = Range::keep(opts.range, conllu::read(&opts.data)?, &opts.data)?;
                 for w in data.iter_mut().flat_map(|s| s.words.iter_mut()) {
                     w.deprel = label_map.apply_relation(&w.deprel);
                 }
@@ -605,8 +603,7 @@ impl Evaluate for Registry {
                 run::dp(&model, &data, b, m, &advance)?
             }
             Task::Mlm => {
-                let mut data = text::read(&opts.data)?;
-                cut(opts.range, &mut data, &opts.data)?;
+                let data = Range::keep(opts.range, text::read(&opts.data)?, &opts.data)?;
                 progress.start("evaluating", data.len() as u64);
                 run::mlm(&model, &data, scoring, b, m, &advance)?
             }

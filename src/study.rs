@@ -22,7 +22,7 @@ use crate::catalog::{CheckpointRow, VectorRow};
 use crate::error::{Error, Result};
 use crate::eval::run::Task;
 use crate::eval::{conllu, ner, nli};
-use crate::evaluate::{EvalOptions, Evaluate};
+use crate::evaluate::{EvalOptions, Evaluate, Range};
 use crate::registry::MergeOptions;
 use crate::train::{Train, TrainPlan, TrainSettings};
 use crate::{CompareOptions, DeriveOptions, GroupBy, NoProgress, Registry, VectorKind};
@@ -209,9 +209,10 @@ impl Walk<'_> {
             let labels = self.model_labels(t.task, &t.model)?;
             for (_, val, test) in &t.data {
                 for d in [val, test] {
-                    count_examples(t.task, d)?;
+                    // One read of each file: its range checked, its gold labels collected.
+                    let gold = labels_of(t.task, d)?;
                     if let Some(model_labels) = &labels {
-                        check_labels(t.task, d, model_labels, t.label_map.as_deref())?;
+                        check_labels(t.task, d, gold, model_labels, t.label_map.as_deref())?;
                     }
                 }
             }
@@ -761,48 +762,35 @@ fn count_examples(task: Task, data: &Data) -> Result<usize> {
         Task::Nli => nli::read(&data.path)?.len(),
         Task::Mlm => crate::eval::text::read(&data.path)?.len(),
     };
-    if let Some(r) = data.range {
-        let mut v = vec![(); n];
-        r.apply(&mut v, &data.path)?;
-        return Ok(v.len());
-    }
-    Ok(n)
+    Ok(data
+        .range
+        .map_or(Ok(0..n), |r| r.bounds(n, &data.path))?
+        .len())
 }
 
-/// The gold labels of the used part of `data`, as the model would have to name them.
+/// The gold labels of the used part of `data`, as the model would have to name them (an
+/// error when the range does not fit the file).
 fn labels_of(task: Task, data: &Data) -> Result<BTreeSet<String>> {
-    let cut = |n: usize| -> Result<std::ops::Range<usize>> {
-        let mut idx: Vec<usize> = (0..n).collect();
-        if let Some(r) = data.range {
-            r.apply(&mut idx, &data.path)?;
-        }
-        Ok(idx.first().copied().unwrap_or(0)..idx.last().map_or(0, |l| l + 1))
-    };
+    let keep = |items| Range::keep(data.range, items, &data.path);
     Ok(match task {
-        Task::Pos | Task::Dp => {
-            let s = conllu::read(&data.path)?;
-            let r = cut(s.len())?;
-            s[r].iter()
-                .flat_map(|s| &s.words)
-                .map(|w| {
-                    if task == Task::Pos {
-                        w.upos.clone()
-                    } else {
-                        w.deprel.clone()
-                    }
-                })
-                .collect()
-        }
-        Task::Ner => {
-            let s = ner::read(&data.path)?;
-            let r = cut(s.len())?;
-            s[r].iter().flat_map(|s| s.tags.iter().cloned()).collect()
-        }
-        Task::Nli => {
-            let s = nli::read(&data.path)?;
-            let r = cut(s.len())?;
-            s[r].iter().map(|e| e.label.clone()).collect()
-        }
+        Task::Pos => keep(conllu::read(&data.path)?)?
+            .iter()
+            .flat_map(|s| &s.words)
+            .map(|w| w.upos.clone())
+            .collect(),
+        Task::Dp => keep(conllu::read(&data.path)?)?
+            .iter()
+            .flat_map(|s| &s.words)
+            .map(|w| w.deprel.clone())
+            .collect(),
+        Task::Ner => Range::keep(data.range, ner::read(&data.path)?, &data.path)?
+            .into_iter()
+            .flat_map(|s| s.tags)
+            .collect(),
+        Task::Nli => Range::keep(data.range, nli::read(&data.path)?, &data.path)?
+            .into_iter()
+            .map(|e| e.label)
+            .collect(),
         Task::Mlm => BTreeSet::new(),
     })
 }
@@ -811,6 +799,7 @@ fn labels_of(task: Task, data: &Data) -> Result<BTreeSet<String>> {
 fn check_labels(
     task: Task,
     data: &Data,
+    gold: BTreeSet<String>,
     model: &BTreeSet<String>,
     label_map: Option<&Path>,
 ) -> Result<()> {
@@ -826,7 +815,7 @@ fn check_labels(
         }
     };
     let known: BTreeSet<String> = model.iter().map(|l| key(l)).collect();
-    let missing: Vec<String> = labels_of(task, data)?
+    let missing: Vec<String> = gold
         .into_iter()
         .map(|l| {
             if task == Task::Dp {

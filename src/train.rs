@@ -438,14 +438,6 @@ fn read_labels(path: &Path) -> Result<Vec<String>> {
     Ok(labels)
 }
 
-/// `items`, or the range of them asked for.
-fn kept<T>(mut items: Vec<T>, range: Option<Range>, path: &Path) -> Result<Vec<T>> {
-    if let Some(r) = range {
-        r.apply(&mut items, path)?;
-    }
-    Ok(items)
-}
-
 fn read_inputs(plan: &TrainPlan, tokenizer: &align::Tokenizer) -> Result<Inputs> {
     let given = plan.labels.as_deref().map(read_labels).transpose()?;
     let given = given.as_deref();
@@ -453,16 +445,26 @@ fn read_inputs(plan: &TrainPlan, tokenizer: &align::Tokenizer) -> Result<Inputs>
     let (train, dev_part, data) = (plan.data_range, plan.dev_range, plan.data.as_path());
     let dataset = match plan.task {
         Task::Pos => data::pos(
-            &kept(conllu::read(data)?, train, data)?,
+            &Range::keep(train, conllu::read(data)?, data)?,
             tokenizer,
             m,
             given,
         )?,
-        Task::Ner => data::ner(&kept(ner::read(data)?, train, data)?, tokenizer, m, given)?,
-        Task::Nli => data::nli(&kept(nli::read(data)?, train, data)?, tokenizer, m, given)?,
+        Task::Ner => data::ner(
+            &Range::keep(train, ner::read(data)?, data)?,
+            tokenizer,
+            m,
+            given,
+        )?,
+        Task::Nli => data::nli(
+            &Range::keep(train, nli::read(data)?, data)?,
+            tokenizer,
+            m,
+            given,
+        )?,
         Task::Mlm => data::mlm(&plan.data, tokenizer, m, train.map(|r| (r.start, r.end)))?,
         Task::Dp => data::dp(
-            &kept(conllu::read(data)?, train, data)?,
+            &Range::keep(train, conllu::read(data)?, data)?,
             tokenizer,
             m,
             given,
@@ -480,11 +482,11 @@ fn read_inputs(plan: &TrainPlan, tokenizer: &align::Tokenizer) -> Result<Inputs>
         .as_deref()
         .map(|p| -> Result<Dev> {
             Ok(match plan.task {
-                Task::Pos => Dev::Pos(kept(conllu::read(p)?, dev_part, p)?),
-                Task::Ner => Dev::Ner(kept(ner::read(p)?, dev_part, p)?),
-                Task::Nli => Dev::Nli(kept(nli::read(p)?, dev_part, p)?),
-                Task::Mlm => Dev::Mlm(kept(text::read(p)?, dev_part, p)?),
-                Task::Dp => Dev::Dp(kept(conllu::read(p)?, dev_part, p)?),
+                Task::Pos => Dev::Pos(Range::keep(dev_part, conllu::read(p)?, p)?),
+                Task::Ner => Dev::Ner(Range::keep(dev_part, ner::read(p)?, p)?),
+                Task::Nli => Dev::Nli(Range::keep(dev_part, nli::read(p)?, p)?),
+                Task::Mlm => Dev::Mlm(Range::keep(dev_part, text::read(p)?, p)?),
+                Task::Dp => Dev::Dp(Range::keep(dev_part, conllu::read(p)?, p)?),
             })
         })
         .transpose()?;
