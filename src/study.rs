@@ -86,8 +86,8 @@ impl Plan {
     }
 }
 
-/// What a study reports as it goes.
-pub trait StudyProgress {
+/// What a study reports as it goes (from several threads at once with `jobs` > 1).
+pub trait StudyProgress: Sync {
     /// A unit that was not done starts (or, for a sweep's merges, is reached).
     fn unit(&self, kind: UnitKind, label: &str);
 }
@@ -109,6 +109,9 @@ pub struct StudyOptions {
     pub device: Option<String>,
     /// The command line, written into the generated files.
     pub command: String,
+    /// Evaluations run at once (0 and 1: one at a time, in the walk's order). Training,
+    /// derivations and merges run one at a time whatever this says, each on every core.
+    pub jobs: usize,
 }
 
 /// What a study run (or dry run) found and made.
@@ -125,12 +128,20 @@ fn vref(v: &VectorRow) -> String {
 }
 
 /// Runs `study` (or walks it, in a dry run).
+///
+/// With `jobs` > 1 the walk runs training, derivations and merges as it meets them but only
+/// collects the evaluations that are not stored; they then run `jobs` at a time, each worker
+/// on its own handle of the registry (every evaluation is recorded in its own transaction),
+/// and the walk starts again. The second walk finds the sweeps scored and asks for the test
+/// evaluations at the selected λ; the last walk finds everything stored and assembles the
+/// results, which are those of a walk with one job.
 pub fn run(
     reg: &mut Registry,
     study: &Study,
     opts: &StudyOptions,
     progress: &dyn StudyProgress,
 ) -> Result<Outcome> {
+    let jobs = if opts.dry_run { 1 } else { opts.jobs.max(1) };
     let mut w = Walk {
         reg,
         study,
@@ -138,13 +149,79 @@ pub fn run(
         device: opts.device.clone().unwrap_or_else(|| study.device.clone()),
         plan: Plan::default(),
         progress,
+        jobs,
+        pending: Vec::new(),
     };
     w.check()?;
-    let results = w.walk(&opts.command)?;
-    Ok(Outcome {
-        plan: w.plan,
-        results,
-    })
+    let mut first: Option<Plan> = None;
+    loop {
+        let results = w.walk(&opts.command)?;
+        let plan = std::mem::take(&mut w.plan);
+        let plan = first.get_or_insert(plan).clone();
+        let pending = std::mem::take(&mut w.pending);
+        if pending.is_empty() {
+            return Ok(Outcome { plan, results });
+        }
+        evaluate_all(w.reg.root(), &pending, jobs, progress)?;
+    }
+}
+
+/// An evaluation a walk with several jobs found missing.
+struct Pending {
+    id: String,
+    reference: String,
+    opts: EvalOptions,
+    label: String,
+}
+
+/// Runs `pending` on `jobs` threads, each with its own handle of the registry at `root`; the
+/// first failure stops the workers taking more (what finished is recorded, and a rerun
+/// reuses it) and is returned.
+fn evaluate_all(
+    root: &Path,
+    pending: &[Pending],
+    jobs: usize,
+    progress: &dyn StudyProgress,
+) -> Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
+    let fail = |i: usize, e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        let mut slot = first_error.lock().expect("no worker panics holding it");
+        // The earliest evaluation in the walk's order that failed, whichever thread saw it.
+        if slot.as_ref().is_none_or(|(j, _)| i < *j) {
+            *slot = Some((i, e));
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(pending.len()) {
+            scope.spawn(|| {
+                let mut reg = match Registry::open(root) {
+                    Ok(r) => r,
+                    Err(e) => return fail(0, e),
+                };
+                while !failed.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(p) = pending.get(i) else { return };
+                    progress.unit(UnitKind::Eval, &p.label);
+                    if let Err(e) = reg.evaluate(&p.reference, &p.opts, &NoProgress) {
+                        return fail(i, e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error
+        .into_inner()
+        .expect("no worker panics holding it")
+    {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 struct Walk<'a> {
@@ -154,6 +231,9 @@ struct Walk<'a> {
     device: String,
     plan: Plan,
     progress: &'a dyn StudyProgress,
+    /// Evaluations at once; with more than one, a walk collects them in `pending`.
+    jobs: usize,
+    pending: Vec<Pending>,
 }
 
 impl Walk<'_> {
@@ -167,7 +247,11 @@ impl Walk<'_> {
         {
             return;
         }
-        if !done && self.exec {
+        // With several jobs an evaluation is reported as a worker starts it, and the compare
+        // runs on the last walk only (when nothing is pending).
+        let reported_later = self.jobs > 1
+            && (kind == UnitKind::Eval || (kind == UnitKind::Compare && !self.pending.is_empty()));
+        if !done && self.exec && !reported_later {
             self.progress.unit(kind, &label);
         }
         self.plan.units.push(Unit { kind, label, done });
@@ -510,6 +594,17 @@ impl Walk<'_> {
         if !stored && !self.exec {
             return Ok(None);
         }
+        if !stored && self.jobs > 1 {
+            if !self.pending.iter().any(|p| p.id == id) {
+                self.pending.push(Pending {
+                    id,
+                    reference,
+                    opts: opts.clone(),
+                    label: label(&model.reference()),
+                });
+            }
+            return Ok(None);
+        }
         let r = self.reg.evaluate(&reference, opts, &NoProgress)?;
         let value = *r.outcome.metrics.get(metric).ok_or_else(|| {
             Error::invalid(
@@ -700,7 +795,7 @@ impl Walk<'_> {
                     format!("language vectors with {r}'s"),
                     false,
                 );
-                if self.exec {
+                if self.exec && self.pending.is_empty() {
                     let c = self.compare(r, &lang_vectors)?;
                     Some(c)
                 } else {

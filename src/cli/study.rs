@@ -20,6 +20,10 @@ pub struct StudyArgs {
     /// read no tensor.
     #[arg(long)]
     dry_run: bool,
+    /// Evaluations to run at once, each on its own handle of the registry; training and merges
+    /// run one at a time (each uses every core already). The results do not depend on it.
+    #[arg(long, short = 'j', default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: u16,
     /// cpu, cuda or cuda:N for training and evaluation (replaces the study file's).
     #[arg(long)]
     device: Option<String>,
@@ -46,6 +50,8 @@ pub struct TraceArgs {
 #[cfg(feature = "eval")]
 struct Units {
     bar: Option<indicatif::ProgressBar>,
+    /// `--quiet`: no bar and no lines.
+    quiet: bool,
 }
 
 #[cfg(feature = "eval")]
@@ -56,6 +62,7 @@ impl crossmerge::study::StudyProgress for Units {
                 bar.inc(1);
                 bar.set_message(label.to_owned());
             }
+            None if self.quiet => {}
             None => eprintln!("{:>7} {label}", kind.name()),
         }
     }
@@ -76,6 +83,7 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
     let mut opts = StudyOptions::default();
     opts.device.clone_from(&a.device);
     opts.command = command;
+    opts.jobs = usize::from(a.jobs);
     opts.dry_run = true;
     // The plan first (a dry run: manifests and data files only), then the run.
     let planned = study::run(&mut reg, &s, &opts, &Silent)?;
@@ -124,7 +132,10 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
         bar.enable_steady_tick(std::time::Duration::from_millis(200));
         bar
     });
-    let units = Units { bar };
+    let units = Units {
+        bar,
+        quiet: ctx.quiet,
+    };
     opts.dry_run = false;
     let outcome = study::run(&mut reg, &s, &opts, &units);
     if let Some(bar) = &units.bar {

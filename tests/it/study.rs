@@ -574,6 +574,74 @@ fn a_study_runs_end_to_end_and_every_number_equals_the_one_by_one_runs() {
     );
 }
 
+#[test]
+fn several_jobs_give_the_results_of_one_and_run_each_evaluation_once() {
+    let one = Setup::new();
+    one.study(&[]).assert().success();
+    let t = Setup::new();
+    // Not --quiet: stderr has a line per unit as it starts (stderr is not a terminal).
+    let out = bin()
+        .current_dir(&t.root)
+        .args([
+            "study",
+            "study.toml",
+            "--registry",
+            "reg",
+            "--out",
+            "out",
+            "--jobs",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Everything but the command line that made it is the same.
+    let without_command = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("command").unwrap();
+        v
+    };
+    assert_eq!(without_command(t.results()), without_command(one.results()));
+    // Each evaluation ran once and was reported once as it started (the plan's summary
+    // lines, "eval  30 (0 done)", are not units).
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let units = |kind: &str| {
+        stderr
+            .lines()
+            .filter(|l| l.trim_start().starts_with(kind) && !l.ends_with(" done)"))
+            .filter(|l| !l.contains(" done) (recomputed"))
+            .count()
+    };
+    let reported = units("eval ");
+    let rows = t.json(&["report", "evals", "--json"]);
+    let ids: BTreeSet<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| s(&e["id"]))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        rows.as_array().unwrap().len(),
+        "an evaluation ran twice"
+    );
+    assert_eq!(reported, ids.len(), "{stderr}");
+    assert_eq!(ids.len(), evaluation_ids(&t.results()).len());
+    assert_eq!(units("compare "), 1, "{stderr}");
+    cm(&t.reg, &["verify"]).assert().success();
+    // --quiet says nothing per unit.
+    let quiet = t.study(&["--jobs", "3"]).output().unwrap();
+    assert!(quiet.status.success());
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("compare language vectors"),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+}
+
 /// Every evaluation id in a results.json.
 fn evaluation_ids(r: &Value) -> BTreeSet<String> {
     fn collect(v: &Value, ids: &mut BTreeSet<String>) {
@@ -647,6 +715,12 @@ fn studies_killed_at_random_moments_finish_with_the_same_results_and_redo_nothin
                 "--out",
                 "out",
             ])
+            // Every other run evaluates three at a time.
+            .args(if kills % 2 == 1 {
+                &["--jobs", "3"][..]
+            } else {
+                &[]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
