@@ -8,6 +8,7 @@ mod eval;
 mod merge;
 mod output;
 mod progress;
+mod remote;
 mod study;
 mod train;
 mod vectors;
@@ -95,6 +96,15 @@ enum Command {
     /// Tables of stored results.
     #[command(subcommand)]
     Report(eval::ReportCommand),
+    /// Remote registries (S3, or a shared file system): add, list, remove.
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
+    /// Send checkpoints (and the bases they need) to a remote; only what it lacks moves.
+    Push(remote::TransferArgs),
+    /// Fetch checkpoints (and their bases) from a remote; every object is re-hashed on arrival.
+    Pull(remote::TransferArgs),
+    /// List the checkpoints a remote holds.
+    LsRemote(remote::LsRemoteArgs),
 }
 
 /// Parses, runs, prints; maps errors to exit codes 0 (ok), 1 (user-visible failure), 2
@@ -181,6 +191,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Train(a) => train::train(&ctx(&a.reg), &a),
         Command::Study(a) => study::study(&ctx(&a.reg), &a),
         Command::Trace(a) => study::trace(&ctx(&a.reg), &a),
+        Command::Remote(c) => remote::remote(&ctx(c.reg()), &c),
+        Command::Push(a) => remote::push(&ctx(&a.reg), &a),
+        Command::Pull(a) => remote::pull(&ctx(&a.reg), &a),
+        Command::LsRemote(a) => remote::ls_remote(&ctx(&a.reg), &a),
         Command::Report(c) => {
             let eval::ReportCommand::Evals(a) = &c;
             eval::report(&ctx(&a.reg), &c)

@@ -20,6 +20,7 @@ mod layers;
 mod merge;
 #[cfg(feature = "eval")]
 mod parity;
+mod remote;
 mod roundtrip;
 mod safety;
 mod snapshots;

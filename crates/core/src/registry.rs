@@ -11,6 +11,7 @@
 mod merge;
 mod ops;
 mod records;
+mod remote;
 mod trace;
 mod vectors;
 mod writer;
@@ -26,6 +27,7 @@ pub use self::ops::{
     RegisterOptions, Registered, TensorDetails, VerifyReport,
 };
 pub use self::records::{RebuildReport, rebuild_catalog};
+pub use self::remote::{PullReport, PushReport, RemoteCheckpoint};
 pub use self::trace::{Input as TraceInput, MergeNode, Node as TraceNode, Trace, TrainingNode};
 pub use self::vectors::{
     ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,

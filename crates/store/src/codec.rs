@@ -787,11 +787,19 @@ impl Decoder {
         Self::open_inner(backend, id, true)
     }
 
+    /// The header of object `id`, checked as [`Decoder::open`] checks it, without opening its
+    /// delta base (which may not be stored yet: a pull learns from it what to fetch next).
+    pub fn header(backend: &dyn Backend, id: &ObjectId) -> Result<Header, DecodeError> {
+        Self::open_inner(backend, id, None).map(|d| d.header)
+    }
+
     fn open_inner(
         backend: &dyn Backend,
         id: &ObjectId,
-        allow_delta: bool,
+        allow_delta: impl Into<Option<bool>>,
     ) -> Result<Self, DecodeError> {
+        // None: read the header only, whatever its delta base.
+        let allow_delta: Option<bool> = allow_delta.into();
         let reader = backend.open(id).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 DecodeError::Missing
@@ -881,7 +889,8 @@ impl Decoder {
         }
         let base = match header.delta_base {
             None => None,
-            Some(_) if !allow_delta => {
+            Some(_) if allow_delta.is_none() => None,
+            Some(_) if allow_delta == Some(false) => {
                 return Err(DecodeError::Corrupted(
                     "delta chain deeper than one level".into(),
                 ));

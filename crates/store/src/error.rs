@@ -78,6 +78,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A remote registry that cannot be reached, read or written (never names a credential).
+    #[error("remote `{remote}`: {message}")]
+    Remote {
+        remote: String,
+        message: String,
+        hint: String,
+    },
+
     #[error("catalog: {}", sqlite_message(.0))]
     Catalog(#[from] rusqlite::Error),
 }
@@ -89,7 +97,8 @@ impl Error {
             Error::BadInput { hint, .. }
             | Error::NotFound { hint, .. }
             | Error::Recipe { hint, .. }
-            | Error::Invalid { hint, .. } => Some(hint.clone()),
+            | Error::Invalid { hint, .. }
+            | Error::Remote { hint, .. } => Some(hint.clone()),
             Error::Ambiguous { .. } => {
                 Some("give more hex characters, or use `name@version`".to_owned())
             }

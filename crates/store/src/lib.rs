@@ -24,6 +24,7 @@ pub mod codec;
 pub mod error;
 pub mod id;
 pub mod pool;
+pub mod remote;
 pub mod write_behind;
 
 pub use error::{Error, Result};

@@ -36,39 +36,39 @@ pub const RECORD_FORMAT: &str = "crossmerge.checkpoint-record.v1";
 /// A checkpoint row as an object.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CheckpointRecord {
-    format: String,
-    name: String,
-    version: u32,
-    kind: String,
-    manifest: String,
-    base: Option<BaseRef>,
-    architecture: Option<String>,
-    language: Option<String>,
-    task: Option<String>,
-    source_path: Option<String>,
-    tags: Vec<(String, String)>,
-    created_at: String,
-    merge: Option<MergeRecord>,
+pub(crate) struct CheckpointRecord {
+    pub(crate) format: String,
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) kind: String,
+    pub(crate) manifest: String,
+    pub(crate) base: Option<BaseRef>,
+    pub(crate) architecture: Option<String>,
+    pub(crate) language: Option<String>,
+    pub(crate) task: Option<String>,
+    pub(crate) source_path: Option<String>,
+    pub(crate) tags: Vec<(String, String)>,
+    pub(crate) created_at: String,
+    pub(crate) merge: Option<MergeRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BaseRef {
-    name: String,
-    version: u32,
-    manifest: String,
+pub(crate) struct BaseRef {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) manifest: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct MergeRecord {
-    recipe_hash: String,
-    method: String,
-    recipe_canonical: String,
-    recipe_source: String,
-    recipe_path: Option<String>,
-    inputs: Vec<String>,
+pub(crate) struct MergeRecord {
+    pub(crate) recipe_hash: String,
+    pub(crate) method: String,
+    pub(crate) recipe_canonical: String,
+    pub(crate) recipe_source: String,
+    pub(crate) recipe_path: Option<String>,
+    pub(crate) inputs: Vec<String>,
 }
 
 impl Registry {

@@ -453,7 +453,7 @@ impl Registry {
     /// this write created and their rows (still pending: nothing committed them); otherwise
     /// leaves them pending for `gc`. Best effort: a failure here changes nothing the catalog
     /// believes.
-    fn abandon(&mut self, created: &[ObjectId]) {
+    pub(crate) fn abandon(&mut self, created: &[ObjectId]) {
         if created.is_empty() {
             return;
         }

@@ -1,0 +1,894 @@
+//! Remote registries: checkpoints and their lineage pushed to and pulled from an object store
+//! (`s3://bucket/prefix`, or `file:///path` on a shared file system).
+//!
+//! A remote holds no catalog (`schemas/FORMAT.md` §13):
+//!
+//! ```text
+//! PREFIX/FORMAT                           "crossmerge remote v1"
+//! PREFIX/objects/ab/<hex>                 object files, byte for byte as a registry stores them
+//! PREFIX/records/checkpoints/<hex>.json   checkpoint records (§10's JSON); hex = its blob id
+//! ```
+//!
+//! Push uploads the objects the remote lacks (one listing says which), then the records, so a
+//! record on the remote means its objects are there; everything is content-addressed, so
+//! several pushers at once write the same bytes to the same keys and lose nothing. A delta
+//! object travels as it is stored (the fine-tune's XOR delta, compressed) with its base object
+//! beside it, which is why a fine-tune whose base is already remote costs only its deltas.
+//!
+//! Pull stages what is missing under `tmp/` (cleaned by `gc` if the pull dies), decodes and
+//! re-hashes every staged object (deltas against their staged or local bases) before any of it
+//! enters the store, and then goes through the registry's one write path: pending rows, the
+//! objects, and one commit with the checkpoint's row and record. Bases come before what was
+//! made from them; a checkpoint whose content is already here under its name is skipped.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+use super::records::{BaseRef, CheckpointRecord, MergeRecord, RECORD_FORMAT};
+use super::{Progress, Registry};
+use crate::catalog::{
+    CheckpointFilter, CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge, ObjectRow,
+};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::store::codec::{self, Decoder, ObjectKind};
+use crate::store::remote::{RemoteConfig, RemoteStore};
+use crate::store::{Backend, FsBackend, ObjectReader, ObjectWriter};
+
+/// First line of a remote's `FORMAT`.
+pub const REMOTE_FORMAT: &str = "crossmerge remote v1";
+const RECORDS: &str = "records/checkpoints";
+/// Transfers at once.
+const TRANSFERS: usize = 8;
+
+/// What `push` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PushReport {
+    pub remote: String,
+    /// The checkpoints pushed (asked for, and the bases they need), bases first.
+    pub checkpoints: Vec<String>,
+    pub objects_sent: usize,
+    pub bytes_sent: u64,
+    /// Objects the remote had already.
+    pub objects_present: usize,
+    pub records_sent: usize,
+}
+
+/// What `pull` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PullReport {
+    pub remote: String,
+    /// The checkpoints as they are named here now, bases first.
+    pub checkpoints: Vec<String>,
+    /// Of those, the ones that were here already.
+    pub present: Vec<String>,
+    pub objects_received: usize,
+    pub bytes_received: u64,
+}
+
+/// A checkpoint on a remote, as `ls-remote` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteCheckpoint {
+    pub name: String,
+    pub version: u32,
+    pub kind: String,
+    pub manifest_id: String,
+    pub base: Option<String>,
+    pub language: Option<String>,
+    pub task: Option<String>,
+    pub created_at: String,
+    /// The record's key under `records/checkpoints/`.
+    pub record: String,
+}
+
+/// The registry's remotes, kept in `REGISTRY/remotes.toml` (names and URLs; never
+/// credentials).
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RemotesFile {
+    #[serde(default)]
+    remotes: BTreeMap<String, RemoteEntry>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RemoteEntry {
+    url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    #[serde(default)]
+    allow_http: bool,
+}
+
+impl Registry {
+    fn remotes_path(&self) -> PathBuf {
+        self.root.join("remotes.toml")
+    }
+
+    fn read_remotes(&self) -> Result<RemotesFile> {
+        let path = self.remotes_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| {
+                Error::bad_input(
+                    &path,
+                    e.message().to_owned(),
+                    "fix or remove the file; `crossmerge remote add` writes it",
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(RemotesFile::default()),
+            Err(e) => Err(Error::io("reading", &path, e)),
+        }
+    }
+
+    fn write_remotes(&self, file: &RemotesFile) -> Result<()> {
+        let path = self.remotes_path();
+        let text = toml::to_string(file).expect("remotes serialise");
+        let tmp = self.root.join("tmp").join("remotes.toml.partial");
+        crate::atomic::write_file(&path, &tmp, text.as_bytes())
+            .map_err(|e| Error::io("writing", &path, e))
+    }
+
+    /// Adds remote `name` at `url` (checked, not contacted).
+    pub fn remote_add(&self, config: &RemoteConfig) -> Result<()> {
+        crate::catalog::check_name("remote", &config.name)?;
+        crate::store::remote::check_url(&config.url).map_err(|(message, hint)| Error::Remote {
+            remote: config.name.clone(),
+            message,
+            hint,
+        })?;
+        if let Some(e) = &config.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(Error::Remote {
+                remote: config.name.clone(),
+                message: format!("`{e}` is not an http(s) endpoint"),
+                hint: "give --endpoint as http://HOST:PORT or https://HOST".to_owned(),
+            });
+        }
+        let mut file = self.read_remotes()?;
+        if let Some(old) = file.remotes.get(&config.name) {
+            return Err(Error::invalid(
+                format!("remote `{}` exists already ({})", config.name, old.url),
+                format!(
+                    "remove it first (`crossmerge remote remove {}`) or choose another name",
+                    config.name
+                ),
+            ));
+        }
+        file.remotes.insert(
+            config.name.clone(),
+            RemoteEntry {
+                url: config.url.clone(),
+                endpoint: config.endpoint.clone(),
+                allow_http: config.allow_http,
+            },
+        );
+        self.write_remotes(&file)
+    }
+
+    /// Forgets remote `name` (nothing on the remote changes).
+    pub fn remote_remove(&self, name: &str) -> Result<()> {
+        let mut file = self.read_remotes()?;
+        if file.remotes.remove(name).is_none() {
+            return Err(unknown_remote(name));
+        }
+        self.write_remotes(&file)
+    }
+
+    /// The remotes, by name.
+    pub fn remotes(&self) -> Result<Vec<RemoteConfig>> {
+        Ok(self
+            .read_remotes()?
+            .remotes
+            .into_iter()
+            .map(|(name, e)| RemoteConfig {
+                name,
+                url: e.url,
+                endpoint: e.endpoint,
+                allow_http: e.allow_http,
+            })
+            .collect())
+    }
+
+    fn open_remote(&self, name: &str) -> Result<RemoteStore> {
+        let config = self
+            .remotes()?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| unknown_remote(name))?;
+        RemoteStore::open(&config)
+    }
+
+    /// The checkpoints on remote `name`.
+    pub fn ls_remote(&self, name: &str) -> Result<Vec<RemoteCheckpoint>> {
+        let remote = self.open_remote(name)?;
+        expect_registry(&remote)?;
+        let mut out: Vec<RemoteCheckpoint> = remote_records(&remote)?
+            .into_iter()
+            .map(|(key, r)| RemoteCheckpoint {
+                name: r.name,
+                version: r.version,
+                kind: r.kind,
+                manifest_id: r.manifest,
+                base: r.base.map(|b| format!("{}@{}", b.name, b.version)),
+                language: r.language,
+                task: r.task,
+                created_at: r.created_at,
+                record: key,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        Ok(out)
+    }
+
+    /// Pushes `references` (and the bases they need) to remote `name`.
+    pub fn push(
+        &self,
+        name: &str,
+        references: &[String],
+        progress: &dyn Progress,
+    ) -> Result<PushReport> {
+        let remote = self.open_remote(name)?;
+        // Everything is resolved before the remote is contacted.
+        let mut order: Vec<CheckpointRow> = Vec::new();
+        for r in references {
+            let mut chain = vec![self.resolve(r)?];
+            while let Some(base) = chain.last().and_then(|c| c.base.clone()) {
+                chain.push(self.resolve(&base)?);
+            }
+            for row in chain.into_iter().rev() {
+                if !order.iter().any(|o| o.rowid == row.rowid) {
+                    order.push(row);
+                }
+            }
+        }
+        match remote.get("FORMAT")? {
+            None => remote.put("FORMAT", format!("{REMOTE_FORMAT}\n").into_bytes())?,
+            Some(bytes) => check_format(&remote, &bytes)?,
+        }
+        let present: HashSet<ObjectId> = remote
+            .list("objects")?
+            .into_iter()
+            .filter_map(|(k, _)| k.rsplit('/').next().and_then(ObjectId::parse_hex))
+            .collect();
+        let records: HashSet<String> = remote.list(RECORDS)?.into_iter().map(|(k, _)| k).collect();
+        let mut report = PushReport {
+            remote: name.to_owned(),
+            ..PushReport::default()
+        };
+        // The objects of every checkpoint, with the delta bases they are stored against.
+        let mut wanted: Vec<ObjectId> = Vec::new();
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        for row in &order {
+            let manifest = self.manifest(row)?;
+            let mut ids = vec![row.manifest_id];
+            ids.extend(manifest.refs().into_iter().map(|(_, id)| id));
+            let rows = self.catalog.objects(&ids)?;
+            for id in &ids {
+                let stored = rows
+                    .get(id)
+                    .filter(|r| r.stored)
+                    .ok_or(Error::MissingObject {
+                        object: *id,
+                        tensor: None,
+                    })?;
+                if let Some(b) = stored.delta_base
+                    && seen.insert(b)
+                {
+                    wanted.push(b);
+                }
+                if seen.insert(*id) {
+                    wanted.push(*id);
+                }
+            }
+        }
+        let missing: Vec<ObjectId> = wanted
+            .iter()
+            .filter(|id| !present.contains(id))
+            .copied()
+            .collect();
+        report.objects_present = wanted.len() - missing.len();
+        let sizes: Vec<u64> = missing
+            .iter()
+            .map(|id| self.backend.open(id).map(|r| r.len()))
+            .collect::<io::Result<_>>()
+            .map_err(|e| Error::io("reading", self.root.join("objects"), e))?;
+        progress.start("pushing", sizes.iter().sum());
+        let backend = self.backend.as_ref();
+        let objects = self.root.join("objects");
+        parallel(&missing, |id| {
+            let reader = backend
+                .open(id)
+                .map_err(|e| Error::io("reading", &objects, e))?;
+            let n = remote.put_reader(&object_key(id), reader.as_ref())?;
+            progress.advance(n);
+            Ok(())
+        })?;
+        progress.finish();
+        report.objects_sent = missing.len();
+        report.bytes_sent = sizes.iter().sum();
+        // Records last: a record on the remote means its objects are there.
+        for row in &order {
+            let record = self.record_of(row)?;
+            let bytes = serde_json::to_vec(&record).expect("a record serialises");
+            let key = format!(
+                "{}.json",
+                codec::content_id(ObjectKind::Blob, &[], &bytes).to_hex()
+            );
+            if !records.contains(&key) {
+                remote.put(&format!("{RECORDS}/{key}"), bytes)?;
+                report.records_sent += 1;
+            }
+            report.checkpoints.push(row.reference());
+        }
+        Ok(report)
+    }
+
+    /// The record of a checkpoint as it stands in this catalog.
+    fn record_of(&self, row: &CheckpointRow) -> Result<CheckpointRecord> {
+        let base = row.base.as_deref().map(|b| self.resolve(b)).transpose()?;
+        let merge = self.catalog.merge_of(row.rowid)?;
+        Ok(CheckpointRecord {
+            format: RECORD_FORMAT.to_owned(),
+            name: row.name.clone(),
+            version: row.version,
+            kind: row.kind.as_str().to_owned(),
+            manifest: row.manifest_id.to_hex(),
+            base: base.map(|b| BaseRef {
+                name: b.name,
+                version: b.version,
+                manifest: b.manifest_id.to_hex(),
+            }),
+            architecture: row.architecture.clone(),
+            language: row.language.clone(),
+            task: row.task.clone(),
+            source_path: row.source_path.clone(),
+            tags: row.tags.clone(),
+            created_at: row.created_at.clone(),
+            merge: merge.map(|m| MergeRecord {
+                recipe_hash: m.recipe_hash,
+                method: m.method,
+                recipe_canonical: m.recipe_canonical,
+                recipe_source: m.recipe_source,
+                recipe_path: m.recipe_path,
+                inputs: m.inputs,
+            }),
+        })
+    }
+
+    /// Pulls `references` (names, `name@version` or manifest id prefixes as the remote knows
+    /// them) and the bases they need from remote `name`.
+    pub fn pull(
+        &mut self,
+        name: &str,
+        references: &[String],
+        progress: &dyn Progress,
+    ) -> Result<PullReport> {
+        let remote = self.open_remote(name)?;
+        expect_registry(&remote)?;
+        let records: Vec<CheckpointRecord> = remote_records(&remote)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        let mut order: Vec<&CheckpointRecord> = Vec::new();
+        for r in references {
+            let mut chain = vec![find_record(&records, r, name)?];
+            while let Some(b) = chain.last().and_then(|c| c.base.as_ref()) {
+                let base = records
+                    .iter()
+                    .find(|x| {
+                        x.name == b.name && x.version == b.version && x.manifest == b.manifest
+                    })
+                    .or_else(|| records.iter().find(|x| x.manifest == b.manifest))
+                    .ok_or_else(|| Error::Remote {
+                        remote: name.to_owned(),
+                        message: format!(
+                            "`{}@{}` is built on `{}@{}`, which the remote does not hold",
+                            chain[chain.len() - 1].name,
+                            chain[chain.len() - 1].version,
+                            b.name,
+                            b.version
+                        ),
+                        hint: "push the base to the remote from a registry that has it".to_owned(),
+                    })?;
+                chain.push(base);
+            }
+            for rec in chain.into_iter().rev() {
+                if !order.iter().any(|o| std::ptr::eq(*o, rec)) {
+                    order.push(rec);
+                }
+            }
+        }
+        let mut report = PullReport {
+            remote: name.to_owned(),
+            ..PullReport::default()
+        };
+        let _lock = self.lock_shared()?;
+        for rec in order {
+            let manifest_id = ObjectId::parse_hex(&rec.manifest).ok_or_else(|| {
+                damaged_record(
+                    name,
+                    &format!("`{}` names manifest `{}`", rec.name, rec.manifest),
+                )
+            })?;
+            let local = self.catalog.checkpoints(&CheckpointFilter::default())?;
+            if let Some(row) = local
+                .iter()
+                .rev()
+                .find(|c| c.manifest_id == manifest_id && c.name == rec.name)
+            {
+                report.checkpoints.push(row.reference());
+                report.present.push(row.reference());
+                continue;
+            }
+            let base = match &rec.base {
+                None => None,
+                Some(b) => {
+                    let m = ObjectId::parse_hex(&b.manifest).ok_or_else(|| {
+                        damaged_record(name, &format!("`{}`'s base manifest", rec.name))
+                    })?;
+                    let row = local
+                        .iter()
+                        .rev()
+                        .find(|c| c.manifest_id == m && c.name == b.name)
+                        .or_else(|| local.iter().find(|c| c.manifest_id == m))
+                        .ok_or_else(|| {
+                            Error::invalid(
+                                format!("the base of `{}` is not here", rec.name),
+                                "report this: bases are pulled first",
+                            )
+                        })?;
+                    Some(row.rowid)
+                }
+            };
+            let row = self.pull_one(&remote, rec, manifest_id, base, &mut report, progress)?;
+            report.checkpoints.push(row.reference());
+        }
+        Ok(report)
+    }
+
+    /// Stages, checks and commits one checkpoint's missing objects and its row.
+    fn pull_one(
+        &mut self,
+        remote: &RemoteStore,
+        rec: &CheckpointRecord,
+        manifest_id: ObjectId,
+        base: Option<i64>,
+        report: &mut PullReport,
+        progress: &dyn Progress,
+    ) -> Result<CheckpointRow> {
+        let kind = CheckpointKind::parse(&rec.kind)
+            .ok_or_else(|| damaged_record(remote.name(), &format!("kind `{}`", rec.kind)))?;
+        let staging = Staging::new(&self.root)?;
+        let local = self.backend.clone();
+        let stored = |reg: &Self, ids: &[ObjectId]| -> Result<HashSet<ObjectId>> {
+            Ok(reg
+                .catalog
+                .objects(ids)?
+                .into_iter()
+                .filter(|(_, r)| r.stored)
+                .map(|(id, _)| id)
+                .collect())
+        };
+        // The manifest first: it names everything else.
+        let mut fetched: Vec<(ObjectId, u64)> = Vec::new();
+        if !stored(self, &[manifest_id])?.contains(&manifest_id) {
+            fetched.extend(staging.fetch(remote, &[manifest_id], progress)?);
+        }
+        let overlay = Overlay {
+            first: &staging.backend,
+            then: local.as_ref(),
+        };
+        let manifest_bytes = Decoder::open(&overlay, &manifest_id)
+            .and_then(|d| d.read_all(&manifest_id))
+            .map_err(|e| remote_damage(remote, &manifest_id, &e.to_string()))?;
+        let manifest = crate::checkpoint::Manifest::parse(&manifest_bytes)
+            .map_err(|e| remote_damage(remote, &manifest_id, &format!("manifest: {e}")))?;
+        let mut ids: Vec<ObjectId> = manifest.refs().into_iter().map(|(_, id)| id).collect();
+        ids.sort();
+        ids.dedup();
+        let here = stored(self, &ids)?;
+        let mut want: Vec<ObjectId> = ids
+            .iter()
+            .filter(|id| !here.contains(id))
+            .copied()
+            .collect();
+        // Delta bases a staged object needs that neither side has yet, until none is missing.
+        while !want.is_empty() {
+            fetched.extend(staging.fetch(remote, &want, progress)?);
+            let mut bases = Vec::new();
+            for id in &want {
+                let header = Decoder::header(&staging.backend, id)
+                    .map_err(|e| remote_damage(remote, id, &e.to_string()))?;
+                if let Some(b) = header.delta_base
+                    && !staging.has(&b)
+                    && !stored(self, &[b])?.contains(&b)
+                    && !bases.contains(&b)
+                {
+                    bases.push(b);
+                }
+            }
+            want = bases;
+        }
+        // Every staged object decodes to the bytes its id names (deltas against staged or
+        // local bases) before any of it enters the store.
+        let checked: Vec<ObjectRow> = {
+            let results = Mutex::new(Vec::new());
+            let ids: Vec<ObjectId> = fetched.iter().map(|(id, _)| *id).collect();
+            parallel(&ids, |id| {
+                let dec = Decoder::open(&overlay, id)
+                    .map_err(|e| remote_damage(remote, id, &e.to_string()))?;
+                dec.stream(id, &mut |_| Ok(()))
+                    .map_err(|e| remote_damage(remote, id, &e.to_string()))?;
+                results
+                    .lock()
+                    .expect("no panic holding it")
+                    .push(ObjectRow {
+                        id: *id,
+                        kind: dec.header.kind,
+                        stored: false,
+                        raw_size: dec.header.raw_len,
+                        stored_size: None,
+                        delta_base: dec.header.delta_base,
+                    });
+                Ok(())
+            })?;
+            results.into_inner().expect("no panic holding it")
+        };
+        // Into the store: intent, objects (bases before deltas), one commit.
+        self.catalog.insert_pending(&checked)?;
+        let mut created: Vec<ObjectId> = checked.iter().map(|r| r.id).collect();
+        let result = (|| -> Result<CheckpointRow> {
+            let mut rows = checked.clone();
+            rows.sort_by_key(|r| r.delta_base.is_some());
+            let mut sizes = Vec::new();
+            for r in &rows {
+                let size = staging.move_into(local.as_ref(), &r.id, &self.root)?;
+                sizes.push((r.id, size));
+            }
+            let new = NewCheckpoint {
+                name: rec.name.clone(),
+                kind,
+                manifest_id,
+                architecture: rec.architecture.clone(),
+                base,
+                language: rec.language.clone(),
+                task: rec.task.clone(),
+                source_path: rec.source_path.clone(),
+                tensor_count: manifest.tensors.len() as u64,
+                parameters: manifest.parameters(),
+                logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
+                tags: rec.tags.clone(),
+            };
+            let merge = rec.merge.as_ref().map(|m| NewMerge {
+                recipe_hash: m.recipe_hash.clone(),
+                method: m.method.clone(),
+                recipe_canonical: m.recipe_canonical.clone(),
+                recipe_source: m.recipe_source.clone(),
+                recipe_path: m.recipe_path.clone(),
+                inputs: m.inputs.clone(),
+            });
+            let (row, _) = self.commit_checkpoint(
+                &sizes,
+                &manifest.refs(),
+                &new,
+                merge.as_ref(),
+                None,
+                &mut created,
+            )?;
+            Ok(row)
+        })();
+        match result {
+            Ok(row) => {
+                report.objects_received += fetched.len();
+                report.bytes_received += fetched.iter().map(|(_, n)| n).sum::<u64>();
+                Ok(row)
+            }
+            Err(e) => {
+                self.abandon(&created);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn unknown_remote(name: &str) -> Error {
+    Error::NotFound {
+        what: "remote",
+        reference: name.to_owned(),
+        hint:
+            "`crossmerge remote list` shows the remotes; `crossmerge remote add NAME URL` adds one"
+                .to_owned(),
+    }
+}
+
+fn damaged_record(remote: &str, what: &str) -> Error {
+    Error::Remote {
+        remote: remote.to_owned(),
+        message: format!("a checkpoint record is damaged: {what}"),
+        hint: "push the checkpoint again from a registry that holds it".to_owned(),
+    }
+}
+
+fn remote_damage(remote: &RemoteStore, id: &ObjectId, problem: &str) -> Error {
+    Error::Remote {
+        remote: remote.name().to_owned(),
+        message: format!("object `{id}` is damaged on the remote: {problem}"),
+        hint: "nothing was added here; push the checkpoint again from a registry that holds it (the remote's copy is replaced)".to_owned(),
+    }
+}
+
+fn object_key(id: &ObjectId) -> String {
+    let hex = id.to_hex();
+    format!("objects/{}/{hex}", &hex[..2])
+}
+
+fn check_format(remote: &RemoteStore, bytes: &[u8]) -> Result<()> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.lines().next() == Some(REMOTE_FORMAT) {
+        return Ok(());
+    }
+    Err(Error::Remote {
+        remote: remote.name().to_owned(),
+        message: format!(
+            "its FORMAT says `{}`, this crossmerge reads `{REMOTE_FORMAT}`",
+            text.lines().next().unwrap_or("")
+        ),
+        hint: "point the remote at a prefix of its own (`crossmerge remote add NAME s3://BUCKET/PREFIX`)"
+            .to_owned(),
+    })
+}
+
+/// A remote that holds a registry (push made its FORMAT).
+fn expect_registry(remote: &RemoteStore) -> Result<()> {
+    match remote.get("FORMAT")? {
+        Some(bytes) => check_format(remote, &bytes),
+        None => Err(Error::Remote {
+            remote: remote.name().to_owned(),
+            message: "holds no registry (it has no FORMAT)".to_owned(),
+            hint: "check the URL's prefix; a first `crossmerge push` to it makes one".to_owned(),
+        }),
+    }
+}
+
+/// Every checkpoint record on the remote, checked against its key: (key, record).
+fn remote_records(remote: &RemoteStore) -> Result<Vec<(String, CheckpointRecord)>> {
+    let keys = remote.list(RECORDS)?;
+    let out = Mutex::new(Vec::new());
+    let names: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+    parallel(&names, |key| {
+        let Some(bytes) = remote.get(&format!("{RECORDS}/{key}"))? else {
+            return Ok(()); // removed since the listing
+        };
+        let id = codec::content_id(ObjectKind::Blob, &[], &bytes);
+        if key.strip_suffix(".json") != Some(id.to_hex().as_str()) {
+            return Err(damaged_record(
+                remote.name(),
+                &format!("`{key}` does not hash to its name"),
+            ));
+        }
+        let rec: CheckpointRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| damaged_record(remote.name(), &format!("`{key}`: {e}")))?;
+        out.lock()
+            .expect("no panic holding it")
+            .push((key.clone(), rec));
+        Ok(())
+    })?;
+    let mut out = out.into_inner().expect("no panic holding it");
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// The record `reference` names: `name` (its latest version), `name@version`, or a prefix (6+
+/// hex digits) of a manifest id.
+fn find_record<'a>(
+    records: &'a [CheckpointRecord],
+    reference: &str,
+    remote: &str,
+) -> Result<&'a CheckpointRecord> {
+    let (name, version) = match reference.rsplit_once('@') {
+        Some((n, v)) => (n, v.parse::<u32>().ok()),
+        None => (reference, None),
+    };
+    let mut named: Vec<&CheckpointRecord> = records
+        .iter()
+        .filter(|r| r.name == name && version.is_none_or(|v| r.version == v))
+        .collect();
+    named.sort_by_key(|r| (r.version, r.created_at.clone()));
+    if let Some(r) = named.last() {
+        return Ok(r);
+    }
+    let is_hex = reference.len() >= 6 && reference.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex {
+        let mut by_id: Vec<&CheckpointRecord> = records
+            .iter()
+            .filter(|r| r.manifest.starts_with(&reference.to_ascii_lowercase()))
+            .collect();
+        by_id.sort_by_key(|r| (r.manifest.clone(), r.version));
+        by_id.dedup_by(|a, b| a.manifest == b.manifest);
+        match by_id.as_slice() {
+            [one] => return Ok(one),
+            [] => {}
+            many => {
+                return Err(Error::Ambiguous {
+                    prefix: reference.to_owned(),
+                    candidates: many
+                        .iter()
+                        .map(|r| format!("{}@{}", r.name, r.version))
+                        .collect(),
+                });
+            }
+        }
+    }
+    Err(Error::NotFound {
+        what: "checkpoint on the remote",
+        reference: reference.to_owned(),
+        hint: format!("`crossmerge ls-remote {remote}` lists what the remote holds"),
+    })
+}
+
+/// Runs `f` on every item, `TRANSFERS` at a time; the first error (in item order) wins and
+/// stops the others taking more.
+fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result<()> {
+    let next = AtomicUsize::new(0);
+    let errors: Mutex<Vec<(usize, Error)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..TRANSFERS.min(items.len()) {
+            s.spawn(|| {
+                loop {
+                    if !errors.lock().expect("no panic holding it").is_empty() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(item) = items.get(i) else { return };
+                    if let Err(e) = f(item) {
+                        errors.lock().expect("no panic holding it").push((i, e));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut errors = errors.into_inner().expect("no panic holding it");
+    errors.sort_by_key(|(i, _)| *i);
+    match errors.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Objects downloaded for one pull, under `REGISTRY/tmp/pull-…/` (removed when dropped; `gc`
+/// removes it if the process dies).
+struct Staging {
+    dir: PathBuf,
+    backend: FsBackend,
+}
+
+impl Staging {
+    fn new(root: &Path) -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = root
+            .join("tmp")
+            .join(format!("pull-{}-{nanos}", std::process::id()));
+        let backend = FsBackend::new(&dir).map_err(|e| Error::io("creating", &dir, e))?;
+        Ok(Self { dir, backend })
+    }
+
+    fn has(&self, id: &ObjectId) -> bool {
+        self.backend.exists(id).unwrap_or(false)
+    }
+
+    /// Downloads `ids` (those not staged yet): (id, bytes) of each.
+    fn fetch(
+        &self,
+        remote: &RemoteStore,
+        ids: &[ObjectId],
+        progress: &dyn Progress,
+    ) -> Result<Vec<(ObjectId, u64)>> {
+        let todo: Vec<ObjectId> = ids.iter().filter(|id| !self.has(id)).copied().collect();
+        let out = Mutex::new(Vec::new());
+        progress.start("pulling", 0);
+        parallel(&todo, |id| {
+            let mut w = self
+                .backend
+                .create()
+                .map_err(|e| Error::io("writing into", &self.dir, e))?;
+            let mut sink = WriterSink(w.as_mut());
+            let n = remote
+                .get_into(&object_key(id), &mut sink)?
+                .ok_or_else(|| remote_damage(remote, id, "it is missing (a record names it)"))?;
+            w.commit(id)
+                .map_err(|e| Error::io("writing into", &self.dir, e))?;
+            progress.advance(n);
+            out.lock().expect("no panic holding it").push((*id, n));
+            Ok(())
+        })?;
+        progress.finish();
+        Ok(out.into_inner().expect("no panic holding it"))
+    }
+
+    /// Copies a checked object into the registry's store: its stored size.
+    fn move_into(&self, local: &dyn Backend, id: &ObjectId, root: &Path) -> Result<u64> {
+        let objects = root.join("objects");
+        let reader = self
+            .backend
+            .open(id)
+            .map_err(|e| Error::io("reading", &self.dir, e))?;
+        let mut w = local
+            .create()
+            .map_err(|e| Error::io("writing an object into", &objects, e))?;
+        let len = reader.len();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        while at < len {
+            let n = (len - at).min(buf.len() as u64) as usize;
+            reader
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|e| Error::io("reading", &self.dir, e))?;
+            w.write_all(&buf[..n])
+                .map_err(|e| Error::io("writing an object into", &objects, e))?;
+            at += n as u64;
+        }
+        w.commit(id)
+            .map_err(|e| Error::io("writing an object into", &objects, e))?;
+        Ok(len)
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct WriterSink<'a>(&'a mut dyn ObjectWriter);
+
+impl io::Write for WriterSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads from the staged objects, then the registry's (a staged delta's base may be either).
+struct Overlay<'a> {
+    first: &'a FsBackend,
+    then: &'a dyn Backend,
+}
+
+impl Backend for Overlay<'_> {
+    fn open(&self, id: &ObjectId) -> io::Result<Box<dyn ObjectReader>> {
+        match self.first.open(id) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.then.open(id),
+            other => other,
+        }
+    }
+    fn exists(&self, id: &ObjectId) -> io::Result<bool> {
+        Ok(self.first.exists(id)? || self.then.exists(id)?)
+    }
+    fn create(&self) -> io::Result<Box<dyn ObjectWriter>> {
+        Err(io::Error::other("staging overlays are read-only"))
+    }
+    fn remove(&self, _: &ObjectId) -> io::Result<()> {
+        Err(io::Error::other("staging overlays are read-only"))
+    }
+    fn list(&self) -> io::Result<Vec<ObjectId>> {
+        Err(io::Error::other("staging overlays are read-only"))
+    }
+    fn count_tmp(&self) -> io::Result<usize> {
+        Ok(0)
+    }
+    fn clean_tmp(&self) -> io::Result<usize> {
+        Ok(0)
+    }
+}

@@ -1,0 +1,399 @@
+//! Remote registries: push, pull and ls-remote through a shared folder (always) and a real S3
+//! server on loopback (moto, where it is installed).
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{assert_verify_clean, cm, read_model_tensors, skipped, snapshot, tiny_family};
+
+/// A source registry with a base and a fine-tune registered against it (stored as deltas).
+struct Source {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    reg: PathBuf,
+    family: Vec<PathBuf>,
+}
+
+impl Source {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let family = tiny_family(&root.join("family"), 1, Some(3));
+        let reg = root.join("src");
+        cm(
+            &reg,
+            &[
+                "register",
+                family[0].to_str().unwrap(),
+                "--name",
+                "base",
+                "--kind",
+                "base",
+            ],
+        )
+        .assert()
+        .success();
+        cm(
+            &reg,
+            &[
+                "register",
+                family[1].to_str().unwrap(),
+                "--name",
+                "ner-en",
+                "--kind",
+                "task",
+                "--base",
+                "base",
+                "--task",
+                "ner",
+            ],
+        )
+        .assert()
+        .success();
+        Self {
+            _dir: dir,
+            root,
+            reg,
+            family,
+        }
+    }
+}
+
+fn json_env(reg: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut c = cm(reg, args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The whole exchange, against the remote at `url` (with `add` extra `remote add` arguments
+/// and `env` for every command).
+fn round_trip(s: &Source, url: &str, add: &[&str], env: &[(&str, &str)]) {
+    let with = |reg: &Path, args: &[&str]| json_env(reg, args, env);
+    let mut args = vec!["remote", "add", "origin", url];
+    args.extend_from_slice(add);
+    cm(&s.reg, &args).assert().success();
+
+    // The base first, then the fine-tune: only its own objects move.
+    let base = with(&s.reg, &["push", "origin", "base", "--json"]);
+    assert!(base["objects_sent"].as_u64().unwrap() > 0);
+    assert_eq!(base["objects_present"], 0);
+    let ft = with(&s.reg, &["push", "origin", "ner-en", "--json"]);
+    assert_eq!(ft["checkpoints"], serde_json::json!(["base@1", "ner-en@1"]));
+    assert!(
+        ft["objects_present"].as_u64().unwrap() >= base["objects_sent"].as_u64().unwrap() - 1,
+        "the base's objects were there already: {ft}"
+    );
+    let file_size: u64 = std::fs::read_dir(&s.family[1])
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    let sent = ft["bytes_sent"].as_u64().unwrap();
+    assert!(
+        sent * 10 <= file_size * 6,
+        "a fine-tune over a remote base sends its deltas: {sent} bytes of {file_size}"
+    );
+    // Twice: nothing moves.
+    let again = with(&s.reg, &["push", "origin", "ner-en", "--json"]);
+    assert_eq!(again["objects_sent"], 0);
+    assert_eq!(again["bytes_sent"], 0);
+    assert_eq!(again["records_sent"], 0);
+
+    // A fresh registry pulls the fine-tune and gets its base with it.
+    let dst = s.root.join(format!("dst-{}", url.len()));
+    cm(&dst, &["init"]).assert().success();
+    cm(&dst, &args).assert().success();
+    let listed = with(&dst, &["ls-remote", "origin", "--json"]);
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["base", "ner-en"]);
+    let pulled = with(&dst, &["pull", "origin", "ner-en", "--json"]);
+    assert_eq!(
+        pulled["checkpoints"],
+        serde_json::json!(["base@1", "ner-en@1"])
+    );
+    assert_eq!(
+        pulled["bytes_received"].as_u64().unwrap(),
+        base["bytes_sent"].as_u64().unwrap() + sent
+    );
+    let shown = &with(&dst, &["show", "ner-en", "--json"])["checkpoint"];
+    assert_eq!(shown["base"], "base@1");
+    assert_eq!(shown["kind"], "task");
+    assert_eq!(shown["task"], "ner");
+    // Exports of both sides are the same bytes, and the tensors are the source folder's.
+    for name in ["base", "ner-en"] {
+        let a = s.root.join(format!("exp-src-{name}"));
+        let b = s.root.join(format!("exp-dst-{name}-{}", url.len()));
+        cm(&s.reg, &["export", name, "--out", a.to_str().unwrap()])
+            .assert()
+            .success();
+        cm(&dst, &["export", name, "--out", b.to_str().unwrap()])
+            .assert()
+            .success();
+        for f in ["model.safetensors", "config.json"] {
+            assert_eq!(
+                std::fs::read(a.join(f)).unwrap(),
+                std::fs::read(b.join(f)).unwrap(),
+                "{name}/{f}"
+            );
+        }
+    }
+    assert_eq!(
+        read_model_tensors(&s.root.join(format!("exp-dst-ner-en-{}", url.len()))),
+        read_model_tensors(&s.family[1])
+    );
+    assert_verify_clean(&s.reg);
+    assert_verify_clean(&dst);
+    // Pulling again moves nothing.
+    let again = with(&dst, &["pull", "origin", "ner-en", "--json"]);
+    assert_eq!(again["objects_received"], 0);
+    assert_eq!(again["present"], serde_json::json!(["base@1", "ner-en@1"]));
+}
+
+#[test]
+fn a_folder_remote_round_trips_a_fine_tune_and_moves_only_what_is_missing() {
+    let s = Source::new();
+    let url = format!("file://{}", s.root.join("remote").display());
+    round_trip(&s, &url, &[], &[]);
+}
+
+/// Runs `args` and returns its stderr; it must fail with exit 1, one error line and a hint.
+fn refused(reg: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut c = cm(reg, args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("registry at"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{args:?}: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[1].starts_with("hint: "),
+        "{err}"
+    );
+    err
+}
+
+#[test]
+fn bad_remotes_and_damaged_objects_are_refused_and_change_nothing() {
+    let s = Source::new();
+    let remote = s.root.join("remote");
+    let url = format!("file://{}", remote.display());
+    cm(&s.reg, &["remote", "add", "origin", &url])
+        .assert()
+        .success();
+    cm(&s.reg, &["push", "origin", "ner-en"]).assert().success();
+
+    let dst = s.root.join("dst");
+    cm(&dst, &["init"]).assert().success();
+    let no_env: &[(&str, &str)] = &[];
+    // Unknown schemes, bad bucket names and endpoints are refused when added.
+    for bad in [
+        vec!["remote", "add", "x", "gs://bucket/p"],
+        vec!["remote", "add", "x", "s3://UPPER/p"],
+        vec!["remote", "add", "x", "file://relative"],
+        vec![
+            "remote",
+            "add",
+            "x",
+            "s3://bucket/p",
+            "--endpoint",
+            "ftp://h",
+        ],
+    ] {
+        refused(&dst, &bad, no_env);
+    }
+    refused(&dst, &["remote", "remove", "nope"], no_env);
+    refused(&dst, &["pull", "nope", "base"], no_env);
+    // A folder that holds no registry.
+    let empty = s.root.join("empty");
+    cm(
+        &dst,
+        &[
+            "remote",
+            "add",
+            "empty",
+            &format!("file://{}", empty.display()),
+        ],
+    )
+    .assert()
+    .success();
+    let err = refused(&dst, &["ls-remote", "empty"], no_env);
+    assert!(err.contains("holds no registry"), "{err}");
+    // S3 without credentials, and S3 at an endpoint nobody listens on: the message names no
+    // secret.
+    let port = free_port();
+    cm(
+        &dst,
+        &[
+            "remote",
+            "add",
+            "s3",
+            "s3://bucket/prefix",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "--allow-http",
+        ],
+    )
+    .assert()
+    .success();
+    let err = refused(
+        &dst,
+        &["ls-remote", "s3"],
+        &[("AWS_ACCESS_KEY_ID", ""), ("AWS_SECRET_ACCESS_KEY", "")],
+    );
+    assert!(err.contains("no S3 credentials"), "{err}");
+    let secret = "s3cr3t-v4lue-never-printed";
+    let started = Instant::now();
+    let err = refused(
+        &dst,
+        &["pull", "s3", "base"],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ],
+    );
+    assert!(!err.contains(secret), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{err}");
+
+    cm(&dst, &["remote", "add", "origin", &url])
+        .assert()
+        .success();
+    let before = snapshot(&dst);
+    refused(&dst, &["pull", "origin", "no-such-model"], no_env);
+    // An object damaged on the remote: refused by name, nothing added here.
+    let objects: Vec<PathBuf> = crate::common::files_under(&remote.join("objects"));
+    let victim = objects
+        .iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(victim, &bytes).unwrap();
+    let err = refused(&dst, &["pull", "origin", "ner-en"], no_env);
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        err.contains("damaged") && err.contains(&name[..12]),
+        "{err}"
+    );
+    assert_eq!(snapshot(&dst), before);
+    assert_verify_clean(&dst);
+    // A push trusts the keys it lists (it does not download to check them): with the damaged
+    // object removed from the remote, pushing again puts it back and the pull completes.
+    std::fs::remove_file(victim).unwrap();
+    cm(&s.reg, &["push", "origin", "ner-en"]).assert().success();
+    cm(&dst, &["pull", "origin", "ner-en"]).assert().success();
+    assert_verify_clean(&dst);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// moto's S3 server on loopback, stopped when dropped.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Option<Self> {
+        let python = crate::common::python();
+        let beside = Path::new(&python).with_file_name("moto_server");
+        let exe = if beside.is_file() {
+            beside
+        } else {
+            PathBuf::from("moto_server")
+        };
+        let port = free_port();
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut m = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline || m.child.try_wait().ok().flatten().is_some() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m.create_bucket("crossmerge-test");
+        Some(m)
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// moto takes an unsigned `PUT /bucket`.
+    fn create_bucket(&mut self, bucket: &str) {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_s3_remote_round_trips_through_a_real_server() {
+    let Some(moto) = Moto::start() else {
+        skipped(
+            "remote::an_s3_remote_round_trips_through_a_real_server",
+            "moto_server (pip install \"moto[server]\") is not installed beside $CROSSMERGE_PYTHON or on PATH",
+        );
+        return;
+    };
+    let s = Source::new();
+    let endpoint = moto.endpoint();
+    round_trip(
+        &s,
+        "s3://crossmerge-test/team/registry",
+        &["--endpoint", &endpoint, "--allow-http"],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+}
