@@ -318,6 +318,7 @@ fn free_port() -> u16 {
 struct Moto {
     child: Child,
     port: u16,
+    exe: PathBuf,
 }
 
 impl Moto {
@@ -330,22 +331,44 @@ impl Moto {
             PathBuf::from("moto_server")
         };
         let port = free_port();
-        let child = Command::new(&exe)
+        let child = Self::spawn(&exe, port)?;
+        let mut m = Self { child, port, exe };
+        m.wait_ready().then_some(())?;
+        m.create_bucket("crossmerge-test");
+        Some(m)
+    }
+
+    fn spawn(exe: &Path, port: u16) -> Option<Child> {
+        Command::new(exe)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .ok()?;
-        let mut m = Self { child, port };
+            .ok()
+    }
+
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline || m.child.try_wait().ok().flatten().is_some() {
-                return None;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline || self.child.try_wait().ok().flatten().is_some() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        m.create_bucket("crossmerge-test");
-        Some(m)
+        true
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A new, empty server on the same port, with the test bucket.
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(&self.exe, self.port).expect("moto starts again");
+        assert!(self.wait_ready(), "moto did not come back");
+        self.create_bucket("crossmerge-test");
     }
 
     fn endpoint(&self) -> String {
@@ -370,8 +393,7 @@ impl Moto {
 
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -396,4 +418,224 @@ fn an_s3_remote_round_trips_through_a_real_server() {
             ("AWS_REGION", "us-east-1"),
         ],
     );
+}
+
+/// Credentials moto accepts (it checks none).
+const TEST_KEYS: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+fn with_keys(mut c: assert_cmd::Command) -> assert_cmd::Command {
+    for (k, v) in TEST_KEYS {
+        c.env(k, v);
+    }
+    c
+}
+
+fn spawn(reg: &Path, args: &[&str]) -> Child {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_crossmerge"));
+    c.arg("--quiet").args(args).arg("--registry").arg(reg);
+    for (k, v) in TEST_KEYS {
+        c.env(k, v);
+    }
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
+    let Some(mut moto) = Moto::start() else {
+        skipped(
+            "remote::concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing",
+            "moto_server (pip install \"moto[server]\") is not installed beside $CROSSMERGE_PYTHON or on PATH",
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let fam = crossmerge_synth::write_family(
+        &dir.path().join("family"),
+        &crossmerge_synth::FamilySpec::new(crate::common::medium_shape(), 4),
+    )
+    .unwrap();
+    // Four registries, each with the base and one fine-tune.
+    let url = "s3://crossmerge-test/shared";
+    let mut regs = Vec::new();
+    for (i, ft) in fam[1..].iter().enumerate() {
+        let reg = dir.path().join(format!("src{i}"));
+        cm(
+            &reg,
+            &[
+                "register",
+                fam[0].to_str().unwrap(),
+                "--name",
+                "base",
+                "--kind",
+                "base",
+            ],
+        )
+        .assert()
+        .success();
+        let name = format!("lm-{i}");
+        cm(
+            &reg,
+            &[
+                "register",
+                ft.to_str().unwrap(),
+                "--name",
+                &name,
+                "--kind",
+                "language",
+                "--language",
+                ["es", "de", "fr", "hi"][i],
+                "--base",
+                "base",
+            ],
+        )
+        .assert()
+        .success();
+        let endpoint = moto.endpoint();
+        cm(
+            &reg,
+            &[
+                "remote",
+                "add",
+                "s3",
+                url,
+                "--endpoint",
+                &endpoint,
+                "--allow-http",
+            ],
+        )
+        .assert()
+        .success();
+        regs.push((reg, name));
+    }
+    // Four processes push at once (the same base from each, a different fine-tune).
+    let children: Vec<Child> = regs
+        .iter()
+        .map(|(reg, name)| spawn(reg, &["push", "s3", name]))
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dst = dir.path().join("dst");
+    cm(&dst, &["init"]).assert().success();
+    let endpoint = moto.endpoint();
+    cm(
+        &dst,
+        &[
+            "remote",
+            "add",
+            "s3",
+            url,
+            "--endpoint",
+            &endpoint,
+            "--allow-http",
+        ],
+    )
+    .assert()
+    .success();
+    let names: Vec<&str> = regs.iter().map(|(_, n)| n.as_str()).collect();
+    let mut pull = vec!["pull", "s3"];
+    pull.extend(&names);
+    with_keys(cm(&dst, &pull)).assert().success();
+    assert_verify_clean(&dst);
+    for (i, name) in names.iter().enumerate() {
+        let out = dir.path().join(format!("exp-{name}"));
+        cm(&dst, &["export", name, "--out", out.to_str().unwrap()])
+            .assert()
+            .success();
+        assert_eq!(read_model_tensors(&out), read_model_tensors(&fam[i + 1]));
+    }
+
+    // A pull killed at random moments leaves a valid registry; the next one completes.
+    let fresh = dir.path().join("fresh");
+    cm(&fresh, &["init"]).assert().success();
+    cm(
+        &fresh,
+        &[
+            "remote",
+            "add",
+            "s3",
+            url,
+            "--endpoint",
+            &endpoint,
+            "--allow-http",
+        ],
+    )
+    .assert()
+    .success();
+    let mut rng = crate::toy::Rng(14);
+    let mut landed = 0;
+    for _ in 0..5 {
+        let mut child = spawn(&fresh, &pull);
+        std::thread::sleep(Duration::from_millis(20 + rng.next() % 300));
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_verify_clean(&fresh);
+    }
+    assert!(
+        landed >= 3,
+        "only {landed} kills landed before the pull ended"
+    );
+    with_keys(cm(&fresh, &pull)).assert().success();
+    assert_verify_clean(&fresh);
+    let listed = crate::common::bin()
+        .args(["list", "--json", "--registry"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 5, "{listed}");
+
+    // The server dies in the middle of a push (to a new, empty server: moto keeps nothing):
+    // the push fails with one line and a hint; with the server back, the push run again
+    // completes and a fresh registry pulls what it sent.
+    let (reg, name) = &regs[0];
+    moto.restart();
+    let mut child = spawn(reg, &["push", "s3", name]);
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the push ended before the server was stopped"
+    );
+    moto.stop();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("hint: "), "{err}");
+    moto.restart();
+    with_keys(cm(reg, &["push", "s3", name])).assert().success();
+    let again = dir.path().join("again");
+    cm(&again, &["init"]).assert().success();
+    cm(
+        &again,
+        &[
+            "remote",
+            "add",
+            "s3",
+            url,
+            "--endpoint",
+            &endpoint,
+            "--allow-http",
+        ],
+    )
+    .assert()
+    .success();
+    with_keys(cm(&again, &["pull", "s3", name]))
+        .assert()
+        .success();
+    assert_verify_clean(&again);
 }
