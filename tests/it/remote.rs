@@ -296,7 +296,21 @@ fn bad_remotes_and_damaged_objects_are_refused_and_change_nothing() {
         err.contains("damaged") && err.contains(&name[..12]),
         "{err}"
     );
-    assert_eq!(snapshot(&dst), before);
+    // The registry is as it was; what arrived intact stays staged under tmp/ for the next
+    // pull, the damaged object does not.
+    let mut after = snapshot(&dst);
+    let staged: Vec<String> = after
+        .files
+        .keys()
+        .filter(|f| f.starts_with("tmp/"))
+        .cloned()
+        .collect();
+    assert!(
+        !staged.is_empty() && staged.iter().all(|f| !f.ends_with(name)),
+        "{staged:?}"
+    );
+    after.files.retain(|f, _| !f.starts_with("tmp/"));
+    assert_eq!(after, before);
     assert_verify_clean(&dst);
     // A push trusts the keys it lists (it does not download to check them): with the damaged
     // object removed from the remote, pushing again puts it back and the pull completes.
@@ -547,7 +561,17 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
     let names: Vec<&str> = regs.iter().map(|(_, n)| n.as_str()).collect();
     let mut pull = vec!["pull", "s3"];
     pull.extend(&names);
-    with_keys(cm(&dst, &pull)).assert().success();
+    let mut pull_json = pull.clone();
+    pull_json.push("--json");
+    let out = with_keys(cm(&dst, &pull_json)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = serde_json::from_slice::<Value>(&out.stdout).unwrap()["bytes_received"]
+        .as_u64()
+        .unwrap();
     assert_verify_clean(&dst);
     for (i, name) in names.iter().enumerate() {
         let out = dir.path().join(format!("exp-{name}"));
@@ -590,8 +614,45 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
         landed >= 3,
         "only {landed} kills landed before the pull ended"
     );
-    with_keys(cm(&fresh, &pull)).assert().success();
+    // What arrived before the kills (staged objects, committed checkpoints) is not fetched
+    // again.
+    let staged = crate::common::files_under(&fresh.join("tmp"))
+        .iter()
+        .filter(|p| p.components().any(|c| c.as_os_str() == "objects"))
+        .count();
+    let committed = crate::common::bin()
+        .args(["list", "--json", "--registry"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    let committed = serde_json::from_slice::<Value>(&committed.stdout).unwrap();
+    let out = with_keys(cm(&fresh, &pull_json)).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let received = serde_json::from_slice::<Value>(&out.stdout).unwrap()["bytes_received"]
+        .as_u64()
+        .unwrap();
+    if staged > 0 || !committed.as_array().unwrap().is_empty() {
+        assert!(
+            received < total,
+            "{received} of {total} bytes fetched again ({staged} staged)"
+        );
+    }
+    eprintln!(
+        "resumed pull: {staged} objects staged before it, {received} of {total} bytes fetched"
+    );
     assert_verify_clean(&fresh);
+    let left: Vec<PathBuf> = crate::common::files_under(&fresh.join("tmp"))
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/pull-"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a completed pull leaves no staging behind: {left:?}"
+    );
     let listed = crate::common::bin()
         .args(["list", "--json", "--registry"])
         .arg(&fresh)

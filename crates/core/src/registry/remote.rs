@@ -15,7 +15,8 @@
 //! object travels as it is stored (the fine-tune's XOR delta, compressed) with its base object
 //! beside it, which is why a fine-tune whose base is already remote costs only its deltas.
 //!
-//! Pull stages what is missing under `tmp/` (cleaned by `gc` if the pull dies), decodes and
+//! Pull stages what is missing under `tmp/pull-<manifest id>/` (kept if the pull fails or dies,
+//! so the next pull fetches only the rest; `gc` removes it), decodes and
 //! re-hashes every staged object (deltas against their staged or local bases) before any of it
 //! enters the store, and then goes through the registry's one write path: pending rows, the
 //! objects, and one commit with the checkpoint's row and record. Bases come before what was
@@ -464,7 +465,9 @@ impl Registry {
     ) -> Result<CheckpointRow> {
         let kind = CheckpointKind::parse(&rec.kind)
             .ok_or_else(|| damaged_record(remote.name(), &format!("kind `{}`", rec.kind)))?;
-        let staging = Staging::new(&self.root)?;
+        // Staged under the manifest's id: a pull that was interrupted left what arrived there
+        // (checked again below), and the pull run again fetches only the rest.
+        let staging = Staging::new(&self.root, &manifest_id)?;
         let local = self.backend.clone();
         let stored = |reg: &Self, ids: &[ObjectId]| -> Result<HashSet<ObjectId>> {
             Ok(reg
@@ -477,8 +480,10 @@ impl Registry {
         };
         // The manifest first: it names everything else.
         let mut fetched: Vec<(ObjectId, u64)> = Vec::new();
+        let mut staged: Vec<ObjectId> = Vec::new();
         if !stored(self, &[manifest_id])?.contains(&manifest_id) {
             fetched.extend(staging.fetch(remote, &[manifest_id], progress)?);
+            staged.push(manifest_id);
         }
         let overlay = Overlay {
             first: &staging.backend,
@@ -486,9 +491,9 @@ impl Registry {
         };
         let manifest_bytes = Decoder::open(&overlay, &manifest_id)
             .and_then(|d| d.read_all(&manifest_id))
-            .map_err(|e| remote_damage(remote, &manifest_id, &e.to_string()))?;
+            .map_err(|e| staging.damaged(remote, &manifest_id, &e.to_string()))?;
         let manifest = crate::checkpoint::Manifest::parse(&manifest_bytes)
-            .map_err(|e| remote_damage(remote, &manifest_id, &format!("manifest: {e}")))?;
+            .map_err(|e| staging.damaged(remote, &manifest_id, &format!("manifest: {e}")))?;
         let mut ids: Vec<ObjectId> = manifest.refs().into_iter().map(|(_, id)| id).collect();
         ids.sort();
         ids.dedup();
@@ -501,10 +506,11 @@ impl Registry {
         // Delta bases a staged object needs that neither side has yet, until none is missing.
         while !want.is_empty() {
             fetched.extend(staging.fetch(remote, &want, progress)?);
+            staged.extend(&want);
             let mut bases = Vec::new();
             for id in &want {
                 let header = Decoder::header(&staging.backend, id)
-                    .map_err(|e| remote_damage(remote, id, &e.to_string()))?;
+                    .map_err(|e| staging.damaged(remote, id, &e.to_string()))?;
                 if let Some(b) = header.delta_base
                     && !staging.has(&b)
                     && !stored(self, &[b])?.contains(&b)
@@ -519,12 +525,11 @@ impl Registry {
         // local bases) before any of it enters the store.
         let checked: Vec<ObjectRow> = {
             let results = Mutex::new(Vec::new());
-            let ids: Vec<ObjectId> = fetched.iter().map(|(id, _)| *id).collect();
-            parallel(&ids, |id| {
+            parallel(&staged, |id| {
                 let dec = Decoder::open(&overlay, id)
-                    .map_err(|e| remote_damage(remote, id, &e.to_string()))?;
+                    .map_err(|e| staging.damaged(remote, id, &e.to_string()))?;
                 dec.stream(id, &mut |_| Ok(()))
-                    .map_err(|e| remote_damage(remote, id, &e.to_string()))?;
+                    .map_err(|e| staging.damaged(remote, id, &e.to_string()))?;
                 results
                     .lock()
                     .expect("no panic holding it")
@@ -587,6 +592,7 @@ impl Registry {
             Ok(row) => {
                 report.objects_received += fetched.len();
                 report.bytes_received += fetched.iter().map(|(_, n)| n).sum::<u64>();
+                staging.finish();
                 Ok(row)
             }
             Err(e) => {
@@ -762,21 +768,17 @@ fn parallel<T: Sync>(items: &[T], f: impl Fn(&T) -> Result<()> + Sync) -> Result
     }
 }
 
-/// Objects downloaded for one pull, under `REGISTRY/tmp/pull-…/` (removed when dropped; `gc`
-/// removes it if the process dies).
+/// Objects downloaded for one checkpoint's pull, under `REGISTRY/tmp/pull-<manifest id>/`:
+/// removed once the checkpoint is committed, kept when the pull fails or dies so that the next
+/// pull fetches only the rest (`gc` removes it otherwise).
 struct Staging {
     dir: PathBuf,
     backend: FsBackend,
 }
 
 impl Staging {
-    fn new(root: &Path) -> Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let dir = root
-            .join("tmp")
-            .join(format!("pull-{}-{nanos}", std::process::id()));
+    fn new(root: &Path, manifest: &ObjectId) -> Result<Self> {
+        let dir = root.join("tmp").join(format!("pull-{}", manifest.to_hex()));
         let backend = FsBackend::new(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         Ok(Self { dir, backend })
     }
@@ -842,8 +844,16 @@ impl Staging {
     }
 }
 
-impl Drop for Staging {
-    fn drop(&mut self) {
+impl Staging {
+    /// The error for a staged object that failed its check; the object is dropped from the
+    /// staging area, so the next pull fetches it again.
+    fn damaged(&self, remote: &RemoteStore, id: &ObjectId, problem: &str) -> Error {
+        let _ = self.backend.remove(id);
+        remote_damage(remote, id, problem)
+    }
+
+    /// After the commit: the staging area goes.
+    fn finish(self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
