@@ -79,6 +79,9 @@ pub enum Suite {
     /// `crossmerge train` throughput and peak memory (multilingual-e5-small, UPOS on EWT
     /// train) against transformers + torch on the CPU.
     Train,
+    /// `push` and `pull` of a base and a fine-tune to and from a moto S3 server on loopback
+    /// against `aws s3 cp --recursive` of the same safetensors folders (issue: remotes).
+    Remote,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +119,12 @@ pub struct BenchArgs {
     /// The project's shared data (MiniLM, UD treebanks), for the eval suite.
     #[arg(long, default_value = "../shared")]
     shared: PathBuf,
+    /// moto's `moto_server` and awscli's `aws`, for the remote suite (`pip install
+    /// "moto[server]" awscli`).
+    #[arg(long, default_value = "target/ci-venv/bin/moto_server")]
+    moto: PathBuf,
+    #[arg(long, default_value = "target/ci-venv/bin/aws")]
+    aws: PathBuf,
 }
 
 /// The binary every child process runs, set once by [`bench()`].
@@ -234,6 +243,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if matches!(a.suite, Suite::Train) {
         return bench_train(a);
+    }
+    if matches!(a.suite, Suite::Remote) {
+        return bench_remote(a);
     }
     let spec = FamilySpec::new(shape(&a.shape)?, 1).head_labels(Some(9));
     let family_dir = a.workdir.join(format!("family-{}", a.shape));
@@ -1155,5 +1167,290 @@ fn bench_train(a: &BenchArgs) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// moto's S3 server on a free loopback port with one bucket; stopped when dropped.
+struct MotoServer {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl MotoServer {
+    fn start(exe: &Path, bucket: &str) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting `{}`", exe.display()))?;
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                write!(
+                    s,
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut reply = String::new();
+                let _ = s.read_to_string(&mut reply);
+                if !reply.starts_with("HTTP/1.1 200") {
+                    bail!("moto refused the bucket: {reply}");
+                }
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("moto did not start");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn folder_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        n += e?.metadata()?.len();
+    }
+    Ok(n)
+}
+
+/// `aws s3 cp --recursive FROM TO` against the server: seconds.
+fn aws_cp(aws: &Path, endpoint: &str, from: &str, to: &str) -> anyhow::Result<f64> {
+    settle();
+    let t = Instant::now();
+    let out = Command::new(aws)
+        .args([
+            "s3",
+            "cp",
+            "--recursive",
+            "--only-show-errors",
+            "--endpoint-url",
+            endpoint,
+            from,
+            to,
+        ])
+        .envs(S3_KEYS)
+        .output()
+        .with_context(|| format!("running `{}`", aws.display()))?;
+    if !out.status.success() {
+        bail!("aws s3 cp failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+const S3_KEYS: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "bench"),
+    ("AWS_SECRET_ACCESS_KEY", "bench"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+/// `crossmerge ARGS`, which must succeed.
+fn run_cm(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(crossmerge_exe()?).args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "`crossmerge {args:?}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `crossmerge ARGS --json` with the S3 keys: seconds and the JSON it printed.
+fn timed_json(args: &[&str]) -> anyhow::Result<(f64, serde_json::Value)> {
+    settle();
+    let exe = crossmerge_exe()?;
+    let t = Instant::now();
+    let out = Command::new(exe)
+        .args(args)
+        .arg("--json")
+        .envs(S3_KEYS)
+        .output()?;
+    let s = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "`crossmerge {args:?}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((s, serde_json::from_slice(&out.stdout)?))
+}
+
+#[derive(Serialize)]
+struct RemoteRound {
+    push_base_s: f64,
+    aws_up_base_s: f64,
+    push_ft_s: f64,
+    push_ft_bytes: u64,
+    aws_up_ft_s: f64,
+    pull_base_s: f64,
+    aws_down_base_s: f64,
+    pull_ft_s: f64,
+    pull_ft_bytes: u64,
+    aws_down_ft_s: f64,
+}
+
+/// Push and pull against `aws s3 cp --recursive` of the same folders, on one moto server per
+/// round (a new, empty one each time: moto keeps everything in memory).
+fn bench_remote(a: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let spec = FamilySpec::new(shape(&a.shape)?, 1).head_labels(Some(9));
+    let family_dir = a.workdir.join(format!("family-{}", a.shape));
+    if !family_dir.join("ft-1").is_dir() {
+        eprintln!(
+            "writing the {} family into {}",
+            a.shape,
+            family_dir.display()
+        );
+        write_family(&family_dir, &spec)?;
+    }
+    let base = family_dir.join("base");
+    let ft = family_dir.join("ft-1");
+    let (base_bytes, ft_bytes) = (folder_bytes(&base)?, folder_bytes(&ft)?);
+    let src = a.workdir.join("remote-src").to_string_lossy().into_owned();
+    let (base_s, ft_s) = (base.to_string_lossy(), ft.to_string_lossy());
+    if !Path::new(&src).is_dir() {
+        run_cm(&["--registry", &src, "init"])?;
+        run_cm(&[
+            "--registry",
+            &src,
+            "register",
+            &base_s,
+            "--name",
+            "base",
+            "--kind",
+            "base",
+        ])?;
+        run_cm(&[
+            "--registry",
+            &src,
+            "register",
+            &ft_s,
+            "--name",
+            "ft",
+            "--kind",
+            "task",
+            "--task",
+            "ner",
+            "--base",
+            "base",
+        ])?;
+    }
+    let mut rounds = Vec::new();
+    for round in 0..a.runs {
+        let moto = MotoServer::start(&a.moto, "bench")?;
+        let url = format!("s3://bench/r{round}");
+        let dst = a.workdir.join(format!("remote-dst-{round}"));
+        let down = a.workdir.join(format!("remote-aws-{round}"));
+        let _ = fs::remove_dir_all(&dst);
+        let _ = fs::remove_dir_all(&down);
+        let dst_s = dst.to_string_lossy().into_owned();
+        run_cm(&["--registry", &dst_s, "init"])?;
+        let _ = run_cm(&["--registry", &src, "remote", "remove", "bench"]);
+        for reg in [&src, &dst_s] {
+            run_cm(&[
+                "--registry",
+                reg,
+                "remote",
+                "add",
+                "bench",
+                &url,
+                "--endpoint",
+                &moto.endpoint,
+                "--allow-http",
+            ])?;
+        }
+        // Interleaved: crossmerge, then aws, for each step.
+        let (push_base_s, _) = timed_json(&["--registry", &src, "push", "bench", "base"])?;
+        let aws_up_base_s = aws_cp(
+            &a.aws,
+            &moto.endpoint,
+            &base.to_string_lossy(),
+            &format!("s3://bench/aws{round}/base"),
+        )?;
+        let (push_ft_s, pushed) = timed_json(&["--registry", &src, "push", "bench", "ft"])?;
+        let aws_up_ft_s = aws_cp(
+            &a.aws,
+            &moto.endpoint,
+            &ft.to_string_lossy(),
+            &format!("s3://bench/aws{round}/ft"),
+        )?;
+        let (pull_base_s, _) = timed_json(&["--registry", &dst_s, "pull", "bench", "base"])?;
+        let aws_down_base_s = aws_cp(
+            &a.aws,
+            &moto.endpoint,
+            &format!("s3://bench/aws{round}/base"),
+            &down.join("base").to_string_lossy(),
+        )?;
+        let (pull_ft_s, pulled) = timed_json(&["--registry", &dst_s, "pull", "bench", "ft"])?;
+        let aws_down_ft_s = aws_cp(
+            &a.aws,
+            &moto.endpoint,
+            &format!("s3://bench/aws{round}/ft"),
+            &down.join("ft").to_string_lossy(),
+        )?;
+        let r = RemoteRound {
+            push_base_s,
+            aws_up_base_s,
+            push_ft_s,
+            push_ft_bytes: pushed["bytes_sent"].as_u64().unwrap_or(0),
+            aws_up_ft_s,
+            pull_base_s,
+            aws_down_base_s,
+            pull_ft_s,
+            pull_ft_bytes: pulled["bytes_received"].as_u64().unwrap_or(0),
+            aws_down_ft_s,
+        };
+        eprintln!(
+            "round {}: push base {:.1} s (aws {:.1}), push ft {:.1} s, {} B (aws {:.1} s, {} B), pull base {:.1} s (aws {:.1}), pull ft {:.1} s (aws {:.1})",
+            round + 1,
+            r.push_base_s,
+            r.aws_up_base_s,
+            r.push_ft_s,
+            r.push_ft_bytes,
+            r.aws_up_ft_s,
+            ft_bytes,
+            r.pull_base_s,
+            r.aws_down_base_s,
+            r.pull_ft_s,
+            r.aws_down_ft_s
+        );
+        rounds.push(r);
+        drop(moto);
+        let _ = fs::remove_dir_all(&dst);
+        let _ = fs::remove_dir_all(&down);
+    }
+    let m = |f: &dyn Fn(&RemoteRound) -> f64| median(rounds.iter().map(f).collect());
+    let figures = serde_json::json!({
+        "suite": "remote",
+        "shape": a.shape,
+        "base_bytes": base_bytes,
+        "ft_bytes": ft_bytes,
+        "runs": rounds,
+        "median": {
+            "push_base_speed_vs_aws": m(&|r| r.aws_up_base_s / r.push_base_s),
+            "pull_base_speed_vs_aws": m(&|r| r.aws_down_base_s / r.pull_base_s),
+            "push_ft_time_vs_aws": m(&|r| r.push_ft_s / r.aws_up_ft_s),
+            "pull_ft_time_vs_aws": m(&|r| r.pull_ft_s / r.aws_down_ft_s),
+            "push_ft_bytes_vs_file": m(&|r| r.push_ft_bytes as f64 / ft_bytes as f64),
+            "pull_ft_bytes_vs_file": m(&|r| r.pull_ft_bytes as f64 / ft_bytes as f64),
+            "push_base_mb_s": m(&|r| base_bytes as f64 / 1e6 / r.push_base_s),
+            "aws_up_base_mb_s": m(&|r| base_bytes as f64 / 1e6 / r.aws_up_base_s),
+        },
+    });
+    json(&figures)?;
     Ok(ExitCode::SUCCESS)
 }
