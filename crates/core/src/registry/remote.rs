@@ -22,7 +22,7 @@
 //! objects, and one commit with the checkpoint's row and record. Bases come before what was
 //! made from them; a checkpoint whose content is already here under its name is skipped.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -299,7 +299,10 @@ impl Registry {
             .map(|id| self.backend.open(id).map(|r| r.len()))
             .collect::<io::Result<_>>()
             .map_err(|e| Error::io("reading", self.root.join("objects"), e))?;
-        progress.start("pushing", sizes.iter().sum());
+        progress.start(
+            &format!("push {} objects", missing.len()),
+            sizes.iter().sum(),
+        );
         let backend = self.backend.as_ref();
         let objects = self.root.join("objects");
         parallel(&missing, |id| {
@@ -409,6 +412,12 @@ impl Registry {
             remote: name.to_owned(),
             ..PullReport::default()
         };
+        // One listing gives every object's size (for the progress bar).
+        let sizes: HashMap<ObjectId, u64> = remote
+            .list("objects")?
+            .into_iter()
+            .filter_map(|(k, n)| Some((k.rsplit('/').next().and_then(ObjectId::parse_hex)?, n)))
+            .collect();
         let _lock = self.lock_shared()?;
         for rec in order {
             let manifest_id = ObjectId::parse_hex(&rec.manifest).ok_or_else(|| {
@@ -447,7 +456,15 @@ impl Registry {
                     Some(row.rowid)
                 }
             };
-            let row = self.pull_one(&remote, rec, manifest_id, base, &mut report, progress)?;
+            let row = self.pull_one(
+                &remote,
+                rec,
+                manifest_id,
+                base,
+                &sizes,
+                &mut report,
+                progress,
+            )?;
             report.checkpoints.push(row.reference());
         }
         Ok(report)
@@ -460,6 +477,7 @@ impl Registry {
         rec: &CheckpointRecord,
         manifest_id: ObjectId,
         base: Option<i64>,
+        sizes: &HashMap<ObjectId, u64>,
         report: &mut PullReport,
         progress: &dyn Progress,
     ) -> Result<CheckpointRow> {
@@ -482,7 +500,7 @@ impl Registry {
         let mut fetched: Vec<(ObjectId, u64)> = Vec::new();
         let mut staged: Vec<ObjectId> = Vec::new();
         if !stored(self, &[manifest_id])?.contains(&manifest_id) {
-            fetched.extend(staging.fetch(remote, &[manifest_id], progress)?);
+            fetched.extend(staging.fetch(remote, &[manifest_id], sizes, progress)?);
             staged.push(manifest_id);
         }
         let overlay = Overlay {
@@ -505,7 +523,7 @@ impl Registry {
             .collect();
         // Delta bases a staged object needs that neither side has yet, until none is missing.
         while !want.is_empty() {
-            fetched.extend(staging.fetch(remote, &want, progress)?);
+            fetched.extend(staging.fetch(remote, &want, sizes, progress)?);
             staged.extend(&want);
             let mut bases = Vec::new();
             for id in &want {
@@ -792,11 +810,13 @@ impl Staging {
         &self,
         remote: &RemoteStore,
         ids: &[ObjectId],
+        sizes: &HashMap<ObjectId, u64>,
         progress: &dyn Progress,
     ) -> Result<Vec<(ObjectId, u64)>> {
         let todo: Vec<ObjectId> = ids.iter().filter(|id| !self.has(id)).copied().collect();
         let out = Mutex::new(Vec::new());
-        progress.start("pulling", 0);
+        let total = todo.iter().filter_map(|id| sizes.get(id)).sum();
+        progress.start(&format!("pull {} objects", todo.len()), total);
         parallel(&todo, |id| {
             let mut w = self
                 .backend
