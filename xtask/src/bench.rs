@@ -1320,7 +1320,11 @@ fn bench_remote(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     let base = family_dir.join("base");
     let ft = family_dir.join("ft-1");
     let (base_bytes, ft_bytes) = (folder_bytes(&base)?, folder_bytes(&ft)?);
-    let src = a.workdir.join("remote-src").to_string_lossy().into_owned();
+    let src = a
+        .workdir
+        .join(format!("remote-src-{}", a.shape))
+        .to_string_lossy()
+        .into_owned();
     let (base_s, ft_s) = (base.to_string_lossy(), ft.to_string_lossy());
     if !Path::new(&src).is_dir() {
         run_cm(&["--registry", &src, "init"])?;
