@@ -61,7 +61,9 @@ pub struct TransferArgs {
     pub reg: super::RegistryArg,
     /// The remote (`crossmerge remote list`).
     remote: String,
-    /// Checkpoints: `name`, `name@version` or an id prefix (their bases come along).
+    /// Checkpoints (`name`, `name@version` or an id prefix; their bases come along) or vectors
+    /// (`name`, `name@version`; their two checkpoints come along, and a pulled vector is
+    /// derived again from them).
     #[arg(required = true)]
     references: Vec<String>,
     /// Print JSON (for scripts) instead of text.
@@ -140,8 +142,13 @@ pub fn push(ctx: &Context, a: &TransferArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         output::json(&r)?;
     } else {
+        let vectors = if r.vectors.is_empty() {
+            String::new()
+        } else {
+            format!(" and vectors {}", r.vectors.join(", "))
+        };
         println!(
-            "pushed {} to {}: {} objects sent ({}), {} already there, {} records",
+            "pushed {}{vectors} to {}: {} objects sent ({}), {} already there, {} records",
             r.checkpoints.join(", "),
             r.remote,
             r.objects_sent,
@@ -159,8 +166,13 @@ pub fn pull(ctx: &Context, a: &TransferArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         output::json(&r)?;
     } else {
+        let vectors = if r.vectors.is_empty() {
+            String::new()
+        } else {
+            format!(" and vectors {}", r.vectors.join(", "))
+        };
         println!(
-            "pulled {} from {}: {} objects received ({}), {} already here",
+            "pulled {}{vectors} from {}: {} objects received ({}), {} already here",
             r.checkpoints.join(", "),
             r.remote,
             r.objects_received,
@@ -178,6 +190,7 @@ pub fn ls_remote(ctx: &Context, a: &LsRemoteArgs) -> anyhow::Result<ExitCode> {
         output::json(&rows)?;
     } else {
         let table: Vec<Vec<String>> = rows
+            .checkpoints
             .iter()
             .map(|r| {
                 vec![
@@ -194,6 +207,22 @@ pub fn ls_remote(ctx: &Context, a: &LsRemoteArgs) -> anyhow::Result<ExitCode> {
             &["checkpoint", "kind", "id", "base", "language", "task"],
             &table,
         )?;
+        if !rows.vectors.is_empty() {
+            println!();
+            let table: Vec<Vec<String>> = rows
+                .vectors
+                .iter()
+                .map(|v| {
+                    vec![
+                        format!("{}@{}", v.name, v.version),
+                        v.kind.clone(),
+                        v.from.clone(),
+                        v.minus.clone(),
+                    ]
+                })
+                .collect();
+            output::table(&["vector", "kind", "from", "minus"], &table)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

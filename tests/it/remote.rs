@@ -54,6 +54,21 @@ impl Source {
         )
         .assert()
         .success();
+        cm(
+            &reg,
+            &[
+                "derive",
+                "task",
+                "--from",
+                "ner-en",
+                "--name",
+                "ner-vec",
+                "--exclude",
+                "*.LayerNorm.*",
+            ],
+        )
+        .assert()
+        .success();
         Self {
             _dir: dir,
             root,
@@ -115,7 +130,7 @@ fn round_trip(s: &Source, url: &str, add: &[&str], env: &[(&str, &str)]) {
     cm(&dst, &["init"]).assert().success();
     cm(&dst, &args).assert().success();
     let listed = with(&dst, &["ls-remote", "origin", "--json"]);
-    let names: Vec<&str> = listed
+    let names: Vec<&str> = listed["checkpoints"]
         .as_array()
         .unwrap()
         .iter()
@@ -159,6 +174,22 @@ fn round_trip(s: &Source, url: &str, add: &[&str], env: &[(&str, &str)]) {
     );
     assert_verify_clean(&s.reg);
     assert_verify_clean(&dst);
+    // A vector travels as its definition with its checkpoints and is derived again here.
+    let pushed = with(&s.reg, &["push", "origin", "ner-vec", "--json"]);
+    assert_eq!(pushed["vectors"], serde_json::json!(["ner-vec@1"]));
+    assert_eq!(
+        pushed["objects_sent"], 0,
+        "its checkpoints are there already"
+    );
+    let listed = with(&dst, &["ls-remote", "origin", "--json"]);
+    assert_eq!(listed["vectors"][0]["name"], "ner-vec");
+    let pulled = with(&dst, &["pull", "origin", "ner-vec", "--json"]);
+    assert_eq!(pulled["vectors"], serde_json::json!(["ner-vec@1"]));
+    let a = &with(&s.reg, &["show", "ner-vec", "--json"])["vector"];
+    let b = &with(&dst, &["show", "ner-vec", "--json"])["vector"];
+    for k in ["definition", "l2_norm", "tensor_count", "exclude", "kind"] {
+        assert_eq!(a[k], b[k], "{k}: {a} / {b}");
+    }
     // Pulling again moves nothing.
     let again = with(&dst, &["pull", "origin", "ner-en", "--json"]);
     assert_eq!(again["objects_received"], 0);

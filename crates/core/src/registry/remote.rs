@@ -7,7 +7,12 @@
 //! PREFIX/FORMAT                           "crossmerge remote v1"
 //! PREFIX/objects/ab/<hex>                 object files, byte for byte as a registry stores them
 //! PREFIX/records/checkpoints/<hex>.json   checkpoint records (§10's JSON); hex = its blob id
+//! PREFIX/records/vectors/<hex>.json       vector definitions (kind, from, minus, filters)
 //! ```
+//!
+//! A vector travels as its definition with its two checkpoints: pulled, it is derived again
+//! here from them (a vector is defined by its inputs, §7) and must come out with the same
+//! definition hash.
 //!
 //! Push uploads the objects the remote lacks (one listing says which), then the records, so a
 //! record on the remote means its objects are there; everything is content-addressed, so
@@ -31,9 +36,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use super::records::{BaseRef, CheckpointRecord, MergeRecord, RECORD_FORMAT};
-use super::{Progress, Registry};
+use super::{DeriveOptions, Progress, Registry};
 use crate::catalog::{
-    CheckpointFilter, CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge, ObjectRow,
+    CheckpointFilter, CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge, ObjectRow, VectorKind,
 };
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
@@ -44,6 +49,8 @@ use crate::store::{Backend, FsBackend, ObjectReader, ObjectWriter};
 /// First line of a remote's `FORMAT`.
 pub const REMOTE_FORMAT: &str = "crossmerge remote v1";
 const RECORDS: &str = "records/checkpoints";
+const VECTOR_RECORDS: &str = "records/vectors";
+pub const VECTOR_RECORD_FORMAT: &str = "crossmerge.vector-record.v1";
 /// Transfers at once.
 const TRANSFERS: usize = 8;
 
@@ -58,6 +65,8 @@ pub struct PushReport {
     /// Objects the remote had already.
     pub objects_present: usize,
     pub records_sent: usize,
+    /// Vectors pushed (their definitions; their checkpoints are in `checkpoints`).
+    pub vectors: Vec<String>,
 }
 
 /// What `pull` did.
@@ -70,6 +79,8 @@ pub struct PullReport {
     pub present: Vec<String>,
     pub objects_received: usize,
     pub bytes_received: u64,
+    /// Vectors derived here from their pulled checkpoints, as named here.
+    pub vectors: Vec<String>,
 }
 
 /// A checkpoint on a remote, as `ls-remote` lists it.
@@ -85,6 +96,41 @@ pub struct RemoteCheckpoint {
     pub created_at: String,
     /// The record's key under `records/checkpoints/`.
     pub record: String,
+}
+
+/// A vector on a remote, as `ls-remote` lists it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteVector {
+    pub name: String,
+    pub version: u32,
+    pub kind: String,
+    pub from: String,
+    pub minus: String,
+    pub definition: String,
+    pub record: String,
+}
+
+/// What a remote holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct RemoteListing {
+    pub checkpoints: Vec<RemoteCheckpoint>,
+    pub vectors: Vec<RemoteVector>,
+}
+
+/// A vector's definition on a remote.
+#[derive(Clone, Debug, serde::Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct VectorRecord {
+    format: String,
+    name: String,
+    version: u32,
+    kind: String,
+    from: BaseRef,
+    minus: BaseRef,
+    include: Vec<String>,
+    exclude: Vec<String>,
+    definition: String,
+    created_at: String,
 }
 
 /// The registry's remotes, kept in `REGISTRY/remotes.toml` (names and URLs; never
@@ -206,10 +252,10 @@ impl Registry {
     }
 
     /// The checkpoints on remote `name`.
-    pub fn ls_remote(&self, name: &str) -> Result<Vec<RemoteCheckpoint>> {
+    pub fn ls_remote(&self, name: &str) -> Result<RemoteListing> {
         let remote = self.open_remote(name)?;
         expect_registry(&remote)?;
-        let mut out: Vec<RemoteCheckpoint> = remote_records(&remote)?
+        let mut out: Vec<RemoteCheckpoint> = remote_records::<CheckpointRecord>(&remote, RECORDS)?
             .into_iter()
             .map(|(key, r)| RemoteCheckpoint {
                 name: r.name,
@@ -224,7 +270,24 @@ impl Registry {
             })
             .collect();
         out.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
-        Ok(out)
+        let mut vectors: Vec<RemoteVector> =
+            remote_records::<VectorRecord>(&remote, VECTOR_RECORDS)?
+                .into_iter()
+                .map(|(key, v)| RemoteVector {
+                    name: v.name,
+                    version: v.version,
+                    kind: v.kind,
+                    from: format!("{}@{}", v.from.name, v.from.version),
+                    minus: format!("{}@{}", v.minus.name, v.minus.version),
+                    definition: v.definition,
+                    record: key,
+                })
+                .collect();
+        vectors.sort_by(|a, b| (&a.name, a.version).cmp(&(&b.name, b.version)));
+        Ok(RemoteListing {
+            checkpoints: out,
+            vectors,
+        })
     }
 
     /// Pushes `references` (and the bases they need) to remote `name`.
@@ -237,7 +300,21 @@ impl Registry {
         let remote = self.open_remote(name)?;
         // Everything is resolved before the remote is contacted.
         let mut order: Vec<CheckpointRow> = Vec::new();
+        let mut vectors: Vec<crate::catalog::VectorRow> = Vec::new();
+        let mut roots: Vec<String> = Vec::new();
         for r in references {
+            match self.resolve(r) {
+                Ok(_) => roots.push(r.clone()),
+                Err(e @ Error::NotFound { .. }) => {
+                    let v = self.resolve_vector(r).map_err(|_| e)?;
+                    roots.push(v.from.clone());
+                    roots.push(v.minus.clone());
+                    vectors.push(v);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for r in &roots {
             let mut chain = vec![self.resolve(r)?];
             while let Some(base) = chain.last().and_then(|c| c.base.clone()) {
                 chain.push(self.resolve(&base)?);
@@ -258,6 +335,11 @@ impl Registry {
             .filter_map(|(k, _)| k.rsplit('/').next().and_then(ObjectId::parse_hex))
             .collect();
         let records: HashSet<String> = remote.list(RECORDS)?.into_iter().map(|(k, _)| k).collect();
+        let vector_records: HashSet<String> = remote
+            .list(VECTOR_RECORDS)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         let mut report = PushReport {
             remote: name.to_owned(),
             ..PushReport::default()
@@ -330,6 +412,38 @@ impl Registry {
             }
             report.checkpoints.push(row.reference());
         }
+        for v in &vectors {
+            let side = |r: &str| -> Result<BaseRef> {
+                let row = self.resolve(r)?;
+                Ok(BaseRef {
+                    name: row.name,
+                    version: row.version,
+                    manifest: row.manifest_id.to_hex(),
+                })
+            };
+            let record = VectorRecord {
+                format: VECTOR_RECORD_FORMAT.to_owned(),
+                name: v.name.clone(),
+                version: v.version,
+                kind: v.kind.as_str().to_owned(),
+                from: side(&v.from)?,
+                minus: side(&v.minus)?,
+                include: v.include.clone(),
+                exclude: v.exclude.clone(),
+                definition: v.definition.to_hex(),
+                created_at: v.created_at.clone(),
+            };
+            let bytes = serde_json::to_vec(&record).expect("a record serialises");
+            let key = format!(
+                "{}.json",
+                codec::content_id(ObjectKind::Blob, &[], &bytes).to_hex()
+            );
+            if !vector_records.contains(&key) {
+                remote.put(&format!("{VECTOR_RECORDS}/{key}"), bytes)?;
+                report.records_sent += 1;
+            }
+            report.vectors.push(v.reference());
+        }
         Ok(report)
     }
 
@@ -375,31 +489,51 @@ impl Registry {
     ) -> Result<PullReport> {
         let remote = self.open_remote(name)?;
         expect_registry(&remote)?;
-        let records: Vec<CheckpointRecord> = remote_records(&remote)?
+        let records: Vec<CheckpointRecord> = remote_records(&remote, RECORDS)?
             .into_iter()
             .map(|(_, r)| r)
             .collect();
+        let vector_records: Vec<VectorRecord> = remote_records(&remote, VECTOR_RECORDS)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        // The record a base (or a vector's side) names: by name, version and manifest, else by
+        // manifest alone.
+        let by_ref = |b: &BaseRef, what: &str| -> Result<&CheckpointRecord> {
+            records
+                .iter()
+                .find(|x| x.name == b.name && x.version == b.version && x.manifest == b.manifest)
+                .or_else(|| records.iter().find(|x| x.manifest == b.manifest))
+                .ok_or_else(|| Error::Remote {
+                    remote: name.to_owned(),
+                    message: format!(
+                        "{what} needs `{}@{}`, which the remote does not hold",
+                        b.name, b.version
+                    ),
+                    hint: "push it to the remote from a registry that has it".to_owned(),
+                })
+        };
         let mut order: Vec<&CheckpointRecord> = Vec::new();
+        let mut wanted_vectors: Vec<&VectorRecord> = Vec::new();
+        let mut roots: Vec<&CheckpointRecord> = Vec::new();
         for r in references {
-            let mut chain = vec![find_record(&records, r, name)?];
+            match find_record(&records, r, name) {
+                Ok(rec) => roots.push(rec),
+                Err(e @ Error::NotFound { .. }) => {
+                    let v = find_vector(&vector_records, r).ok_or(e)?;
+                    let what = format!("vector `{}@{}`", v.name, v.version);
+                    roots.push(by_ref(&v.from, &what)?);
+                    roots.push(by_ref(&v.minus, &what)?);
+                    wanted_vectors.push(v);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for root in roots {
+            let mut chain = vec![root];
             while let Some(b) = chain.last().and_then(|c| c.base.as_ref()) {
-                let base = records
-                    .iter()
-                    .find(|x| {
-                        x.name == b.name && x.version == b.version && x.manifest == b.manifest
-                    })
-                    .or_else(|| records.iter().find(|x| x.manifest == b.manifest))
-                    .ok_or_else(|| Error::Remote {
-                        remote: name.to_owned(),
-                        message: format!(
-                            "`{}@{}` is built on `{}@{}`, which the remote does not hold",
-                            chain[chain.len() - 1].name,
-                            chain[chain.len() - 1].version,
-                            b.name,
-                            b.version
-                        ),
-                        hint: "push the base to the remote from a registry that has it".to_owned(),
-                    })?;
+                let last = chain[chain.len() - 1];
+                let base = by_ref(b, &format!("`{}@{}`", last.name, last.version))?;
                 chain.push(base);
             }
             for rec in chain.into_iter().rev() {
@@ -418,7 +552,7 @@ impl Registry {
             .into_iter()
             .filter_map(|(k, n)| Some((k.rsplit('/').next().and_then(ObjectId::parse_hex)?, n)))
             .collect();
-        let _lock = self.lock_shared()?;
+        let lock = self.lock_shared()?;
         for rec in order {
             let manifest_id = ObjectId::parse_hex(&rec.manifest).ok_or_else(|| {
                 damaged_record(
@@ -467,7 +601,58 @@ impl Registry {
             )?;
             report.checkpoints.push(row.reference());
         }
+        drop(lock);
+        for v in wanted_vectors {
+            let d = self.derive_pulled(v, name)?;
+            report.vectors.push(d);
+        }
         Ok(report)
+    }
+
+    /// Derives pulled vector `v` from its checkpoints (here now) and checks its definition.
+    fn derive_pulled(&mut self, v: &VectorRecord, remote: &str) -> Result<String> {
+        let kind = VectorKind::parse(&v.kind)
+            .ok_or_else(|| damaged_record(remote, &format!("vector kind `{}`", v.kind)))?;
+        let local = self.catalog.checkpoints(&CheckpointFilter::default())?;
+        let side = |b: &BaseRef| -> Result<String> {
+            let m = ObjectId::parse_hex(&b.manifest)
+                .ok_or_else(|| damaged_record(remote, &format!("vector `{}`'s inputs", v.name)))?;
+            local
+                .iter()
+                .rev()
+                .find(|c| c.manifest_id == m && c.name == b.name)
+                .or_else(|| local.iter().rev().find(|c| c.manifest_id == m))
+                .map(CheckpointRow::reference)
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("`{}@{}` was not pulled", b.name, b.version),
+                        "report this: a vector's checkpoints are pulled first",
+                    )
+                })
+        };
+        let mut opts =
+            DeriveOptions::new(kind, v.name.clone(), side(&v.from)?).minus(side(&v.minus)?);
+        for g in &v.include {
+            opts = opts.include(g.clone());
+        }
+        for g in &v.exclude {
+            opts = opts.exclude(g.clone());
+        }
+        let d = self.derive(&opts, &super::NoProgress)?;
+        if d.vector.definition.to_hex() != v.definition {
+            return Err(Error::Remote {
+                remote: remote.to_owned(),
+                message: format!(
+                    "vector `{}` derives here as definition {}, the remote's record says {}",
+                    v.name,
+                    d.vector.definition,
+                    &v.definition[..v.definition.len().min(12)]
+                ),
+                hint: "the record or its checkpoints differ from what was pushed; push the vector again"
+                    .to_owned(),
+            });
+        }
+        Ok(d.vector.reference())
     }
 
     /// Stages, checks and commits one checkpoint's missing objects and its row.
@@ -680,13 +865,16 @@ fn expect_registry(remote: &RemoteStore) -> Result<()> {
     }
 }
 
-/// Every checkpoint record on the remote, checked against its key: (key, record).
-fn remote_records(remote: &RemoteStore) -> Result<Vec<(String, CheckpointRecord)>> {
-    let keys = remote.list(RECORDS)?;
+/// Every record under `dir` on the remote, checked against its key: (key, record).
+fn remote_records<T: serde::de::DeserializeOwned + Send>(
+    remote: &RemoteStore,
+    dir: &str,
+) -> Result<Vec<(String, T)>> {
+    let keys = remote.list(dir)?;
     let out = Mutex::new(Vec::new());
     let names: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
     parallel(&names, |key| {
-        let Some(bytes) = remote.get(&format!("{RECORDS}/{key}"))? else {
+        let Some(bytes) = remote.get(&format!("{dir}/{key}"))? else {
             return Ok(()); // removed since the listing
         };
         let id = codec::content_id(ObjectKind::Blob, &[], &bytes);
@@ -696,7 +884,7 @@ fn remote_records(remote: &RemoteStore) -> Result<Vec<(String, CheckpointRecord)
                 &format!("`{key}` does not hash to its name"),
             ));
         }
-        let rec: CheckpointRecord = serde_json::from_slice(&bytes)
+        let rec: T = serde_json::from_slice(&bytes)
             .map_err(|e| damaged_record(remote.name(), &format!("`{key}`: {e}")))?;
         out.lock()
             .expect("no panic holding it")
@@ -706,6 +894,18 @@ fn remote_records(remote: &RemoteStore) -> Result<Vec<(String, CheckpointRecord)
     let mut out = out.into_inner().expect("no panic holding it");
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// The vector record `reference` (`name` or `name@version`) names: the latest version.
+fn find_vector<'a>(records: &'a [VectorRecord], reference: &str) -> Option<&'a VectorRecord> {
+    let (name, version) = match reference.rsplit_once('@') {
+        Some((n, v)) => (n, v.parse::<u32>().ok()),
+        None => (reference, None),
+    };
+    records
+        .iter()
+        .filter(|r| r.name == name && version.is_none_or(|v| r.version == v))
+        .max_by_key(|r| (r.version, r.created_at.clone()))
 }
 
 /// The record `reference` names: `name` (its latest version), `name@version`, or a prefix (6+
