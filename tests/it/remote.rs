@@ -731,3 +731,131 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
         .success();
     assert_verify_clean(&again);
 }
+
+/// MiniLM's folder with every F32 tensor nudged in its lowest mantissa bits (a fine-tune as
+/// far as storage goes: the same names, shapes and nearly the same values).
+fn minilm_fine_tune(minilm: &Path, out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    let tensors = crate::common::read_safetensors(&minilm.join("model.safetensors"));
+    let mut written = Vec::new();
+    for (i, (name, (dtype, shape, mut bytes))) in tensors.into_iter().enumerate() {
+        if dtype == "F32" {
+            for (j, b) in bytes.iter_mut().step_by(4).enumerate() {
+                *b ^= ((i * 7 + j * 13) % 5) as u8;
+            }
+        }
+        let dtype = crossmerge::Dtype::from_name(&dtype).unwrap();
+        written.push((name, dtype, shape, bytes));
+    }
+    let refs: Vec<(&str, crossmerge::Dtype, Vec<u64>, Vec<u8>)> = written
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.clone(), b.clone()))
+        .collect();
+    crate::common::write_safetensors(&out.join("model.safetensors"), &refs);
+    for f in MINILM_FILES {
+        std::fs::copy(minilm.join(f), out.join(f)).unwrap();
+    }
+}
+
+const MINILM_FILES: [&str; 5] = [
+    "config.json",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+#[test]
+fn the_shared_minilm_and_a_fine_tune_round_trip_bit_for_bit() {
+    let shared = crate::common::require_shared!();
+    let minilm = crate::common::minilm(&shared);
+    let dir = tempfile::tempdir().unwrap();
+    let ft = dir.path().join("minilm-ft");
+    minilm_fine_tune(&minilm, &ft);
+    let src = dir.path().join("src");
+    cm(
+        &src,
+        &[
+            "register",
+            minilm.to_str().unwrap(),
+            "--name",
+            "minilm",
+            "--kind",
+            "base",
+        ],
+    )
+    .assert()
+    .success();
+    cm(
+        &src,
+        &[
+            "register",
+            ft.to_str().unwrap(),
+            "--name",
+            "minilm-ft",
+            "--kind",
+            "task",
+            "--task",
+            "pos",
+            "--base",
+            "minilm",
+        ],
+    )
+    .assert()
+    .success();
+    let moto = Moto::start();
+    let mut remotes = vec![(
+        "folder",
+        format!("file://{}", dir.path().join("remote").display()),
+        Vec::new(),
+    )];
+    match &moto {
+        Some(m) => remotes.push((
+            "s3",
+            "s3://crossmerge-test/minilm".to_owned(),
+            vec![
+                "--endpoint".to_owned(),
+                m.endpoint(),
+                "--allow-http".to_owned(),
+            ],
+        )),
+        None => skipped(
+            "remote::the_shared_minilm_and_a_fine_tune_round_trip_bit_for_bit (S3 half)",
+            "moto_server is not installed beside $CROSSMERGE_PYTHON or on PATH",
+        ),
+    }
+    for (name, url, extra) in &remotes {
+        let mut add = vec!["remote", "add", name, url.as_str()];
+        add.extend(extra.iter().map(String::as_str));
+        cm(&src, &add).assert().success();
+        with_keys(cm(&src, &["push", name, "minilm-ft"]))
+            .assert()
+            .success();
+        let dst = dir.path().join(format!("dst-{name}"));
+        cm(&dst, &["init"]).assert().success();
+        cm(&dst, &add).assert().success();
+        with_keys(cm(&dst, &["pull", name, "minilm-ft"]))
+            .assert()
+            .success();
+        for (reference, folder) in [("minilm", &minilm), ("minilm-ft", &ft)] {
+            let out = dir.path().join(format!("exp-{name}-{reference}"));
+            cm(&dst, &["export", reference, "--out", out.to_str().unwrap()])
+                .assert()
+                .success();
+            assert_eq!(
+                read_model_tensors(&out),
+                read_model_tensors(folder),
+                "{reference} through {name}"
+            );
+            for f in MINILM_FILES {
+                assert_eq!(
+                    std::fs::read(folder.join(f)).unwrap(),
+                    std::fs::read(out.join(f)).unwrap(),
+                    "{reference}/{f} through {name}"
+                );
+            }
+        }
+        assert_verify_clean(&dst);
+    }
+    assert_verify_clean(&src);
+}
