@@ -52,6 +52,7 @@ pub struct RemoteListArgs {
 pub struct RemoteRemoveArgs {
     #[command(flatten)]
     pub reg: super::RegistryArg,
+    /// The remote to forget.
     name: String,
 }
 
@@ -75,6 +76,7 @@ pub struct TransferArgs {
 pub struct LsRemoteArgs {
     #[command(flatten)]
     pub reg: super::RegistryArg,
+    /// The remote (`crossmerge remote list`).
     remote: String,
     /// Print JSON (for scripts) instead of text.
     #[arg(long)]

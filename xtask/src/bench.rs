@@ -123,6 +123,7 @@ pub struct BenchArgs {
     /// "moto[server]" awscli`).
     #[arg(long, default_value = "target/ci-venv/bin/moto_server")]
     moto: PathBuf,
+    /// awscli's `aws`, for the remote suite.
     #[arg(long, default_value = "target/ci-venv/bin/aws")]
     aws: PathBuf,
 }
