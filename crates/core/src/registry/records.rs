@@ -71,6 +71,45 @@ pub(crate) struct MergeRecord {
     pub(crate) inputs: Vec<String>,
 }
 
+impl CheckpointRecord {
+    /// The row this record describes, for `manifest` (stored as `manifest_id`) on `base` (a
+    /// row of the catalog it goes into).
+    pub(crate) fn new_checkpoint(
+        &self,
+        kind: CheckpointKind,
+        manifest_id: ObjectId,
+        manifest: &Manifest,
+        base: Option<i64>,
+    ) -> NewCheckpoint {
+        NewCheckpoint {
+            name: self.name.clone(),
+            kind,
+            manifest_id,
+            architecture: self.architecture.clone(),
+            base,
+            language: self.language.clone(),
+            task: self.task.clone(),
+            source_path: self.source_path.clone(),
+            tensor_count: manifest.tensors.len() as u64,
+            parameters: manifest.parameters(),
+            logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
+            tags: self.tags.clone(),
+        }
+    }
+
+    /// The merge provenance this record carries.
+    pub(crate) fn new_merge(&self) -> Option<NewMerge> {
+        self.merge.as_ref().map(|m| NewMerge {
+            recipe_hash: m.recipe_hash.clone(),
+            method: m.method.clone(),
+            recipe_canonical: m.recipe_canonical.clone(),
+            recipe_source: m.recipe_source.clone(),
+            recipe_path: m.recipe_path.clone(),
+            inputs: m.inputs.clone(),
+        })
+    }
+}
+
 impl Registry {
     /// The last step of every checkpoint write: its record object, then one catalog
     /// transaction (objects stored, references, the row, merge provenance).
@@ -359,28 +398,8 @@ fn recover_into(
             .base
             .as_ref()
             .and_then(|b| by_ref.get(&(b.name.clone(), b.version)).copied());
-        let new = NewCheckpoint {
-            name: r.name.clone(),
-            kind,
-            manifest_id,
-            architecture: r.architecture.clone(),
-            base,
-            language: r.language.clone(),
-            task: r.task.clone(),
-            source_path: r.source_path.clone(),
-            tensor_count: manifest.tensors.len() as u64,
-            parameters: manifest.parameters(),
-            logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
-            tags: r.tags.clone(),
-        };
-        let merge = r.merge.as_ref().map(|m| NewMerge {
-            recipe_hash: m.recipe_hash.clone(),
-            method: m.method.clone(),
-            recipe_canonical: m.recipe_canonical.clone(),
-            recipe_source: m.recipe_source.clone(),
-            recipe_path: m.recipe_path.clone(),
-            inputs: m.inputs.clone(),
-        });
+        let new = r.new_checkpoint(kind, manifest_id, manifest, base);
+        let merge = r.new_merge();
         let rec = RecordRef {
             id: *record_id,
             version,

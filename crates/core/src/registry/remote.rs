@@ -37,9 +37,7 @@ use serde::Serialize;
 
 use super::records::{BaseRef, CheckpointRecord, MergeRecord, RECORD_FORMAT};
 use super::{DeriveOptions, Progress, Registry};
-use crate::catalog::{
-    CheckpointFilter, CheckpointKind, CheckpointRow, NewCheckpoint, NewMerge, ObjectRow, VectorKind,
-};
+use crate::catalog::{CheckpointFilter, CheckpointKind, CheckpointRow, ObjectRow, VectorKind};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::store::codec::{self, Decoder, ObjectKind};
@@ -759,28 +757,8 @@ impl Registry {
                 let size = staging.move_into(local.as_ref(), &r.id, &self.root)?;
                 sizes.push((r.id, size));
             }
-            let new = NewCheckpoint {
-                name: rec.name.clone(),
-                kind,
-                manifest_id,
-                architecture: rec.architecture.clone(),
-                base,
-                language: rec.language.clone(),
-                task: rec.task.clone(),
-                source_path: rec.source_path.clone(),
-                tensor_count: manifest.tensors.len() as u64,
-                parameters: manifest.parameters(),
-                logical_size: manifest.tensor_bytes() + manifest.file_bytes(),
-                tags: rec.tags.clone(),
-            };
-            let merge = rec.merge.as_ref().map(|m| NewMerge {
-                recipe_hash: m.recipe_hash.clone(),
-                method: m.method.clone(),
-                recipe_canonical: m.recipe_canonical.clone(),
-                recipe_source: m.recipe_source.clone(),
-                recipe_path: m.recipe_path.clone(),
-                inputs: m.inputs.clone(),
-            });
+            let new = rec.new_checkpoint(kind, manifest_id, &manifest, base);
+            let merge = rec.new_merge();
             let (row, _) = self.commit_checkpoint(
                 &sizes,
                 &manifest.refs(),
