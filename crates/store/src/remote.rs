@@ -8,9 +8,7 @@
 //! names them. Transient failures (5xx, timeouts, dropped connections) are retried with
 //! exponential back-off by `object_store`'s client.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::path::Path;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,18 +182,8 @@ impl RemoteStore {
 
     /// The bytes at `key`, or `None` when it does not exist.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.runtime.block_on(async {
-            match self.store.get(&self.key(key)).await {
-                Ok(r) => Ok(Some(
-                    r.bytes()
-                        .await
-                        .map_err(|e| self.error(&format!("reading {key}"), &e))?
-                        .to_vec(),
-                )),
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(self.error(&format!("reading {key}"), &e)),
-            }
-        })
+        let mut bytes = Vec::new();
+        Ok(self.get_into(key, &mut bytes)?.map(|_| bytes))
     }
 
     /// Streams `key` into `out`; its length, or `None` when it does not exist.
@@ -227,50 +215,6 @@ impl RemoteStore {
                 .await
                 .map(|_| ())
                 .map_err(|e| self.error(&format!("writing {key}"), &e))
-        })
-    }
-
-    /// Uploads the file at `path` to `key`, in parts when it is large; its size.
-    pub fn put_file(&self, key: &str, path: &Path) -> Result<u64> {
-        let mut file = File::open(path).map_err(|e| Error::io("reading", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| Error::io("reading", path, e))?
-            .len();
-        if len as usize <= PART {
-            let mut bytes = Vec::with_capacity(len as usize);
-            file.read_to_end(&mut bytes)
-                .map_err(|e| Error::io("reading", path, e))?;
-            self.put(key, bytes)?;
-            return Ok(len);
-        }
-        let target = self.key(key);
-        self.runtime.block_on(async {
-            let upload = self
-                .store
-                .put_multipart(&target)
-                .await
-                .map_err(|e| self.error(&format!("writing {key}"), &e))?;
-            let mut parts = object_store::WriteMultipart::new_with_chunk_size(upload, PART);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = file
-                    .read(&mut buf)
-                    .map_err(|e| Error::io("reading", path, e))?;
-                if n == 0 {
-                    break;
-                }
-                parts
-                    .wait_for_capacity(4)
-                    .await
-                    .map_err(|e| self.error(&format!("writing {key}"), &e))?;
-                parts.write(&buf[..n]);
-            }
-            parts
-                .finish()
-                .await
-                .map_err(|e| self.error(&format!("writing {key}"), &e))?;
-            Ok(len)
         })
     }
 
@@ -416,6 +360,19 @@ fn remote_error(remote: &str, what: &str, e: &object_store::Error) -> Error {
 mod tests {
     use super::*;
 
+    struct Bytes(Vec<u8>);
+
+    impl crate::ObjectReader for Bytes {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+            let at = usize::try_from(offset).unwrap();
+            buf.copy_from_slice(&self.0[at..at + buf.len()]);
+            Ok(())
+        }
+    }
+
     #[test]
     fn urls_are_checked_before_anything_is_contacted() {
         assert!(check_url("s3://my-bucket/some/prefix").is_ok());
@@ -449,9 +406,7 @@ mod tests {
         r.put("records/y.json", b"{}".to_vec()).unwrap();
         assert_eq!(r.get("objects/ab/x").unwrap().unwrap(), b"hello");
         assert_eq!(r.list("objects").unwrap(), vec![("ab/x".to_owned(), 5)]);
-        let big = dir.path().join("big");
         let data: Vec<u8> = (0..(PART + 12345)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&big, &data).unwrap();
         let up = tempfile::tempdir().unwrap();
         let r2 = RemoteStore::open(&RemoteConfig {
             name: "other".into(),
@@ -460,8 +415,10 @@ mod tests {
             allow_http: false,
         })
         .unwrap();
+        // Larger than a part: uploaded in parts.
         assert_eq!(
-            r2.put_file("objects/cd/big", &big).unwrap(),
+            r2.put_reader("objects/cd/big", &Bytes(data.clone()))
+                .unwrap(),
             data.len() as u64
         );
         let mut back = Vec::new();
