@@ -566,6 +566,8 @@ impl Registry {
             {
                 report.checkpoints.push(row.reference());
                 report.present.push(row.reference());
+                // A pull killed between its commit and its clean-up left the staging behind.
+                let _ = std::fs::remove_dir_all(staging_dir(&self.root, &manifest_id));
                 continue;
             }
             let base = match &rec.base {
@@ -972,9 +974,14 @@ struct Staging {
     backend: FsBackend,
 }
 
+/// Where the objects of `manifest`'s pull are staged.
+fn staging_dir(root: &Path, manifest: &ObjectId) -> PathBuf {
+    root.join("tmp").join(format!("pull-{}", manifest.to_hex()))
+}
+
 impl Staging {
     fn new(root: &Path, manifest: &ObjectId) -> Result<Self> {
-        let dir = root.join("tmp").join(format!("pull-{}", manifest.to_hex()));
+        let dir = staging_dir(root, manifest);
         let backend = FsBackend::new(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         Ok(Self { dir, backend })
     }
