@@ -144,11 +144,7 @@ pub fn push(ctx: &Context, a: &TransferArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         output::json(&r)?;
     } else {
-        let vectors = if r.vectors.is_empty() {
-            String::new()
-        } else {
-            format!(" and vectors {}", r.vectors.join(", "))
-        };
+        let vectors = and_vectors(&r.vectors);
         println!(
             "pushed {}{vectors} to {}: {} objects sent ({}), {} already there, {} records",
             r.checkpoints.join(", "),
@@ -168,11 +164,7 @@ pub fn pull(ctx: &Context, a: &TransferArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         output::json(&r)?;
     } else {
-        let vectors = if r.vectors.is_empty() {
-            String::new()
-        } else {
-            format!(" and vectors {}", r.vectors.join(", "))
-        };
+        let vectors = and_vectors(&r.vectors);
         println!(
             "pulled {}{vectors} from {}: {} objects received ({}), {} already here",
             r.checkpoints.join(", "),
@@ -227,4 +219,13 @@ pub fn ls_remote(ctx: &Context, a: &LsRemoteArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// ` and vectors a@1, b@2`, or nothing.
+fn and_vectors(vectors: &[String]) -> String {
+    if vectors.is_empty() {
+        String::new()
+    } else {
+        format!(" and vectors {}", vectors.join(", "))
+    }
 }

@@ -479,6 +479,24 @@ fn with_keys(mut c: assert_cmd::Command) -> assert_cmd::Command {
     c
 }
 
+/// `remote add s3 URL --endpoint ENDPOINT --allow-http` in `reg`.
+fn add_s3(reg: &Path, url: &str, endpoint: &str) {
+    cm(
+        reg,
+        &[
+            "remote",
+            "add",
+            "s3",
+            url,
+            "--endpoint",
+            endpoint,
+            "--allow-http",
+        ],
+    )
+    .assert()
+    .success();
+}
+
 fn spawn(reg: &Path, args: &[&str]) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_crossmerge"));
     c.arg("--quiet").args(args).arg("--registry").arg(reg);
@@ -542,21 +560,7 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
         )
         .assert()
         .success();
-        let endpoint = moto.endpoint();
-        cm(
-            &reg,
-            &[
-                "remote",
-                "add",
-                "s3",
-                url,
-                "--endpoint",
-                &endpoint,
-                "--allow-http",
-            ],
-        )
-        .assert()
-        .success();
+        add_s3(&reg, url, &moto.endpoint());
         regs.push((reg, name));
     }
     // Four processes push at once (the same base from each, a different fine-tune).
@@ -575,20 +579,7 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
     let dst = dir.path().join("dst");
     cm(&dst, &["init"]).assert().success();
     let endpoint = moto.endpoint();
-    cm(
-        &dst,
-        &[
-            "remote",
-            "add",
-            "s3",
-            url,
-            "--endpoint",
-            &endpoint,
-            "--allow-http",
-        ],
-    )
-    .assert()
-    .success();
+    add_s3(&dst, url, &endpoint);
     let names: Vec<&str> = regs.iter().map(|(_, n)| n.as_str()).collect();
     let mut pull = vec!["pull", "s3"];
     pull.extend(&names);
@@ -615,20 +606,7 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
     // A pull killed at random moments leaves a valid registry; the next one completes.
     let fresh = dir.path().join("fresh");
     cm(&fresh, &["init"]).assert().success();
-    cm(
-        &fresh,
-        &[
-            "remote",
-            "add",
-            "s3",
-            url,
-            "--endpoint",
-            &endpoint,
-            "--allow-http",
-        ],
-    )
-    .assert()
-    .success();
+    add_s3(&fresh, url, &endpoint);
     let mut rng = crate::toy::Rng(14);
     let mut landed = 0;
     for _ in 0..5 {
@@ -712,20 +690,7 @@ fn concurrent_pushes_a_killed_server_and_killed_pulls_lose_nothing() {
     with_keys(cm(reg, &["push", "s3", name])).assert().success();
     let again = dir.path().join("again");
     cm(&again, &["init"]).assert().success();
-    cm(
-        &again,
-        &[
-            "remote",
-            "add",
-            "s3",
-            url,
-            "--endpoint",
-            &endpoint,
-            "--allow-http",
-        ],
-    )
-    .assert()
-    .success();
+    add_s3(&again, url, &endpoint);
     with_keys(cm(&again, &["pull", "s3", name]))
         .assert()
         .success();
