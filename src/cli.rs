@@ -89,7 +89,7 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Run a cross-lingual transfer study end to end: train, derive, merge, evaluate,
     /// compare, and write its tables and plots.
-    Study(study::StudyArgs),
+    Study(Box<study::StudyArgs>),
     /// Walk from an evaluation id to the checkpoints, recipe, vectors, training runs and
     /// data hashes behind it.
     Trace(study::TraceArgs),
@@ -189,7 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Merge(a) => merge::merge(&ctx(&a.reg), &a),
         Command::Eval(a) => eval::eval(&ctx(&a.reg), &a),
         Command::Train(a) => train::train(&ctx(&a.reg), &a),
-        Command::Study(a) => study::study(&ctx(&a.reg), &a),
+        Command::Study(a) => study::study(&ctx(a.reg()), &a),
         Command::Trace(a) => study::trace(&ctx(&a.reg), &a),
         Command::Remote(c) => remote::remote(&ctx(c.reg()), &c),
         Command::Push(a) => remote::push(&ctx(&a.reg), &a),

@@ -12,6 +12,7 @@
 
 pub mod file;
 pub mod output;
+pub mod slurm;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -33,7 +34,7 @@ use output::{
 };
 
 /// The kinds of unit, in dependency order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitKind {
     Train,
@@ -70,6 +71,13 @@ pub struct Unit {
     pub label: String,
     /// Found in the registry when the run began (or, in a dry run, now).
     pub done: bool,
+    /// With [`StudyOptions::sizes`], an evaluation's examples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples: Option<u64>,
+    /// With [`StudyOptions::sizes`], the parameters of the model a train or eval unit makes
+    /// or reads (the base's when it does not exist yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<u64>,
 }
 
 /// Every unit of a study, in order.
@@ -84,6 +92,27 @@ impl Plan {
         let of: Vec<&Unit> = self.units.iter().filter(|u| u.kind == kind).collect();
         (of.len(), of.iter().filter(|u| u.done).count())
     }
+}
+
+/// A unit that is not done and whose inputs all are: what an executor runs next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ready {
+    pub kind: UnitKind,
+    /// What identifies the unit across walks: `train:NAME`, `derive:NAME`, `merge:SWEEP`,
+    /// `eval:ID`.
+    pub key: String,
+    pub label: String,
+}
+
+/// What a walk does with the units that are not done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Runs them.
+    Run,
+    /// Runs nothing; collects those whose inputs are all there ([`ready`]).
+    Collect,
+    /// Runs the one unit with this key ([`run_unit`]).
+    Only(String),
 }
 
 /// What a study reports as it goes (from several threads at once with `jobs` > 1).
@@ -112,6 +141,8 @@ pub struct StudyOptions {
     /// Evaluations run at once (0 and 1: one at a time, in the walk's order). Training,
     /// derivations and merges run one at a time whatever this says, each on every core.
     pub jobs: usize,
+    /// Size every train and eval unit of the plan (examples, parameters), for estimates.
+    pub sizes: bool,
 }
 
 /// What a study run (or dry run) found and made.
@@ -142,16 +173,8 @@ pub fn run(
     progress: &dyn StudyProgress,
 ) -> Result<Outcome> {
     let jobs = if opts.dry_run { 1 } else { opts.jobs.max(1) };
-    let mut w = Walk {
-        reg,
-        study,
-        exec: !opts.dry_run,
-        device: opts.device.clone().unwrap_or_else(|| study.device.clone()),
-        plan: Plan::default(),
-        progress,
-        jobs,
-        pending: Vec::new(),
-    };
+    let mut w = Walk::new(reg, study, opts, progress, Mode::Run);
+    w.jobs = jobs;
     w.check()?;
     let mut first: Option<Plan> = None;
     loop {
@@ -164,6 +187,40 @@ pub fn run(
         }
         evaluate_all(w.reg.root(), &pending, jobs, progress)?;
     }
+}
+
+/// The units of `study` that are not done and whose inputs all are (nothing when the study is
+/// complete but for its comparison, which reads vectors and stores nothing), with the plan.
+pub fn ready(reg: &mut Registry, study: &Study, opts: &StudyOptions) -> Result<(Vec<Ready>, Plan)> {
+    let mut w = Walk::new(reg, study, opts, &Silent, Mode::Collect);
+    w.exec = false;
+    w.check()?;
+    w.walk(&opts.command)?;
+    Ok((std::mem::take(&mut w.ready), std::mem::take(&mut w.plan)))
+}
+
+/// Runs the one unit of `study` whose key is `key` ([`Ready::key`]), and nothing else; an
+/// error when the study has no such unit or its inputs are not all there.
+pub fn run_unit(
+    reg: &mut Registry,
+    study: &Study,
+    key: &str,
+    opts: &StudyOptions,
+    progress: &dyn StudyProgress,
+) -> Result<()> {
+    let mut w = Walk::new(reg, study, opts, progress, Mode::Only(key.to_owned()));
+    w.check()?;
+    w.walk(&opts.command)?;
+    if w.ran {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        format!(
+            "study `{}` has no unit `{key}` that is ready to run",
+            study.name
+        ),
+        "the unit is done already, its inputs are not registered yet, or the study file changed since it was planned; run the study's driver again",
+    ))
 }
 
 /// An evaluation a walk with several jobs found missing.
@@ -227,7 +284,15 @@ fn evaluate_all(
 struct Walk<'a> {
     reg: &'a mut Registry,
     study: &'a Study,
+    /// Not a dry run (with [`Mode::Only`], only the one unit runs).
     exec: bool,
+    mode: Mode,
+    /// [`Mode::Collect`]: the units found ready.
+    ready: Vec<Ready>,
+    /// [`Mode::Only`]: whether the unit ran.
+    ran: bool,
+    /// Size train and eval units ([`StudyOptions::sizes`]); examples per data part.
+    sizes: Option<BTreeMap<String, u64>>,
     device: String,
     plan: Plan,
     progress: &'a dyn StudyProgress,
@@ -236,7 +301,95 @@ struct Walk<'a> {
     pending: Vec<Pending>,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(
+        reg: &'a mut Registry,
+        study: &'a Study,
+        opts: &StudyOptions,
+        progress: &'a dyn StudyProgress,
+        mode: Mode,
+    ) -> Self {
+        Walk {
+            reg,
+            study,
+            exec: !opts.dry_run,
+            mode,
+            ready: Vec::new(),
+            ran: false,
+            sizes: opts.sizes.then(BTreeMap::new),
+            device: opts.device.clone().unwrap_or_else(|| study.device.clone()),
+            plan: Plan::default(),
+            progress,
+            jobs: 1,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Whether the unit `key` (not done, its inputs there) runs in this walk; in a collecting
+    /// walk it is collected instead.
+    fn runs(&mut self, kind: UnitKind, key: &str, label: &str) -> bool {
+        match &self.mode {
+            Mode::Run => self.exec,
+            Mode::Collect => {
+                if !self.ready.iter().any(|r| r.key == key) {
+                    self.ready.push(Ready {
+                        kind,
+                        key: key.to_owned(),
+                        label: label.to_owned(),
+                    });
+                }
+                false
+            }
+            Mode::Only(k) if k == key && self.exec => {
+                self.ran = true;
+                true
+            }
+            Mode::Only(_) => false,
+        }
+    }
+
+    /// Sets the size of the last unit (when sizing).
+    fn size(
+        &mut self,
+        kind: UnitKind,
+        label: &str,
+        task: Task,
+        data: Option<&Data>,
+        model: Option<&CheckpointRow>,
+    ) -> Result<()> {
+        let Some(cache) = &mut self.sizes else {
+            return Ok(());
+        };
+        let examples = match data {
+            Some(d) => {
+                let label = d.label();
+                if let Some(n) = cache.get(&label) {
+                    Some(*n)
+                } else {
+                    let n = count_examples(task, d)? as u64;
+                    cache.insert(label, n);
+                    Some(n)
+                }
+            }
+            None => None,
+        };
+        let parameters = match model {
+            Some(m) => m.parameters,
+            None => self.reg.resolve(&self.study.base)?.parameters,
+        };
+        if let Some(u) = self
+            .plan
+            .units
+            .iter_mut()
+            .rev()
+            .find(|u| u.kind == kind && u.label == label)
+        {
+            u.examples = examples;
+            u.parameters = Some(parameters);
+        }
+        Ok(())
+    }
+
     fn unit(&mut self, kind: UnitKind, label: String, done: bool) {
         // A model several entries name (one `before` for many languages) is one unit.
         if self
@@ -254,7 +407,13 @@ impl Walk<'_> {
         if !done && self.exec && !reported_later {
             self.progress.unit(kind, &label);
         }
-        self.plan.units.push(Unit { kind, label, done });
+        self.plan.units.push(Unit {
+            kind,
+            label,
+            done,
+            examples: None,
+            parameters: None,
+        });
     }
 
     /// Everything that can be checked before a unit runs: references resolve, data files
@@ -383,8 +542,14 @@ impl Walk<'_> {
             } => {
                 let found = self.reg.resolve(name).ok();
                 self.unit(UnitKind::Train, name.clone(), found.is_some());
-                if found.is_some() || !self.exec {
+                self.size(UnitKind::Train, name, task, None, found.as_ref())?;
+                if found.is_some() {
                     return Ok(found);
+                }
+                let source = from.clone().unwrap_or_else(|| self.study.base.clone());
+                let key = format!("train:{name}");
+                if self.reg.resolve(&source).is_err() || !self.runs(UnitKind::Train, &key, name) {
+                    return Ok(None);
                 }
                 let mut s = TrainSettings::read(settings)?;
                 if s.task.is_none() {
@@ -408,7 +573,6 @@ impl Walk<'_> {
                         "set `task` in the settings file to the study's task (mlm for a language model)",
                     ));
                 }
-                let source = from.clone().unwrap_or_else(|| self.study.base.clone());
                 self.reg.train(&source, &plan, true, &crate::train::Quiet)?;
                 self.reg.resolve(name).map(Some)
             }
@@ -431,10 +595,13 @@ impl Walk<'_> {
             })
         });
         self.unit(UnitKind::Derive, name.to_owned(), found.is_some());
-        if found.is_some() || !self.exec {
+        if found.is_some() {
             return Ok(found);
         }
-        let model = model.expect("runs have every model");
+        let Some(model) = model else { return Ok(None) };
+        if !self.runs(UnitKind::Derive, &format!("derive:{name}"), name) {
+            return Ok(None);
+        }
         let mut opts = DeriveOptions::new(kind, name, model.reference()).minus(base.reference());
         for g in &self.study.exclude {
             opts = opts.exclude(g.clone());
@@ -529,7 +696,9 @@ impl Walk<'_> {
             done.push(found);
         }
         labels(self, &done.iter().map(Option::is_some).collect::<Vec<_>>());
-        if !self.exec || done.iter().all(Option::is_some) {
+        if done.iter().all(Option::is_some)
+            || !self.runs(UnitKind::Merge, &format!("merge:{name}"), &name)
+        {
             return Ok(done);
         }
         let points = self
@@ -583,15 +752,27 @@ impl Walk<'_> {
                 .label()
             )
         };
+        let data = Data {
+            path: opts.data.clone(),
+            range: opts.range,
+        };
         let Some(model) = model else {
             self.unit(UnitKind::Eval, label(name), false);
+            self.size(UnitKind::Eval, &label(name), opts.task, Some(&data), None)?;
             return Ok(None);
         };
         let reference = model.reference();
         let id = self.reg.evaluation_id(&reference, opts)?;
         let stored = self.reg.catalog().evaluation_by_id(&id)?.is_some();
         self.unit(UnitKind::Eval, label(&reference), stored);
-        if !stored && !self.exec {
+        self.size(
+            UnitKind::Eval,
+            &label(&reference),
+            opts.task,
+            Some(&data),
+            Some(model),
+        )?;
+        if !stored && !self.runs(UnitKind::Eval, &format!("eval:{id}"), &label(&reference)) {
             return Ok(None);
         }
         if !stored && self.jobs > 1 {
@@ -795,7 +976,7 @@ impl Walk<'_> {
                     format!("language vectors with {r}'s"),
                     false,
                 );
-                if self.exec && self.pending.is_empty() {
+                if self.exec && self.mode == Mode::Run && self.pending.is_empty() {
                     let c = self.compare(r, &lang_vectors)?;
                     Some(c)
                 } else {
@@ -804,7 +985,7 @@ impl Walk<'_> {
             }
             _ => None,
         };
-        if !self.exec {
+        if !self.exec || self.mode != Mode::Run {
             return Ok(None);
         }
         Ok(Some(output::assemble(

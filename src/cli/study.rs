@@ -5,17 +5,21 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Args;
+use clap::{Args, Subcommand, ValueEnum};
 
 use super::commands::Context;
 use super::output;
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct StudyArgs {
+    #[command(subcommand)]
+    command: Option<StudyCommand>,
     #[command(flatten)]
     pub reg: super::RegistryArg,
     /// The study file (TOML, schemas/study.schema.json).
-    file: PathBuf,
+    #[arg(required = true)]
+    file: Option<PathBuf>,
     /// Print the plan (every unit, and which are already in the registry); run nothing and
     /// read no tensor.
     #[arg(long)]
@@ -33,6 +37,81 @@ pub struct StudyArgs {
     /// Print the plan and results as JSON.
     #[arg(long)]
     json: bool,
+    /// Where units run: `local` (this machine) or `slurm` (one `sbatch --array` per wave and
+    /// kind of unit; workers write objects and one result per unit, which this process, the
+    /// only writer of the catalog, ingests).
+    #[arg(long, value_enum, default_value_t = Executor::Local)]
+    executor: Executor,
+    /// With slurm: an `#SBATCH` option for every array (repeat it), e.g.
+    /// `--sbatch-arg=--partition=gpu` or `--sbatch-arg=--time=04:00:00`.
+    #[arg(long = "sbatch-arg", value_name = "ARG", allow_hyphen_values = true)]
+    sbatch_arg: Vec<String>,
+    /// With slurm: an `#SBATCH` option for the arrays of units that use the device (train
+    /// and eval), e.g. `--gpu-sbatch-arg=--gres=gpu:1`; derivations and merges run on CPUs.
+    #[arg(
+        long = "gpu-sbatch-arg",
+        value_name = "ARG",
+        allow_hyphen_values = true
+    )]
+    gpu_sbatch_arg: Vec<String>,
+    /// With slurm: tasks of one array running at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_parallel: Option<u32>,
+    /// With slurm: times a failed or cancelled unit is submitted again before the study stops.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    retries: u32,
+    /// With slurm: seconds between the driver's questions to squeue.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    poll: u64,
+    /// With slurm: the crossmerge binary the compute nodes run [default: this one].
+    #[arg(long, value_name = "PATH")]
+    worker: Option<PathBuf>,
+    /// With slurm and --dry-run: write the first wave's folder (catalog snapshot, unit lists,
+    /// sbatch scripts) to DIR, as the driver would submit it.
+    #[arg(long, value_name = "DIR", requires = "dry_run")]
+    emit: Option<PathBuf>,
+}
+
+impl StudyArgs {
+    pub fn reg(&self) -> &super::RegistryArg {
+        match &self.command {
+            Some(StudyCommand::RunUnit(u)) => &u.reg,
+            None => &self.reg,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Executor {
+    Local,
+    Slurm,
+}
+
+#[derive(Subcommand, Debug)]
+enum StudyCommand {
+    /// Run one unit of a study on a compute node, as the Slurm executor's array tasks do:
+    /// objects into the unit's folder, one result file; never the catalog.
+    RunUnit(RunUnitArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunUnitArgs {
+    #[command(flatten)]
+    reg: super::RegistryArg,
+    /// The study file.
+    file: PathBuf,
+    /// The wave folder the driver wrote (REGISTRY/slurm/STUDY/wave-NNN).
+    #[arg(long, value_name = "DIR")]
+    wave: PathBuf,
+    /// The unit list in the wave folder (e.g. eval.units).
+    #[arg(long, value_name = "NAME")]
+    list: String,
+    /// The unit's line in the list, from 0 (the array task id).
+    #[arg(long, value_name = "N")]
+    index: usize,
+    /// cpu, cuda or cuda:N (replaces the study file's).
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -74,7 +153,11 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
 
     use crossmerge::study::{self, Silent, Study, StudyOptions, UnitKind};
 
-    let s = Study::read(&a.file)?;
+    if let Some(StudyCommand::RunUnit(u)) = &a.command {
+        return run_unit(ctx, u);
+    }
+    let file = a.file.as_ref().expect("clap requires the file");
+    let s = Study::read(file)?;
     let mut reg = ctx.open()?;
     let command = std::iter::once("crossmerge".to_owned())
         .chain(std::env::args().skip(1))
@@ -85,6 +168,7 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
     opts.command = command;
     opts.jobs = usize::from(a.jobs);
     opts.dry_run = true;
+    opts.sizes = a.dry_run && a.executor == Executor::Slurm;
     // The plan first (a dry run: manifests and data files only), then the run.
     let planned = study::run(&mut reg, &s, &opts, &Silent)?;
     let plan = &planned.plan;
@@ -99,6 +183,10 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
     }
     if plan.count(UnitKind::Compare).0 > 0 {
         summary.push_str(" (recomputed each run: it reads the vectors, stores nothing)");
+    }
+    if a.dry_run && a.executor == Executor::Slurm {
+        let slurm = slurm_options(a, file)?;
+        return slurm_dry_run(&mut reg, &s, &opts, &slurm, plan, &summary, a);
     }
     if a.dry_run {
         if a.json {
@@ -119,6 +207,28 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("{summary}");
+    if a.executor == Executor::Slurm {
+        let slurm = slurm_options(a, file)?;
+        opts.dry_run = false;
+        let quiet = ctx.quiet;
+        let r = study::slurm::drive(&mut reg, &s, &opts, &slurm, &|line| {
+            if !quiet {
+                eprintln!("{line}");
+            }
+        })?;
+        eprintln!(
+            "slurm: {} wave(s), {} task(s) in {} array(s), {} retried; ingested {} checkpoint(s), {} vector(s), {} evaluation(s)",
+            r.waves,
+            r.tasks,
+            r.arrays.len(),
+            r.retried,
+            r.ingested.checkpoints.len(),
+            r.ingested.vectors.len(),
+            r.ingested.evaluations
+        );
+        // Everything is stored now: the local walk below compares and writes the output.
+        opts.jobs = 1;
+    }
     let bar = (!ctx.quiet && std::io::IsTerminal::is_terminal(&io::stderr())).then(|| {
         let bar = indicatif::ProgressBar::new(total as u64);
         bar.set_style(
@@ -148,7 +258,16 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("output").join(&s.name));
     study::output::write_all(&dir, &results)?;
-    let ran = outcome.plan.units.iter().filter(|u| !u.done).count();
+    // With slurm the units ran before the local walk (which finds them done).
+    let ran = if a.executor == Executor::Slurm {
+        &planned.plan
+    } else {
+        &outcome.plan
+    }
+    .units
+    .iter()
+    .filter(|u| !u.done)
+    .count();
     eprintln!(
         "ran {ran} of {} units; wrote {} (README.md, results.json, results.csv, plots)",
         outcome.plan.units.len(),
@@ -160,6 +279,95 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
         io::stdout()
             .lock()
             .write_all(study::output::readme(&results).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "eval")]
+fn slurm_options(
+    a: &StudyArgs,
+    file: &std::path::Path,
+) -> anyhow::Result<crossmerge::study::slurm::SlurmOptions> {
+    let worker = match &a.worker {
+        Some(w) => w.clone(),
+        None => std::env::current_exe()?,
+    };
+    let mut o = crossmerge::study::slurm::SlurmOptions::new(worker, file.to_path_buf());
+    o.sbatch_args.clone_from(&a.sbatch_arg);
+    o.gpu_sbatch_args.clone_from(&a.gpu_sbatch_arg);
+    o.max_parallel = a.max_parallel;
+    o.retries = a.retries;
+    o.poll = std::time::Duration::from_secs(a.poll);
+    Ok(o)
+}
+
+/// `--dry-run --executor slurm`: the waves, their arrays and what they would cost.
+#[cfg(feature = "eval")]
+fn slurm_dry_run(
+    reg: &mut crossmerge::Registry,
+    s: &crossmerge::study::Study,
+    opts: &crossmerge::study::StudyOptions,
+    slurm: &crossmerge::study::slurm::SlurmOptions,
+    plan: &crossmerge::study::Plan,
+    summary: &str,
+    a: &StudyArgs,
+) -> anyhow::Result<ExitCode> {
+    use crossmerge::study::{self, slurm as sl};
+
+    let (ready, _) = study::ready(reg, s, opts)?;
+    let waves = sl::projected_waves(plan, &ready);
+    let estimate = sl::estimate(reg, s, opts, plan)?;
+    if a.json {
+        output::json(&serde_json::json!({
+            "plan": plan,
+            "waves": waves.iter().map(|(k, n, what)| serde_json::json!({"kind": k, "units": n, "what": what})).collect::<Vec<_>>(),
+            "estimate": estimate,
+        }))?;
+    } else {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{summary}")?;
+        writeln!(
+            out,
+            "waves (one sbatch --array per kind; a wave starts when the one before is ingested):"
+        )?;
+        for (i, (kind, n, what)) in waves.iter().enumerate() {
+            let place = if *kind == study::UnitKind::Compare {
+                "driver".to_owned()
+            } else {
+                format!("array of {n}")
+            };
+            writeln!(out, "  {:>2}. {:<8}{place:<14}{what}", i + 1, kind.name())?;
+        }
+        out.write_all(estimate.text().as_bytes())?;
+    }
+    if let Some(dir) = &a.emit {
+        std::fs::create_dir_all(dir)?;
+        let dir = dir.canonicalize()?;
+        let scripts = sl::emit(reg, s, opts, slurm, &dir, &ready)?;
+        let mut out = io::stderr().lock();
+        writeln!(out, "wrote the first wave's folder to {}:", dir.display())?;
+        for (path, text) in scripts {
+            writeln!(out, "==> {} <==\n{text}", path.display())?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `study run-unit`: one unit on a compute node.
+#[cfg(feature = "eval")]
+fn run_unit(ctx: &Context, u: &RunUnitArgs) -> anyhow::Result<ExitCode> {
+    use crossmerge::study::{Study, StudyOptions, slurm};
+
+    let s = Study::read(&u.file)?;
+    let mut opts = StudyOptions::default();
+    opts.device.clone_from(&u.device);
+    let started = std::time::Instant::now();
+    let key = slurm::work(&ctx.registry, &s, &u.wave, &u.list, u.index, &opts)?;
+    if !ctx.quiet {
+        eprintln!(
+            "unit {key}: done in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,8 @@ mod parity;
 mod remote;
 mod roundtrip;
 mod safety;
+#[cfg(feature = "eval")]
+mod slurm;
 mod snapshots;
 #[cfg(feature = "eval")]
 mod study;

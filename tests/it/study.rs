@@ -21,10 +21,10 @@ const LANGUAGES: [&str; 4] = ["en", "es", "de", "fr"];
 
 /// The toy data, the tiny base registered as `tiny`, an NER model trained by `train`, and a
 /// study file that trains everything else.
-struct Setup {
+pub(crate) struct Setup {
     _dir: tempfile::TempDir,
-    root: PathBuf,
-    reg: PathBuf,
+    pub(crate) root: PathBuf,
+    pub(crate) reg: PathBuf,
 }
 
 fn study_file() -> String {
@@ -75,7 +75,7 @@ test = "toy-de.iob2[8:]"
 }
 
 impl Setup {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         write_data(&root, "train", 48, 1);
@@ -184,7 +184,7 @@ impl Setup {
     /// `crossmerge --quiet study study.toml --registry reg --out out ARGS`, run in the
     /// setup's folder so that the command (written into the results) is the same in every
     /// setup.
-    fn study(&self, args: &[&str]) -> assert_cmd::Command {
+    pub(crate) fn study(&self, args: &[&str]) -> assert_cmd::Command {
         let mut c = bin();
         c.current_dir(&self.root)
             .args([
@@ -200,11 +200,11 @@ impl Setup {
         c
     }
 
-    fn results(&self) -> Value {
+    pub(crate) fn results(&self) -> Value {
         serde_json::from_slice(&std::fs::read(self.root.join("out/results.json")).unwrap()).unwrap()
     }
 
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let out = cm(&self.reg, args).output().unwrap();
         assert!(
             out.status.success(),
@@ -643,7 +643,7 @@ fn several_jobs_give_the_results_of_one_and_run_each_evaluation_once() {
 }
 
 /// Every evaluation id in a results.json.
-fn evaluation_ids(r: &Value) -> BTreeSet<String> {
+pub(crate) fn evaluation_ids(r: &Value) -> BTreeSet<String> {
     fn collect(v: &Value, ids: &mut BTreeSet<String>) {
         match v {
             Value::Object(m) => {

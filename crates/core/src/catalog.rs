@@ -1187,7 +1187,7 @@ fn insert_merge(tx: &rusqlite::Transaction<'_>, checkpoint: i64, m: &NewMerge) -
 // Trainings.
 
 /// A training run, as `crossmerge train` records it with the checkpoint it registered.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct NewTraining {
     /// The checkpoint trained from (rowid).
     #[serde(skip)]
@@ -1483,6 +1483,97 @@ impl VectorKind {
             "language" => Some(Self::Language),
             _ => None,
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Work done on a copy of the catalog (a Slurm worker's unit), found again by row id.
+
+/// The highest row id of each table a unit of work adds to: what a copy of the catalog held
+/// before the unit ran.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Marks {
+    pub objects: i64,
+    pub checkpoints: i64,
+    pub vectors: i64,
+    pub evaluations: i64,
+}
+
+impl Catalog {
+    pub fn marks(&self) -> Result<Marks> {
+        let max = |table: &str| -> Result<i64> {
+            Ok(self.conn.query_row(
+                &format!("SELECT coalesce(max(rowid), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )?)
+        };
+        Ok(Marks {
+            objects: max("objects")?,
+            checkpoints: max("checkpoints")?,
+            vectors: max("vectors")?,
+            evaluations: max("evaluations")?,
+        })
+    }
+
+    /// Stored objects added after `mark`, in the order they were added.
+    pub fn objects_after(&self, mark: i64) -> Result<Vec<ObjectRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE rowid > ?1 AND state = 'stored' ORDER BY rowid"
+        ))?;
+        let rows = stmt.query_map([mark], object_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Checkpoints added after `mark`, oldest first, each with its record object's id.
+    pub fn checkpoints_after(&self, mark: i64) -> Result<Vec<(CheckpointRow, Option<ObjectId>)>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {CHECKPOINT_COLUMNS}, c.record_id FROM checkpoints c WHERE c.id > ?1 ORDER BY c.id"
+        ))?;
+        let rows = stmt
+            .query_map([mark], |r| {
+                let record: Option<String> = r.get(14)?;
+                Ok((checkpoint_from_row(r)?, record))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(row, record)| {
+                let record = record.as_deref().map(parse_id).transpose()?;
+                Ok((self.with_tags(row)?, record))
+            })
+            .collect()
+    }
+
+    /// Vectors added after `mark`, oldest first.
+    pub fn vectors_after(&self, mark: i64) -> Result<Vec<VectorRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {VECTOR_COLUMNS} FROM vectors v WHERE v.id > ?1 ORDER BY v.id"
+        ))?;
+        let rows = stmt.query_map([mark], vector_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Evaluations added after `mark`, oldest first.
+    pub fn evaluations_after(&self, mark: i64) -> Result<Vec<EvaluationRow>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {EVALUATION_COLUMNS} FROM evaluations e JOIN checkpoints c ON c.id = e.checkpoint_id \
+             WHERE e.id > ?1 ORDER BY e.id"
+        ))?;
+        let rows = stmt.query_map([mark], evaluation_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Writes a consistent copy of the catalog to `to` (which must not exist): what workers
+    /// that may not open this file (it lives on a shared filesystem) start from.
+    pub fn snapshot(&self, to: &Path) -> Result<()> {
+        let to = to.to_str().ok_or_else(|| {
+            Error::invalid(
+                format!("`{}` is not UTF-8", to.display()),
+                "use a registry path that is valid UTF-8",
+            )
+        })?;
+        self.conn.execute("VACUUM INTO ?1", [to])?;
+        Ok(())
     }
 }
 

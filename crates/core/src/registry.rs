@@ -13,6 +13,7 @@ mod ops;
 mod records;
 mod remote;
 mod trace;
+mod units;
 mod vectors;
 mod writer;
 
@@ -29,6 +30,10 @@ pub use self::ops::{
 pub use self::records::{RebuildReport, rebuild_catalog};
 pub use self::remote::{PullReport, PushReport, RemoteCheckpoint};
 pub use self::trace::{Input as TraceInput, MergeNode, Node as TraceNode, Trace, TrainingNode};
+pub use self::units::{
+    IngestReport, StagedObject, UNIT_RESULT_FORMAT, UnitCheckpoint, UnitEvaluation, UnitResult,
+    UnitTraining, UnitVector,
+};
 pub use self::vectors::{
     ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,
 };

@@ -1,0 +1,542 @@
+//! Units of work done away from the catalog, and ingested into it afterwards.
+//!
+//! `SQLite` on a shared filesystem (NFS, Lustre) is unsafe to write from several machines, so
+//! a worker on a cluster never opens the registry's catalog. It works on a *staged* registry
+//! ([`Registry::open_staged`]): a private copy of the catalog (a snapshot the driver wrote),
+//! objects read from the registry's store and written into a staging folder of its own. When
+//! its unit is done it writes what the unit added as one [`UnitResult`] (JSON, renamed into
+//! place); the driver, the only process writing the catalog, ingests it
+//! ([`Registry::ingest_unit`]) through the registry's usual write order: pending rows, files
+//! moved into the store, one commit per checkpoint. Ingesting the same result twice changes
+//! nothing, and an ingest killed at any point is finished by the next.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::Registry;
+use super::records::CheckpointRecord;
+use crate::catalog::{
+    Catalog, CheckpointKind, CheckpointRow, Marks, NewEvaluation, NewTraining, NewVector,
+    ObjectRow, VectorKind,
+};
+use crate::error::{Error, Result};
+use crate::id::ObjectId;
+use crate::store::codec::Decoder;
+use crate::store::{Backend, FsBackend, ObjectReader, ObjectWriter};
+
+pub const UNIT_RESULT_FORMAT: &str = "crossmerge.unit-result.v1";
+
+/// What one unit of work added to its staged registry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitResult {
+    pub format: String,
+    /// The unit's key (what the driver asked for).
+    pub unit: String,
+    /// Objects written into the staging folder, in the order they were written.
+    pub objects: Vec<StagedObject>,
+    pub checkpoints: Vec<UnitCheckpoint>,
+    pub vectors: Vec<UnitVector>,
+    pub evaluations: Vec<UnitEvaluation>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagedObject {
+    pub id: ObjectId,
+    pub kind: String,
+    pub raw_size: u64,
+    pub delta_base: Option<ObjectId>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitCheckpoint {
+    /// `name@version` in the staged catalog.
+    pub reference: String,
+    /// The checkpoint's record (§10), staged with the objects.
+    pub(crate) record: CheckpointRecord,
+    pub training: Option<UnitTraining>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitTraining {
+    /// The checkpoint trained from, `name@version`.
+    pub source: String,
+    pub run: NewTraining,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitVector {
+    pub name: String,
+    pub kind: String,
+    pub from: String,
+    pub minus: String,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub definition: ObjectId,
+    pub l2_norm: f64,
+    pub tensors: Vec<(String, u64, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitEvaluation {
+    pub key: String,
+    pub checkpoint: String,
+    pub task: String,
+    pub language: Option<String>,
+    pub dataset_hash: String,
+    pub dataset_path: String,
+    pub split: Option<String>,
+    pub metrics: BTreeMap<String, f64>,
+    pub examples: u64,
+    pub truncated: u64,
+    pub device: String,
+    pub duration_s: f64,
+    pub settings: serde_json::Value,
+}
+
+/// What one ingest added (zero everywhere when the result was ingested before).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct IngestReport {
+    pub objects: usize,
+    pub bytes: u64,
+    pub checkpoints: Vec<String>,
+    pub vectors: Vec<String>,
+    pub evaluations: usize,
+}
+
+/// Reads objects from the staging folder, then from the registry; writes into the staging
+/// folder only.
+struct StagedBackend {
+    stage: FsBackend,
+    main: Arc<dyn Backend>,
+}
+
+impl Backend for StagedBackend {
+    fn open(&self, id: &ObjectId) -> io::Result<Box<dyn ObjectReader>> {
+        match self.stage.open(id) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.main.open(id),
+            other => other,
+        }
+    }
+    fn exists(&self, id: &ObjectId) -> io::Result<bool> {
+        Ok(self.stage.exists(id)? || self.main.exists(id)?)
+    }
+    fn create(&self) -> io::Result<Box<dyn ObjectWriter>> {
+        self.stage.create()
+    }
+    fn remove(&self, id: &ObjectId) -> io::Result<()> {
+        self.stage.remove(id)
+    }
+    fn list(&self) -> io::Result<Vec<ObjectId>> {
+        self.stage.list()
+    }
+    fn count_tmp(&self) -> io::Result<usize> {
+        self.stage.count_tmp()
+    }
+    fn clean_tmp(&self) -> io::Result<usize> {
+        self.stage.clean_tmp()
+    }
+}
+
+impl Registry {
+    /// Opens the registry at `main` staged: the catalog is `catalog` (a copy of the
+    /// registry's, from [`Registry::snapshot_catalog`], on a disk of this machine), objects
+    /// are read from `stage` and then the registry, and written into `stage` only. Training
+    /// state goes under `stage/training/`, so a unit retried on the same stage resumes.
+    pub fn open_staged(main: &Path, stage: &Path, catalog: &Path) -> Result<Self> {
+        Self::check_format(main)?;
+        let main_backend = FsBackend::existing(main).map_err(|e| Error::io("opening", main, e))?;
+        let stage_backend = FsBackend::new(stage).map_err(|e| Error::io("creating", stage, e))?;
+        let catalog = Catalog::open_existing(catalog)?;
+        // The registry's shared lock keeps its gc from removing what this unit reads.
+        let lock_path = main.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        Ok(Self {
+            root: stage.to_path_buf(),
+            backend: Arc::new(StagedBackend {
+                stage: stage_backend,
+                main: Arc::new(main_backend),
+            }),
+            catalog,
+            lock,
+        })
+    }
+
+    /// Writes a consistent copy of the catalog to `to` (absent), for staged registries.
+    pub fn snapshot_catalog(&self, to: &Path) -> Result<()> {
+        let _lock = self.lock_shared()?;
+        self.catalog.snapshot(to)
+    }
+
+    /// Where each table of the catalog ends now.
+    pub fn marks(&self) -> Result<Marks> {
+        self.catalog.marks()
+    }
+
+    /// What was added to this (staged) registry since `marks`.
+    pub fn unit_result(&self, unit: &str, marks: &Marks) -> Result<UnitResult> {
+        let checkpoints = self.catalog.checkpoints_after(marks.checkpoints)?;
+        let records: HashSet<ObjectId> = checkpoints.iter().filter_map(|(_, r)| *r).collect();
+        let objects = self
+            .catalog
+            .objects_after(marks.objects)?
+            .into_iter()
+            // A record is written again, for the version the checkpoint gets, when ingested.
+            .filter(|o| !records.contains(&o.id))
+            .map(|o| StagedObject {
+                id: o.id,
+                kind: o.kind.name().to_owned(),
+                raw_size: o.raw_size,
+                delta_base: o.delta_base,
+            })
+            .collect();
+        let mut units = Vec::new();
+        for (row, record) in checkpoints {
+            let record = record.ok_or_else(|| {
+                Error::invalid(
+                    format!("`{}` has no record", row.reference()),
+                    "staged registries record every checkpoint; run the unit again",
+                )
+            })?;
+            let bytes = self.read_object(&record, Some("checkpoint record"))?;
+            let record: CheckpointRecord = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::invalid(
+                    format!("the record of `{}` does not parse: {e}", row.reference()),
+                    "run the unit again",
+                )
+            })?;
+            let training = self
+                .catalog
+                .trainings(Some(row.rowid))?
+                .into_iter()
+                .next()
+                .map(|t| UnitTraining {
+                    source: t.source,
+                    run: t.run,
+                });
+            units.push(UnitCheckpoint {
+                reference: row.reference(),
+                record,
+                training,
+            });
+        }
+        let vectors = self
+            .catalog
+            .vectors_after(marks.vectors)?
+            .into_iter()
+            .map(|v| {
+                Ok(UnitVector {
+                    tensors: self.catalog.vector_tensors(v.rowid)?,
+                    name: v.name,
+                    kind: v.kind.as_str().to_owned(),
+                    from: v.from,
+                    minus: v.minus,
+                    include: v.include,
+                    exclude: v.exclude,
+                    definition: v.definition,
+                    l2_norm: v.l2_norm,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let evaluations = self
+            .catalog
+            .evaluations_after(marks.evaluations)?
+            .into_iter()
+            .map(|e| UnitEvaluation {
+                key: e.id.unwrap_or_default(),
+                checkpoint: e.checkpoint,
+                task: e.task,
+                language: e.language,
+                dataset_hash: e.dataset_hash,
+                dataset_path: e.dataset_path,
+                split: e.split,
+                metrics: e.metrics,
+                examples: e.examples,
+                truncated: e.truncated,
+                device: e.device,
+                duration_s: e.duration_s,
+                settings: e.settings,
+            })
+            .collect();
+        Ok(UnitResult {
+            format: UNIT_RESULT_FORMAT.to_owned(),
+            unit: unit.to_owned(),
+            objects,
+            checkpoints: units,
+            vectors,
+            evaluations,
+        })
+    }
+
+    /// Adds what a unit made (its result, its objects staged under `stage`) to this registry.
+    /// Objects already here are left staged; the rest are checked against their headers and
+    /// moved in (pending rows first); checkpoints already here, vectors of the same definition
+    /// and evaluations of the same id are not added again.
+    pub fn ingest_unit(&mut self, result: &UnitResult, stage: &Path) -> Result<IngestReport> {
+        if result.format != UNIT_RESULT_FORMAT {
+            return Err(bad_result(
+                stage,
+                &format!("its format is `{}`", result.format),
+            ));
+        }
+        let _lock = self.lock_shared()?;
+        let mut report = IngestReport::default();
+        let staged = StagedFiles::new(stage);
+        // Objects: the rows first (pending), then the files, bases before deltas.
+        let ids: Vec<ObjectId> = result.objects.iter().map(|o| o.id).collect();
+        let here = self.catalog.objects(&ids)?;
+        let mut rows = Vec::new();
+        for o in &result.objects {
+            if here.get(&o.id).is_some_and(|r| r.stored) {
+                continue;
+            }
+            let row = ObjectRow {
+                id: o.id,
+                kind: crate::store::codec::ObjectKind::from_name(&o.kind).ok_or_else(|| {
+                    bad_result(stage, &format!("object {} has kind `{}`", o.id, o.kind))
+                })?,
+                stored: false,
+                raw_size: o.raw_size,
+                stored_size: None,
+                delta_base: o.delta_base,
+            };
+            staged.check(self, &row)?;
+            rows.push(row);
+        }
+        self.catalog.insert_pending(&rows)?;
+        rows.sort_by_key(|r| r.delta_base.is_some());
+        let mut sizes: HashMap<ObjectId, u64> = HashMap::new();
+        for r in &rows {
+            let size = staged.move_into(&self.root, &r.id)?;
+            sizes.insert(r.id, size);
+            report.objects += 1;
+            report.bytes += size;
+        }
+        // Checkpoints, through the one write path (each gets its record here).
+        let mut made: HashMap<String, CheckpointRow> = HashMap::new();
+        let mut unclaimed: HashSet<ObjectId> = sizes.keys().copied().collect();
+        for c in &result.checkpoints {
+            let rec = &c.record;
+            let kind = CheckpointKind::parse(&rec.kind)
+                .ok_or_else(|| bad_result(stage, &format!("kind `{}`", rec.kind)))?;
+            let manifest_id = ObjectId::parse_hex(&rec.manifest)
+                .ok_or_else(|| bad_result(stage, &format!("manifest `{}`", rec.manifest)))?;
+            let base = match &rec.base {
+                None => None,
+                Some(b) => {
+                    let row = self.row_of(&format!("{}@{}", b.name, b.version), &made)?;
+                    if row.manifest_id.to_hex() != b.manifest {
+                        return Err(bad_result(
+                            stage,
+                            &format!(
+                                "`{}` is based on `{}@{}` with manifest {}, which here has {}",
+                                c.reference, b.name, b.version, b.manifest, row.manifest_id
+                            ),
+                        ));
+                    }
+                    Some(row.rowid)
+                }
+            };
+            let manifest = self.manifest_by_id(&manifest_id)?;
+            let new = rec.new_checkpoint(kind, manifest_id, &manifest, base);
+            if let Some(row) = self.catalog.latest_if_same(&new)? {
+                made.insert(c.reference.clone(), row);
+                continue;
+            }
+            let training = match &c.training {
+                Some(t) => {
+                    let mut run = t.run.clone();
+                    run.source = self.row_of(&t.source, &made)?.rowid;
+                    Some(run)
+                }
+                None => None,
+            };
+            let refs = manifest.refs();
+            let mut mine: Vec<ObjectId> = refs.iter().map(|(_, id)| *id).collect();
+            mine.push(manifest_id);
+            // Objects no manifest names (a delta base new with this unit) go with the first.
+            if report.checkpoints.is_empty() {
+                mine.extend(unclaimed.iter().copied());
+            }
+            let stored: Vec<(ObjectId, u64)> = mine
+                .iter()
+                .filter_map(|id| sizes.get(id).map(|s| (*id, *s)))
+                .collect();
+            for id in &mine {
+                unclaimed.remove(id);
+            }
+            let mut created = Vec::new();
+            let (row, _) = self.commit_checkpoint(
+                &stored,
+                &refs,
+                &new,
+                rec.new_merge().as_ref(),
+                training.as_ref(),
+                &mut created,
+            )?;
+            report.checkpoints.push(row.reference());
+            made.insert(c.reference.clone(), row);
+        }
+        for v in &result.vectors {
+            let kind = VectorKind::parse(&v.kind)
+                .ok_or_else(|| bad_result(stage, &format!("vector kind `{}`", v.kind)))?;
+            let new = NewVector {
+                name: v.name.clone(),
+                kind,
+                from: self.row_of(&v.from, &made)?.rowid,
+                minus: self.row_of(&v.minus, &made)?.rowid,
+                include: v.include.clone(),
+                exclude: v.exclude.clone(),
+                definition: v.definition,
+                l2_norm: v.l2_norm,
+                tensors: v.tensors.clone(),
+            };
+            let (row, new) = self.catalog.insert_vector(&new)?;
+            if new {
+                report.vectors.push(row.reference());
+            }
+        }
+        for e in &result.evaluations {
+            if self.catalog.evaluation_by_id(&e.key)?.is_some() {
+                continue;
+            }
+            self.catalog.insert_evaluation(&NewEvaluation {
+                key: e.key.clone(),
+                checkpoint: self.row_of(&e.checkpoint, &made)?.rowid,
+                task: e.task.clone(),
+                language: e.language.clone(),
+                dataset_hash: e.dataset_hash.clone(),
+                dataset_path: e.dataset_path.clone(),
+                split: e.split.clone(),
+                metrics: e.metrics.clone(),
+                examples: e.examples,
+                truncated: e.truncated,
+                device: e.device.clone(),
+                duration_s: e.duration_s,
+                settings: e.settings.clone(),
+            })?;
+            report.evaluations += 1;
+        }
+        Ok(report)
+    }
+
+    /// A checkpoint a unit names: one it made (by its staged `name@version`), else this
+    /// registry's.
+    fn row_of(
+        &self,
+        reference: &str,
+        made: &HashMap<String, CheckpointRow>,
+    ) -> Result<CheckpointRow> {
+        match made.get(reference) {
+            Some(r) => Ok(r.clone()),
+            None => self.resolve(reference),
+        }
+    }
+
+    fn manifest_by_id(&self, id: &ObjectId) -> Result<crate::checkpoint::Manifest> {
+        let bytes = self.read_object(id, Some("manifest"))?;
+        crate::checkpoint::Manifest::parse(&bytes).map_err(|problem| Error::Corrupt {
+            object: *id,
+            tensor: None,
+            problem,
+        })
+    }
+}
+
+fn bad_result(stage: &Path, problem: &str) -> Error {
+    Error::invalid(
+        format!(
+            "the unit result in `{}` is damaged: {problem}",
+            stage.display()
+        ),
+        "remove that unit's folder and run the study again (the unit runs again)",
+    )
+}
+
+/// The files of a staging folder (`objects/ab/<hex>`, as the store lays them out).
+struct StagedFiles {
+    dir: PathBuf,
+}
+
+impl StagedFiles {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn path(root: &Path, id: &ObjectId) -> PathBuf {
+        let hex = id.to_hex();
+        root.join("objects").join(&hex[..2]).join(hex)
+    }
+
+    /// The staged file (or, after an ingest that died having moved it, the store's) has the
+    /// header the result says.
+    fn check(&self, reg: &Registry, row: &ObjectRow) -> Result<()> {
+        let staged = Self::path(&self.dir, &row.id);
+        let backend: &dyn Backend = if staged.is_file() {
+            &FsBackend::existing(&self.dir).map_err(|e| Error::io("opening", &self.dir, e))?
+        } else {
+            reg.backend.as_ref()
+        };
+        let header = Decoder::header(backend, &row.id)
+            .map_err(|e| bad_result(&self.dir, &format!("object {}: {e}", row.id)))?;
+        if header.kind != row.kind
+            || header.raw_len != row.raw_size
+            || header.delta_base != row.delta_base
+        {
+            return Err(bad_result(
+                &self.dir,
+                &format!("object {} does not have the header its row says", row.id),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Renames a staged object into the store at `root` (a no-op when an earlier ingest did):
+    /// its stored size.
+    fn move_into(&self, root: &Path, id: &ObjectId) -> Result<u64> {
+        let from = Self::path(&self.dir, id);
+        let to = Self::path(root, id);
+        if !from.is_file() && to.is_file() {
+            return fs::metadata(&to)
+                .map(|m| m.len())
+                .map_err(|e| Error::io("reading", &to, e));
+        }
+        let parent = to.parent().expect("objects/ab/hex has a parent");
+        fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
+        if let Err(e) = fs::rename(&from, &to) {
+            // Another filesystem: copy, sync, rename.
+            if e.raw_os_error() != Some(18) {
+                return Err(Error::io("moving", &from, e));
+            }
+            let tmp = root.join("tmp").join(format!("ingest-{}", id.to_hex()));
+            fs::copy(&from, &tmp).map_err(|e| Error::io("copying", &from, e))?;
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io("syncing", &tmp, e))?;
+            fs::rename(&tmp, &to).map_err(|e| Error::io("moving", &tmp, e))?;
+        }
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+        fs::metadata(&to)
+            .map(|m| m.len())
+            .map_err(|e| Error::io("reading", &to, e))
+    }
+}

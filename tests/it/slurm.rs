@@ -1,0 +1,253 @@
+//! `crossmerge study --executor slurm` on a real single-node Slurm (munged, slurmctld and
+//! slurmd from Debian's packages, started on localhost by `scripts/slurm/local-cluster.sh`):
+//! the toy study's results equal the local executor's; a task cancelled with `scancel` and
+//! one that exits non-zero run again; a driver killed mid-study and run again finishes
+//! without running any finished unit again; the registry verifies clean with every unit's
+//! result there once. Skipped with a message where Slurm cannot be started.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::{bin, cm, skipped};
+use crate::study::{Setup, evaluation_ids};
+
+/// A running single-node cluster; stopped when dropped.
+struct Cluster {
+    dir: PathBuf,
+    conf: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Option<Self> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm/local-cluster.sh");
+        // A short path of its own (Slurm's sockets have a length limit).
+        let dir = std::env::temp_dir().join(format!("cm-slurm-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            skipped(
+                "slurm executor",
+                &format!(
+                    "no single-node Slurm here ({}); `apt-get install slurm-wlm munge` as root",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            );
+            let _ = Command::new("bash")
+                .arg(&script)
+                .arg("stop")
+                .arg(&dir)
+                .output();
+            return None;
+        }
+        Some(Self {
+            conf: dir.join("slurm.conf"),
+            dir,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm/local-cluster.sh");
+        let _ = Command::new("bash")
+            .arg(&script)
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the real crossmerge, but the first evaluation it is given exits 7 before starting,
+/// and the first try of `lm-fr`'s training waits to be cancelled. Every try is logged.
+const WORKER: &str = r#"#!/bin/bash
+args=("$@")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --wave) wave=$2; shift ;;
+        --list) list=$2; shift ;;
+        --index) index=$2; shift ;;
+    esac
+    shift
+done
+key=$(sed -n "$((index + 1))p" "$wave/$list")
+echo "$key" >> "$FAULTS/tries.log"
+case "$key" in
+    eval:*)
+        if mkdir "$FAULTS/failed-once" 2>/dev/null; then
+            echo "$key" > "$FAULTS/failed-once/key"
+            echo "injected failure" >&2
+            exit 7
+        fi ;;
+    train:lm-fr)
+        if mkdir "$FAULTS/slow-once" 2>/dev/null; then
+            echo "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}" > "$FAULTS/slow-task.partial"
+            mv "$FAULTS/slow-task.partial" "$FAULTS/slow-task"
+            sleep 120
+        fi ;;
+esac
+exec "$CROSSMERGE_REAL" "${args[@]}"
+"#;
+
+fn driver(t: &Setup, cluster: &Cluster, faults: &Path, log: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_crossmerge"));
+    c.current_dir(&t.root)
+        .args([
+            "study",
+            "study.toml",
+            "--registry",
+            "reg",
+            "--out",
+            "out",
+            "--executor",
+            "slurm",
+            "--poll",
+            "1",
+            "--retries",
+            "2",
+            "--sbatch-arg=--time=00:20:00",
+            "--gpu-sbatch-arg=--mem=2G",
+            "--worker",
+        ])
+        .arg(faults.join("worker.sh"))
+        .env("SLURM_CONF", &cluster.conf)
+        .env("CROSSMERGE_REAL", env!("CARGO_BIN_EXE_crossmerge"))
+        .env("FAULTS", faults)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    c
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_study_on_slurm_equals_the_local_one_through_cancelled_failed_tasks_and_a_killed_driver() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let local = Setup::new();
+    local.study(&[]).assert().success();
+
+    let t = Setup::new();
+    let faults = t.root.join("faults");
+    std::fs::create_dir_all(&faults).unwrap();
+    std::fs::write(faults.join("worker.sh"), WORKER).unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(faults.join("worker.sh"))
+        .status()
+        .unwrap();
+    let log1 = t.root.join("driver-1.log");
+    let mut first = driver(&t, &cluster, &faults, &log1).spawn().unwrap();
+    // The slow first try of lm-fr's training is cancelled as Slurm would on a preemption.
+    wait_for("the slow task", Duration::from_secs(180), || {
+        faults.join("slow-task").is_file()
+    });
+    let task = std::fs::read_to_string(faults.join("slow-task")).unwrap();
+    let ok = Command::new("scancel")
+        .arg(task.trim())
+        .env("SLURM_CONF", &cluster.conf)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // The driver is killed once a later wave is out (its arrays keep running).
+    let run = t.reg.join("slurm/toy");
+    wait_for("wave 3", Duration::from_secs(300), || {
+        run.join("wave-003").is_dir() || first.try_wait().unwrap().is_some()
+    });
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the driver finished before it could be killed: {}",
+        std::fs::read_to_string(&log1).unwrap()
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    cm(&t.reg, &["verify"]).assert().success();
+
+    let log2 = t.root.join("driver-2.log");
+    let status = driver(&t, &cluster, &faults, &log2).status().unwrap();
+    let said = format!(
+        "first driver:\n{}\nsecond driver:\n{}",
+        std::fs::read_to_string(&log1).unwrap(),
+        std::fs::read_to_string(&log2).unwrap()
+    );
+    assert!(status.success(), "{said}");
+
+    // The local executor's results, to the number and id (all but the command line).
+    let without_command = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("command").unwrap();
+        v
+    };
+    assert_eq!(
+        without_command(t.results()),
+        without_command(local.results()),
+        "{said}"
+    );
+    // Each unit ran once but the two that failed (each twice).
+    let tries = std::fs::read_to_string(faults.join("tries.log")).unwrap();
+    let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+    for k in tries.lines() {
+        *count.entry(k).or_default() += 1;
+    }
+    let failed = std::fs::read_to_string(faults.join("failed-once/key")).unwrap();
+    for (k, n) in &count {
+        let expected = if *k == "train:lm-fr" || *k == failed.trim() {
+            2
+        } else {
+            1
+        };
+        assert_eq!(*n, expected, "unit {k} ran {n} times\n{said}");
+    }
+    assert!(said.contains("failed (try 1"), "{said}");
+    assert!(said.contains("waiting for"), "{said}");
+    // Everything is there once, and nothing but the driver wrote the catalog.
+    cm(&t.reg, &["verify"]).assert().success();
+    for c in t.json(&["list", "--json"]).as_array().unwrap() {
+        assert_eq!(c["version"], 1, "{} was made twice", c["name"]);
+    }
+    let evals = t.json(&["report", "evals", "--json"]);
+    let ids: Vec<&str> = evals
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<&&str> = ids.iter().collect();
+    assert_eq!(ids.len(), distinct.len(), "an evaluation was stored twice");
+    assert_eq!(distinct.len(), evaluation_ids(&t.results()).len());
+    // A rerun finds everything done and submits nothing.
+    let out = bin()
+        .current_dir(&t.root)
+        .args([
+            "study",
+            "study.toml",
+            "--registry",
+            "reg",
+            "--out",
+            "out",
+            "--executor",
+            "slurm",
+            "--poll",
+            "1",
+        ])
+        .env("SLURM_CONF", &cluster.conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 wave(s)"), "{stderr}");
+}
