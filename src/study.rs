@@ -71,7 +71,8 @@ pub struct Unit {
     pub label: String,
     /// Found in the registry when the run began (or, in a dry run, now).
     pub done: bool,
-    /// With [`StudyOptions::sizes`], an evaluation's examples.
+    /// With [`StudyOptions::sizes`], an evaluation's examples, or the sequences a training
+    /// run steps through (steps × batch size × accumulation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub examples: Option<u64>,
     /// With [`StudyOptions::sizes`], the parameters of the model a train or eval unit makes
@@ -543,6 +544,18 @@ impl<'a> Walk<'a> {
                 let found = self.reg.resolve(name).ok();
                 self.unit(UnitKind::Train, name.clone(), found.is_some());
                 self.size(UnitKind::Train, name, task, None, found.as_ref())?;
+                if found.is_none() && self.sizes.is_some() {
+                    let sequences = train_sequences(settings, task, language)?;
+                    if let Some(u) = self
+                        .plan
+                        .units
+                        .iter_mut()
+                        .rev()
+                        .find(|u| u.kind == UnitKind::Train && &u.label == name)
+                    {
+                        u.examples = Some(sequences);
+                    }
+                }
                 if found.is_some() {
                     return Ok(found);
                 }
@@ -1028,6 +1041,32 @@ impl<'a> Walk<'a> {
         )?;
         Ok(Cosine::of(reference, &langs, &by_model, &by_layer))
     }
+}
+
+/// The sequences a training run of `settings` steps through: steps × batch × accumulation.
+fn train_sequences(settings: &Path, task: Task, language: Option<&str>) -> Result<u64> {
+    let mut s = TrainSettings::read(settings)?;
+    if s.task.is_none() {
+        s.task = Some(task.name().to_owned());
+    }
+    if s.language.is_none() {
+        s.language = language.map(str::to_owned);
+    }
+    let plan = TrainPlan::try_from(&s)?;
+    let per_step = (plan.options.batch_size * plan.options.grad_accum).max(1) as u64;
+    let steps = if let Some(n) = plan.options.max_steps {
+        n
+    } else {
+        let n = count_examples(
+            plan.task,
+            &Data {
+                path: plan.data.clone(),
+                range: plan.data_range,
+            },
+        )? as u64;
+        plan.options.epochs * n.div_ceil(per_step)
+    };
+    Ok(steps * per_step)
 }
 
 /// Examples in the part of `data` a study uses; an error when the range does not fit.

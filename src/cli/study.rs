@@ -70,6 +70,10 @@ pub struct StudyArgs {
     /// sbatch scripts) to DIR, as the driver would submit it.
     #[arg(long, value_name = "DIR", requires = "dry_run")]
     emit: Option<PathBuf>,
+    /// With slurm and --dry-run: price the units by the evaluations and trainings stored in
+    /// this registry (a pilot run's on the cluster) [default: the study's registry].
+    #[arg(long, value_name = "REGISTRY", requires = "dry_run")]
+    costs: Option<PathBuf>,
 }
 
 impl StudyArgs {
@@ -316,7 +320,12 @@ fn slurm_dry_run(
 
     let (ready, _) = study::ready(reg, s, opts)?;
     let waves = sl::projected_waves(plan, &ready);
-    let estimate = sl::estimate(reg, s, opts, plan)?;
+    let costs = a
+        .costs
+        .as_deref()
+        .map(crossmerge::Registry::open_read_only)
+        .transpose()?;
+    let estimate = sl::estimate(costs.as_ref().unwrap_or(reg), s, opts, plan)?;
     if a.json {
         output::json(&serde_json::json!({
             "plan": plan,

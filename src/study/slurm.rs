@@ -93,9 +93,9 @@ pub fn unit_dir(run: &Path, key: &str) -> PathBuf {
         .join(&blake3::hash(key.as_bytes()).to_hex()[..16])
 }
 
-/// `REGISTRY/slurm/STUDY`.
-pub fn run_dir(reg: &Registry, study: &Study) -> PathBuf {
-    reg.root().join("slurm").join(&study.name)
+/// `REGISTRY/slurm/STUDY`: the waves, units and logs of `study`'s Slurm runs.
+pub fn run_dir(root: &Path, study: &Study) -> PathBuf {
+    root.join("slurm").join(&study.name)
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -112,7 +112,9 @@ pub fn drive(
     slurm: &SlurmOptions,
     say: &dyn Fn(&str),
 ) -> Result<SlurmReport> {
-    let run = run_dir(reg, study);
+    let run = run_dir(reg.root(), study);
+    // Slurm answers before anything is written.
+    let queued = queued(study)?;
     for d in ["units", "logs"] {
         fs::create_dir_all(run.join(d)).map_err(io_err("creating", &run))?;
     }
@@ -120,7 +122,7 @@ pub fn drive(
     // Arrays a driver killed before this one left behind (recorded, or only queued under this
     // study's job names): wait for them, take what they made.
     let mut left = read_jobs(&run)?;
-    for job in queued(study)? {
+    for job in queued {
         if !left.iter().any(|s| s.job == job) {
             left.push(Submitted {
                 job,
@@ -285,7 +287,7 @@ pub fn script(
     n: usize,
 ) -> Result<String> {
     let cwd = std::env::current_dir().map_err(io_err("reading", Path::new(".")))?;
-    let run = dir.parent().expect("a wave folder is in its run folder");
+    let run = run_dir(reg_root, study);
     let path = |p: &Path| quote(&p.to_string_lossy());
     let mut s = String::from("#!/bin/bash\n");
     let _ = writeln!(s, "#SBATCH --job-name={}", quote(&job_name(study, kind)));
@@ -580,13 +582,7 @@ pub fn work(
             )
         })?
         .to_owned();
-    let run = wave.parent().ok_or_else(|| {
-        Error::invalid(
-            format!("`{}` is not a wave folder", wave.display()),
-            "pass the wave folder the driver wrote (REGISTRY/slurm/STUDY/wave-NNN)",
-        )
-    })?;
-    let stage = unit_dir(run, &key);
+    let stage = unit_dir(&run_dir(root, study), &key);
     let result = stage.join("result.json");
     if result.is_file() {
         return Ok(key);
@@ -598,10 +594,25 @@ pub fn work(
     let catalog = scratch.0.join("catalog.sqlite3");
     let snapshot = wave.join("catalog.sqlite3");
     fs::copy(&snapshot, &catalog).map_err(io_err("copying", &snapshot))?;
-    let mut reg = Registry::open_staged(root, &stage, &catalog)?;
-    let marks = reg.marks()?;
-    super::run_unit(&mut reg, study, &key, opts, &super::Silent)?;
-    let r = reg.unit_result(&key, &marks)?;
+    let made = (|| {
+        let mut reg = Registry::open_staged(root, &stage, &catalog)?;
+        let marks = reg.marks()?;
+        super::run_unit(&mut reg, study, &key, opts, &super::Silent)?;
+        reg.unit_result(&key, &marks)
+    })();
+    let r = match made {
+        Ok(r) => r,
+        Err(e) => {
+            // A unit that failed before making anything leaves no folder; one with staged
+            // objects or training state keeps it for its next try.
+            if !stage.join("training").exists()
+                && crate::registry::staged_objects(&stage).is_empty()
+            {
+                let _ = fs::remove_dir_all(&stage);
+            }
+            return Err(e);
+        }
+    };
     let bytes = serde_json::to_vec_pretty(&r).expect("a unit result serializes");
     let tmp = stage.join(format!("result.json.{}", std::process::id()));
     crossmerge_store::atomic::write_file(&result, &tmp, &bytes)
@@ -702,11 +713,17 @@ impl Drop for Scratch {
     }
 }
 
+/// Measured rates by (device class, task).
+type Rates = BTreeMap<(&'static str, String), Vec<f64>>;
+
 /// What the units a Slurm run submits would cost, from what this registry measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Estimate {
     /// The device the train and eval units run on.
     pub device: String,
+    /// The class of device (cuda or cpu) whose measured runs price them: the device's, unless
+    /// the cost registry has none of it.
+    pub priced_on: String,
     pub rows: Vec<EstimateRow>,
     /// Device hours of the units with a measured cost.
     pub hours: f64,
@@ -726,13 +743,17 @@ pub struct EstimateRow {
 impl Estimate {
     pub fn text(&self) -> String {
         let mut s = format!(
-            "estimated {} hours (train and eval units; derivations and merges run on CPUs):\n",
-            self.device
+            "estimated hours of the train and eval units (on {}), priced by {} runs of the cost registry{}; derivations and merges run on CPUs:\n",
+            self.device,
+            self.priced_on,
+            if self.device.starts_with(&self.priced_on) {
+                String::new()
+            } else {
+                format!(" (it has no {} run)", self.device)
+            }
         );
         for r in &self.rows {
-            let hours = r
-                .hours
-                .map_or_else(|| "not measured".to_owned(), |h| format!("{h:>10.2} h"));
+            let hours = r.hours.map_or_else(|| "not measured".to_owned(), duration);
             let _ = writeln!(
                 s,
                 "  {:<6}{:<5}{:>6} units {hours:>14}  {}",
@@ -742,8 +763,19 @@ impl Estimate {
                 r.basis
             );
         }
-        let _ = writeln!(s, "  total {:.2} {} hours", self.hours, self.device);
+        let _ = writeln!(s, "  total {}", duration(self.hours));
         s
+    }
+}
+
+/// Hours as hours, minutes or seconds, whichever reads best.
+fn duration(hours: f64) -> String {
+    if hours >= 1.0 {
+        format!("{hours:.2} h")
+    } else if hours * 60.0 >= 1.0 {
+        format!("{:.1} min", hours * 60.0)
+    } else {
+        format!("{:.1} s", hours * 3600.0)
     }
 }
 
@@ -762,52 +794,76 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 /// Device hours of `plan`'s train and eval units that are not done (a plan made with
-/// [`StudyOptions::sizes`]), priced by what this registry measured on the same class of
-/// device (cuda or cpu): evaluations by seconds per example and parameter, trainings by
-/// seconds per parameter, each the median over the stored rows of the same task (all tasks
-/// when the task has none).
+/// [`StudyOptions::sizes`]), priced by what the registry `costs` measured on the same class
+/// of device (cuda or cpu): evaluations by seconds per example and parameter, trainings by
+/// seconds per sequence (step × batch × accumulation) and parameter, each the median over
+/// the stored rows of the same task (of all tasks when the task has none).
 pub fn estimate(
-    reg: &Registry,
+    costs: &Registry,
     study: &Study,
     opts: &StudyOptions,
     plan: &Plan,
 ) -> Result<Estimate> {
     let device = opts.device.clone().unwrap_or_else(|| study.device.clone());
     let class = |d: &str| if d.starts_with("cuda") { "cuda" } else { "cpu" };
-    let want = class(&device);
     let mut params: HashMap<String, u64> = HashMap::new();
     let mut parameters = |reference: &str| -> Result<u64> {
         if let Some(p) = params.get(reference) {
             return Ok(*p);
         }
-        let p = reg.resolve(reference)?.parameters;
+        let p = costs.resolve(reference)?.parameters;
         params.insert(reference.to_owned(), p);
         Ok(p)
     };
-    // Seconds per example and parameter, by task.
-    let mut eval_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for e in reg.catalog().evaluations(None, None)? {
-        if class(&e.device) != want || e.examples == 0 {
+    // Seconds per example and parameter of evaluation, and per sequence and parameter of
+    // training, by device class and task.
+    let mut eval_rates: Rates = BTreeMap::new();
+    for e in costs.catalog().evaluations(None, None)? {
+        if e.examples == 0 {
             continue;
         }
         let p = parameters(&e.checkpoint)? as f64;
         eval_rates
-            .entry(e.task.clone())
+            .entry((class(&e.device), e.task.clone()))
             .or_default()
             .push(e.duration_s / (e.examples as f64 * p));
     }
-    // Seconds per parameter of a whole training run, by task.
-    let mut train_rates: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for t in reg.catalog().trainings(None)? {
-        if class(&t.run.device) != want {
+    let mut train_rates: Rates = BTreeMap::new();
+    for t in costs.catalog().trainings(None)? {
+        if t.run.steps == 0 {
             continue;
         }
+        let setting = |k: &str| t.run.settings.get(k).and_then(serde_json::Value::as_u64);
+        let per_step = setting("batch_size").unwrap_or(1) * setting("grad_accum").unwrap_or(1);
         let p = parameters(&t.checkpoint)? as f64;
         train_rates
-            .entry(t.run.task.clone())
+            .entry((class(&t.run.device), t.run.task.clone()))
             .or_default()
-            .push(t.run.duration_s / p);
+            .push(t.run.duration_s / ((t.run.steps * per_step.max(1)) as f64 * p));
     }
+    // The study's device class, or the other when the cost registry measured nothing on it.
+    let mut want = class(&device);
+    let measured = |c: &str| {
+        eval_rates
+            .keys()
+            .chain(train_rates.keys())
+            .any(|(k, _)| *k == c)
+    };
+    if !measured(want) {
+        let other = if want == "cuda" { "cpu" } else { "cuda" };
+        if measured(other) {
+            want = other;
+        }
+    }
+    let keep = |rates: Rates| -> BTreeMap<String, Vec<f64>> {
+        rates
+            .into_iter()
+            .filter(|((c, _), _)| *c == want)
+            .map(|((_, t), v)| (t, v))
+            .collect()
+    };
+    let eval_rates = keep(eval_rates);
+    let train_rates = keep(train_rates);
     let rate = |rates: &BTreeMap<String, Vec<f64>>, task: &str| -> Option<(f64, String)> {
         if let Some(v) = rates.get(task) {
             return median(v.clone()).map(|m| (m, format!("median of {} {task} run(s)", v.len())));
@@ -840,10 +896,7 @@ pub fn estimate(
             continue;
         }
         let task = task_of(u);
-        let work = match u.kind {
-            UnitKind::Eval => u.examples.unwrap_or(0) as f64 * u.parameters.unwrap_or(0) as f64,
-            _ => u.parameters.unwrap_or(0) as f64,
-        };
+        let work = u.examples.unwrap_or(0) as f64 * u.parameters.unwrap_or(0) as f64;
         let g = groups.entry((u.kind, task)).or_insert((0, 0.0, 0.0));
         g.0 += 1;
         g.1 += work;
@@ -864,7 +917,7 @@ pub fn estimate(
             }
             None => (
                 None,
-                format!("no {} {want} run stored in this registry", kind.name()),
+                format!("no {} {want} run stored in the cost registry", kind.name()),
             ),
         };
         rows.push(EstimateRow {
@@ -876,7 +929,8 @@ pub fn estimate(
         });
     }
     Ok(Estimate {
-        device: want.to_owned(),
+        device,
+        priced_on: want.to_owned(),
         rows,
         hours,
     })

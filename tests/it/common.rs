@@ -102,6 +102,7 @@ pub fn medium_shape() -> Shape {
         intermediate: 1024,
         max_positions: 130,
         type_vocab: 1,
+        bert: false,
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{bin, cm, skipped};
+use crate::common::{bin, cm, skipped, snapshot};
 use crate::study::{Setup, evaluation_ids};
 
 /// A running single-node cluster; stopped when dropped.
@@ -250,4 +250,189 @@ fn a_study_on_slurm_equals_the_local_one_through_cancelled_failed_tasks_and_a_ki
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("0 wave(s)"), "{stderr}");
+}
+
+#[test]
+fn without_slurm_or_with_a_bad_unit_the_commands_say_so_and_change_nothing() {
+    let t = Setup::new();
+    let before = snapshot(&t.reg);
+    // No Slurm client tools on PATH.
+    let empty = t.root.join("empty-path");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = bin()
+        .current_dir(&t.root)
+        .args([
+            "study",
+            "study.toml",
+            "--registry",
+            "reg",
+            "--executor",
+            "slurm",
+        ])
+        .env("PATH", &empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("squeue") && err.contains("hint:"), "{err}");
+    assert_eq!(
+        snapshot(&t.reg),
+        before,
+        "a failed driver changed the registry"
+    );
+    assert!(!t.reg.join("slurm").exists());
+    // --emit without --dry-run is a usage error.
+    let out = bin()
+        .current_dir(&t.root)
+        .args([
+            "study",
+            "study.toml",
+            "--registry",
+            "reg",
+            "--executor",
+            "slurm",
+        ])
+        .args(["--emit", "emitted"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // A unit index past the wave's list, a list that is not there, a folder that is no wave.
+    let wave = t.root.join("wave");
+    std::fs::create_dir_all(&wave).unwrap();
+    std::fs::write(wave.join("eval.units"), "eval:abc\n").unwrap();
+    for (list, index, says) in [
+        ("eval.units", "3", "has no unit at index 3"),
+        ("train.units", "0", "train.units"),
+    ] {
+        let out = bin()
+            .current_dir(&t.root)
+            .args(["study", "run-unit", "study.toml", "--registry", "reg"])
+            .args([
+                "--wave",
+                wave.to_str().unwrap(),
+                "--list",
+                list,
+                "--index",
+                index,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && err.contains("hint:"), "{err}");
+        assert_eq!(err.trim().lines().count(), 2, "{err}");
+    }
+    // A key the study does not have (the wave's snapshot is the registry's catalog).
+    cm(&t.reg, &["verify"]).assert().success();
+    std::fs::copy(t.reg.join("catalog.sqlite3"), wave.join("catalog.sqlite3")).unwrap();
+    let out = bin()
+        .current_dir(&t.root)
+        .args(["study", "run-unit", "study.toml", "--registry", "reg"])
+        .args([
+            "--wave",
+            wave.to_str().unwrap(),
+            "--list",
+            "eval.units",
+            "--index",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no unit `eval:abc`"), "{err}");
+    assert_eq!(snapshot(&t.reg), before, "a worker changed the registry");
+}
+
+#[test]
+fn a_slurm_dry_run_prints_waves_arrays_and_costs_and_emits_the_first_wave() {
+    let t = Setup::new();
+    let before = snapshot(&t.reg);
+    let out = bin()
+        .current_dir(&t.root)
+        .args(["study", "study.toml", "--registry", "reg", "--dry-run"])
+        .args(["--executor", "slurm", "--emit", "emitted"])
+        .args([
+            "--sbatch-arg=--time=01:00:00",
+            "--gpu-sbatch-arg=--gres=gpu:1",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    // Six models train from the base first, then vectors, sweeps, evaluations, the report.
+    for line in [
+        "1. train   array of 6",
+        "2. derive  array of 6",
+        "3. merge   array of 5    λ sweeps, 15 merged checkpoints",
+        "4. eval",
+        "5. eval",
+        "6. compare driver",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in\n{stdout}");
+    }
+    // The two trainings of the setup price the training units; no evaluation is stored yet.
+    assert!(stdout.contains("priced by cpu runs"), "{stdout}");
+    let train_mlm = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("train mlm"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        train_mlm.contains(" s ") && train_mlm.contains("run(s) of other tasks"),
+        "{train_mlm}"
+    );
+    let eval_pos = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("eval  pos"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(eval_pos.contains("not measured"), "{eval_pos}");
+    // The first wave's folder, as the driver would submit it; the scripts are shown.
+    let emitted = t.root.join("emitted");
+    let train = std::fs::read_to_string(emitted.join("train.sbatch")).unwrap();
+    assert!(train.contains("#SBATCH --array=0-5\n"), "{train}");
+    assert!(
+        train.contains("#SBATCH --time=01:00:00\n#SBATCH --gres=gpu:1\n"),
+        "{train}"
+    );
+    assert!(
+        train.contains("study run-unit study.toml --registry "),
+        "{train}"
+    );
+    assert!(stderr.contains(&train), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(emitted.join("train.units"))
+            .unwrap()
+            .lines()
+            .count(),
+        6
+    );
+    assert!(emitted.join("catalog.sqlite3").is_file());
+    // Derivations run on CPUs: no GPU option.
+    if let Ok(derive) = std::fs::read_to_string(emitted.join("derive.sbatch")) {
+        assert!(!derive.contains("gres"), "{derive}");
+    }
+    assert_eq!(snapshot(&t.reg), before, "a dry run changed the registry");
+    assert!(!t.reg.join("slurm").exists());
+    // The same as JSON.
+    let out = bin()
+        .current_dir(&t.root)
+        .args([
+            "study",
+            "study.toml",
+            "--registry",
+            "reg",
+            "--dry-run",
+            "--json",
+        ])
+        .args(["--executor", "slurm"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["waves"][0]["kind"], "train");
+    assert_eq!(v["waves"][0]["units"], 6);
+    assert!(v["estimate"]["rows"].as_array().unwrap().len() >= 3);
 }

@@ -21,7 +21,8 @@ use serde::Serialize;
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// `tiny` or `xlmr-base` (the exact names and shapes of xlm-roberta-base, 278M parameters).
+    /// `tiny`, `xlmr-base` (the exact names and shapes of xlm-roberta-base, 278M parameters)
+    /// or `mbert-base` (bert-base-multilingual-cased's, 178M).
     #[arg(long, default_value = "tiny")]
     shape: String,
     /// How many fine-tunes to write beside the base.
@@ -45,7 +46,7 @@ fn shape(name: &str) -> anyhow::Result<Shape> {
     Shape::by_name(name).ok_or_else(|| {
         crossmerge::Error::invalid(
             format!("unknown shape `{name}`"),
-            "use `tiny` or `xlmr-base`",
+            "use `tiny`, `xlmr-base` or `mbert-base`",
         )
         .into()
     })

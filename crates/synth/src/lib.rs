@@ -33,6 +33,9 @@ pub struct Shape {
     pub intermediate: u64,
     pub max_positions: u64,
     pub type_vocab: u64,
+    /// BERT's names (`bert.`, `BertModel`) instead of XLM-R's (`roberta.`).
+    #[serde(default)]
+    pub bert: bool,
 }
 
 impl Shape {
@@ -45,6 +48,19 @@ impl Shape {
         intermediate: 3072,
         max_positions: 514,
         type_vocab: 1,
+        bert: false,
+    };
+
+    /// bert-base-multilingual-cased: 177,853,440 parameters with the pooler.
+    pub const MBERT_BASE: Shape = Shape {
+        vocab: 119_547,
+        hidden: 768,
+        layers: 12,
+        heads: 12,
+        intermediate: 3072,
+        max_positions: 512,
+        type_vocab: 2,
+        bert: true,
     };
 
     /// A tiny encoder of the same layout, for tests.
@@ -56,11 +72,13 @@ impl Shape {
         intermediate: 64,
         max_positions: 66,
         type_vocab: 1,
+        bert: false,
     };
 
     pub fn by_name(name: &str) -> Option<Shape> {
         match name {
             "xlmr-base" | "xlm-roberta-base" => Some(Self::XLMR_BASE),
+            "mbert-base" | "bert-base-multilingual-cased" => Some(Self::MBERT_BASE),
             "tiny" => Some(Self::TINY),
             _ => None,
         }
@@ -73,48 +91,46 @@ enum Init {
     OnePlusNormal,
 }
 
-/// (name, shape, init) of every tensor, with HF's `roberta.` names, sorted by name.
+/// (name, shape, init) of every tensor, with HF's `roberta.` (or `bert.`) names, sorted by
+/// name.
 fn tensors(s: &Shape, head_labels: Option<u64>) -> Vec<(String, Vec<u64>, Init)> {
     let (h, i) = (s.hidden, s.intermediate);
+    let model = if s.bert { "bert" } else { "roberta" };
     let mut out = vec![
         (
-            "roberta.embeddings.word_embeddings.weight".to_owned(),
+            format!("{model}.embeddings.word_embeddings.weight"),
             vec![s.vocab, h],
             Init::Normal,
         ),
         (
-            "roberta.embeddings.position_embeddings.weight".to_owned(),
+            format!("{model}.embeddings.position_embeddings.weight"),
             vec![s.max_positions, h],
             Init::Normal,
         ),
         (
-            "roberta.embeddings.token_type_embeddings.weight".to_owned(),
+            format!("{model}.embeddings.token_type_embeddings.weight"),
             vec![s.type_vocab, h],
             Init::Normal,
         ),
         (
-            "roberta.embeddings.LayerNorm.weight".to_owned(),
+            format!("{model}.embeddings.LayerNorm.weight"),
             vec![h],
             Init::OnePlusNormal,
         ),
         (
-            "roberta.embeddings.LayerNorm.bias".to_owned(),
+            format!("{model}.embeddings.LayerNorm.bias"),
             vec![h],
             Init::Normal,
         ),
         (
-            "roberta.pooler.dense.weight".to_owned(),
+            format!("{model}.pooler.dense.weight"),
             vec![h, h],
             Init::Normal,
         ),
-        (
-            "roberta.pooler.dense.bias".to_owned(),
-            vec![h],
-            Init::Normal,
-        ),
+        (format!("{model}.pooler.dense.bias"), vec![h], Init::Normal),
     ];
     for l in 0..s.layers {
-        let p = format!("roberta.encoder.layer.{l}");
+        let p = format!("{model}.encoder.layer.{l}");
         for m in [
             "attention.self.query",
             "attention.self.key",
@@ -310,9 +326,14 @@ pub fn write_checkpoint(
         .map_err(io::IntoInnerError::into_error)?
         .sync_all()?;
     crossmerge_store::atomic::rename_durably(&tmp, &dir.join("model.safetensors"))?;
+    let (family, model_type) = if shape.bert {
+        ("Bert", "bert")
+    } else {
+        ("XLMRoberta", "xlm-roberta")
+    };
     let mut config = json!({
-        "architectures": [if head_labels.is_some() { "XLMRobertaForTokenClassification" } else { "XLMRobertaModel" }],
-        "model_type": "xlm-roberta",
+        "architectures": [if head_labels.is_some() { format!("{family}ForTokenClassification") } else { format!("{family}Model") }],
+        "model_type": model_type,
         "vocab_size": shape.vocab,
         "hidden_size": shape.hidden,
         "num_hidden_layers": shape.layers,
@@ -383,6 +404,12 @@ mod tests {
     #[test]
     fn xlmr_base_has_its_real_parameter_count() {
         assert_eq!(parameter_count(&Shape::XLMR_BASE), 278_043_648);
+        assert_eq!(parameter_count(&Shape::MBERT_BASE), 177_853_440);
+        let names: Vec<String> = tensors(&Shape::MBERT_BASE, None)
+            .into_iter()
+            .map(|t| t.0)
+            .collect();
+        assert!(names.iter().all(|n| n.starts_with("bert.")), "{names:?}");
     }
 
     #[test]

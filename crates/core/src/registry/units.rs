@@ -458,6 +458,13 @@ impl Registry {
     }
 }
 
+/// The objects in a staging folder (none when it has no store).
+pub fn staged_objects(stage: &Path) -> Vec<ObjectId> {
+    FsBackend::existing(stage)
+        .and_then(|b| b.list())
+        .unwrap_or_default()
+}
+
 fn bad_result(stage: &Path, problem: &str) -> Error {
     Error::invalid(
         format!(
