@@ -436,3 +436,138 @@ fn a_slurm_dry_run_prints_waves_arrays_and_costs_and_emits_the_first_wave() {
     assert_eq!(v["waves"][0]["units"], 6);
     assert!(v["estimate"]["rows"].as_array().unwrap().len() >= 3);
 }
+
+/// A staged registry (a worker's): a fine-tune registered over the registry's base, a vector
+/// and an evaluation, written into `stage` against a copy of the catalog.
+fn stage_unit(
+    dir: &Path,
+    reg: &Path,
+    model: &Path,
+    name: &str,
+) -> (crossmerge::registry::UnitResult, PathBuf) {
+    use crossmerge::catalog::NewEvaluation;
+    use crossmerge::{
+        CheckpointKind, DeriveOptions, NoProgress, RegisterOptions, Registry, VectorKind,
+    };
+
+    let main = Registry::open(reg).unwrap();
+    let snapshot = dir.join(format!("{name}.sqlite3"));
+    main.snapshot_catalog(&snapshot).unwrap();
+    drop(main);
+    let stage = dir.join(format!("stage-{name}"));
+    let mut w = Registry::open_staged(reg, &stage, &snapshot).unwrap();
+    let marks = w.marks().unwrap();
+    w.register(
+        model,
+        &RegisterOptions::new(name, CheckpointKind::Task)
+            .base("base")
+            .task("ner")
+            .language("en"),
+        &NoProgress,
+    )
+    .unwrap();
+    w.derive(
+        &DeriveOptions::new(VectorKind::Task, format!("{name}-vector"), name).minus("base"),
+        &NoProgress,
+    )
+    .unwrap();
+    let checkpoint = w.resolve(name).unwrap().rowid;
+    w.record_evaluation(&NewEvaluation {
+        key: blake3::hash(name.as_bytes()).to_hex().to_string(),
+        checkpoint,
+        task: "ner".into(),
+        language: Some("en".into()),
+        dataset_hash: "0".repeat(64),
+        dataset_path: "data.iob2".into(),
+        split: Some("test".into()),
+        metrics: [("f1".to_owned(), 0.5)].into_iter().collect(),
+        examples: 10,
+        truncated: 0,
+        device: "cpu".into(),
+        duration_s: 1.0,
+        settings: serde_json::json!({}),
+    })
+    .unwrap();
+    (
+        w.unit_result(&format!("unit:{name}"), &marks).unwrap(),
+        stage,
+    )
+}
+
+#[test]
+fn a_unit_result_is_ingested_once_and_a_damaged_one_changes_nothing() {
+    use crossmerge::{CheckpointKind, ExportOptions, NoProgress, RegisterOptions, Registry};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let family = crate::common::tiny_family(&dir.join("family"), 2, Some(3));
+    let reg = dir.join("reg");
+    let mut main = Registry::create(&reg).unwrap();
+    main.register(
+        &family[0],
+        &RegisterOptions::new("base", CheckpointKind::Base),
+        &NoProgress,
+    )
+    .unwrap();
+    drop(main);
+    let before = snapshot(&reg);
+    let (result, stage) = stage_unit(dir, &reg, &family[1], "ft-1");
+    // The worker wrote nothing into the registry: its objects are staged, its rows private.
+    assert_eq!(snapshot(&reg), before);
+    assert!(!crossmerge::registry::staged_objects(&stage).is_empty());
+    assert_eq!(result.checkpoints.len(), 1);
+    assert_eq!(result.vectors.len(), 1);
+    assert_eq!(result.evaluations.len(), 1);
+
+    let mut main = Registry::open(&reg).unwrap();
+    let got = main.ingest_unit(&result, &stage).unwrap();
+    assert_eq!(got.checkpoints, ["ft-1@1"]);
+    assert_eq!(got.vectors, ["ft-1-vector@1"]);
+    assert_eq!(got.evaluations, 1);
+    assert!(got.objects > 0);
+    // Ingested again (a driver killed before it marked the unit): nothing new.
+    let again = main.ingest_unit(&result, &stage).unwrap();
+    assert!(again.checkpoints.is_empty() && again.vectors.is_empty());
+    assert_eq!((again.objects, again.evaluations), (0, 0));
+    assert!(main.verify(&NoProgress).unwrap().is_clean());
+    let out = dir.join("export");
+    main.export("ft-1", &out, &ExportOptions::default(), &NoProgress)
+        .unwrap();
+    assert_eq!(
+        crate::common::read_model_tensors(&out),
+        crate::common::read_model_tensors(&family[1])
+    );
+    assert_eq!(main.evaluations(Some("ft-1"), None, None).unwrap().len(), 1);
+    drop(main);
+
+    // A result whose staged objects are gone, or damaged, or of another format: refused
+    // before anything is written.
+    let (result, stage) = stage_unit(dir, &reg, &family[2], "ft-2");
+    let before = snapshot(&reg);
+    // A bit of the biggest staged object (a tensor) flips: only its hash tells.
+    let first = crate::common::files_under(&stage.join("objects"))
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&first).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    std::fs::write(&first, &bytes).unwrap();
+    let mut main = Registry::open(&reg).unwrap();
+    let err = main.ingest_unit(&result, &stage).unwrap_err().to_string();
+    assert!(err.contains("does not match its id"), "{err}");
+    std::fs::remove_file(&first).unwrap();
+    let err = main.ingest_unit(&result, &stage).unwrap_err().to_string();
+    assert!(err.contains("is damaged"), "{err}");
+    let mut other = result.clone();
+    other.format = "crossmerge.unit-result.v0".into();
+    let err = main.ingest_unit(&other, &stage).unwrap_err().to_string();
+    assert!(err.contains("format"), "{err}");
+    drop(main);
+    assert_eq!(
+        snapshot(&reg),
+        before,
+        "a refused result changed the registry"
+    );
+    crate::common::assert_verify_clean(&reg);
+}

@@ -318,6 +318,9 @@ impl Registry {
             staged.check(self, &row)?;
             rows.push(row);
         }
+        // Every object decodes to the bytes its id names (deltas against staged objects or
+        // the registry's) before any of it enters the store.
+        staged.verify(self, &rows)?;
         self.catalog.insert_pending(&rows)?;
         rows.sort_by_key(|r| r.delta_base.is_some());
         let mut sizes: HashMap<ObjectId, u64> = HashMap::new();
@@ -513,6 +516,24 @@ impl StagedFiles {
             ));
         }
         Ok(())
+    }
+
+    /// Decodes and re-hashes `rows`' objects (from the stage, or the store where an earlier
+    /// ingest moved them), in parallel.
+    fn verify(&self, reg: &Registry, rows: &[ObjectRow]) -> Result<()> {
+        use rayon::prelude::*;
+
+        let backend = StagedBackend {
+            stage: FsBackend::existing(&self.dir)
+                .map_err(|e| Error::io("opening", &self.dir, e))?,
+            main: reg.backend.clone(),
+        };
+        rows.par_iter().try_for_each(|r| {
+            let dec = Decoder::open(&backend, &r.id)
+                .map_err(|e| bad_result(&self.dir, &format!("object {}: {e}", r.id)))?;
+            dec.stream(&r.id, &mut |_| Ok(()))
+                .map_err(|e| bad_result(&self.dir, &format!("object {}: {e}", r.id)))
+        })
     }
 
     /// Renames a staged object into the store at `root` (a no-op when an earlier ingest did):
