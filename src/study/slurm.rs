@@ -171,6 +171,8 @@ pub fn drive(
         wait(&submitted, slurm.poll)?;
         ingest_all(reg, &run, &mut report.ingested, say)?;
         write_jobs(&run, &[])?;
+        // No task reads the wave's snapshot any more (its lists and scripts stay, a record).
+        let _ = fs::remove_file(dir.join("catalog.sqlite3"));
         // What left no result failed (exited non-zero, was cancelled, its node died).
         let mut given_up = Vec::new();
         for s in &submitted {
