@@ -1,5 +1,6 @@
 //! `study` (the cross-lingual transfer experiment, end to end) and `trace` (a number back to
 //! what made it).
+#![allow(clippy::doc_markdown)] // clap help text, shown as written (URLs, variable names)
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -63,6 +64,10 @@ pub struct StudyArgs {
     /// With slurm: seconds between the driver's questions to squeue.
     #[arg(long, default_value_t = 15, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     poll: u64,
+    /// With slurm: a remote of the registry (`remote add`, S3) through which the workers read
+    /// objects and hand back what they made, for nodes that do not mount the registry.
+    #[arg(long, value_name = "NAME")]
+    remote: Option<String>,
     /// With slurm: the crossmerge binary the compute nodes run [default: this one].
     #[arg(long, value_name = "PATH")]
     worker: Option<PathBuf>,
@@ -104,9 +109,20 @@ struct RunUnitArgs {
     reg: super::RegistryArg,
     /// The study file.
     file: PathBuf,
-    /// The wave folder the driver wrote (REGISTRY/slurm/STUDY/wave-NNN).
+    /// The wave folder the driver wrote (REGISTRY/slurm/STUDY/wave-NNN), or its key on the
+    /// remote (slurm/STUDY/wave-NNN) with --remote-url.
     #[arg(long, value_name = "DIR")]
     wave: PathBuf,
+    /// Read objects from, and hand the unit's back to, this remote (s3://BUCKET/PREFIX or
+    /// file:///PATH) instead of the registry's folder; credentials from the environment.
+    #[arg(long, value_name = "URL")]
+    remote_url: Option<String>,
+    /// The remote's S3 endpoint, when not AWS's.
+    #[arg(long, value_name = "URL", requires = "remote_url")]
+    endpoint: Option<String>,
+    /// Allow plain HTTP to the endpoint.
+    #[arg(long, requires = "remote_url")]
+    allow_http: bool,
     /// The unit list in the wave folder (e.g. eval.units).
     #[arg(long, value_name = "NAME")]
     list: String,
@@ -302,6 +318,7 @@ fn slurm_options(
     o.max_parallel = a.max_parallel;
     o.retries = a.retries;
     o.poll = std::time::Duration::from_secs(a.poll);
+    o.remote.clone_from(&a.remote);
     Ok(o)
 }
 
@@ -371,7 +388,25 @@ fn run_unit(ctx: &Context, u: &RunUnitArgs) -> anyhow::Result<ExitCode> {
     let mut opts = StudyOptions::default();
     opts.device.clone_from(&u.device);
     let started = std::time::Instant::now();
-    let key = slurm::work(&ctx.registry, &s, &u.wave, &u.list, u.index, &opts)?;
+    let key = match &u.remote_url {
+        Some(url) => {
+            let remote = crossmerge::store::remote::RemoteConfig {
+                name: "staging".to_owned(),
+                url: url.clone(),
+                endpoint: u.endpoint.clone(),
+                allow_http: u.allow_http,
+            };
+            slurm::work_remote(
+                &remote,
+                &s,
+                &u.wave.to_string_lossy(),
+                &u.list,
+                u.index,
+                &opts,
+            )?
+        }
+        None => slurm::work(&ctx.registry, &s, &u.wave, &u.list, u.index, &opts)?,
+    };
     if !ctx.quiet {
         eprintln!(
             "unit {key}: done in {:.1} s",

@@ -31,6 +31,7 @@ use super::{Plan, Ready, StudyOptions, UnitKind};
 use crate::Registry;
 use crate::error::{Error, Result};
 use crate::registry::{IngestReport, UnitResult};
+use crate::store::remote::{RemoteConfig, RemoteStore};
 
 /// How the driver uses Slurm.
 #[derive(Clone, Debug)]
@@ -52,6 +53,9 @@ pub struct SlurmOptions {
     /// The study file as the workers open it (from the driver's working directory, which the
     /// tasks start in).
     pub study_file: PathBuf,
+    /// A remote of the registry (S3) through which workers read objects and hand back what
+    /// they made, for nodes that do not mount the registry's folder.
+    pub remote: Option<String>,
 }
 
 impl SlurmOptions {
@@ -64,8 +68,35 @@ impl SlurmOptions {
             poll: Duration::from_secs(15),
             worker,
             study_file,
+            remote: None,
         }
     }
+}
+
+/// The remote a Slurm run stages through, opened.
+struct Staging {
+    name: String,
+    config: RemoteConfig,
+    store: RemoteStore,
+}
+
+impl Staging {
+    fn open(reg: &Registry, slurm: &SlurmOptions) -> Result<Option<Self>> {
+        let Some(name) = &slurm.remote else {
+            return Ok(None);
+        };
+        let config = reg.remote(name)?;
+        Ok(Some(Self {
+            name: name.clone(),
+            store: RemoteStore::open(&config)?,
+            config,
+        }))
+    }
+}
+
+/// The remote key of a study's Slurm folder (`slurm/STUDY`), as the local one.
+fn remote_run(study: &Study) -> String {
+    format!("slurm/{}", study.name)
 }
 
 /// One array a driver submitted.
@@ -87,10 +118,14 @@ pub struct SlurmReport {
     pub ingested: IngestReport,
 }
 
-/// The unit's folder name: a hash of its key (keys hold `/` and `=`).
+/// A unit's folder name: a hash of its key (keys hold `/` and `=`).
+fn unit_hash(key: &str) -> String {
+    blake3::hash(key.as_bytes()).to_hex()[..16].to_owned()
+}
+
+/// The folder of the unit `key` in the run folder `run`.
 pub fn unit_dir(run: &Path, key: &str) -> PathBuf {
-    run.join("units")
-        .join(&blake3::hash(key.as_bytes()).to_hex()[..16])
+    run.join("units").join(unit_hash(key))
 }
 
 /// `REGISTRY/slurm/STUDY`: the waves, units and logs of `study`'s Slurm runs.
@@ -118,6 +153,7 @@ pub fn drive(
     for d in ["units", "logs"] {
         fs::create_dir_all(run.join(d)).map_err(io_err("creating", &run))?;
     }
+    let staging = Staging::open(reg, slurm)?;
     let mut report = SlurmReport::default();
     // Arrays a driver killed before this one left behind (recorded, or only queued under this
     // study's job names): wait for them, take what they made.
@@ -143,6 +179,9 @@ pub fn drive(
         ));
         wait(&left, slurm.poll)?;
     }
+    if let Some(st) = &staging {
+        fetch_results(reg, st, study, &run)?;
+    }
     ingest_all(reg, &run, &mut report.ingested, say)?;
     write_jobs(&run, &[])?;
     let mut failures: HashMap<String, u32> = HashMap::new();
@@ -153,7 +192,19 @@ pub fn drive(
             return Ok(report);
         }
         let dir = run.join(format!("wave-{wave:03}"));
-        let submitted = submit_wave(reg, study, opts, slurm, &dir, wave, &ready)?;
+        if let Some(st) = &staging {
+            push_inputs(reg, st, study, say)?;
+        }
+        let submitted = submit_wave(
+            reg,
+            study,
+            opts,
+            slurm,
+            staging.as_ref(),
+            &dir,
+            wave,
+            &ready,
+        )?;
         write_jobs(&run, &submitted)?;
         say(&format!(
             "wave {wave}: {}",
@@ -169,6 +220,9 @@ pub fn drive(
             .arrays
             .extend(submitted.iter().map(|s| s.job.clone()));
         wait(&submitted, slurm.poll)?;
+        if let Some(st) = &staging {
+            fetch_results(reg, st, study, &run)?;
+        }
         ingest_all(reg, &run, &mut report.ingested, say)?;
         write_jobs(&run, &[])?;
         // No task reads the wave's snapshot any more (its lists and scripts stay, a record).
@@ -278,12 +332,15 @@ fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The sbatch script of one array: `n` tasks of `kind`, listed in `list`.
-pub fn script(
+/// The sbatch script of one array: `n` tasks of `kind`, listed in `KIND.units` of the wave
+/// folder `dir` (or, staging through a remote, of its copy there).
+#[allow(clippy::too_many_arguments)] // the script's every input
+fn script(
     reg_root: &Path,
     study: &Study,
     opts: &StudyOptions,
     slurm: &SlurmOptions,
+    staging: Option<&Staging>,
     dir: &Path,
     kind: UnitKind,
     n: usize,
@@ -319,11 +376,37 @@ pub fn script(
     s.push_str("set -eu\n");
     let _ = write!(
         s,
-        "exec {} study run-unit {} --registry {} --wave {} --list {}.units --index \"$SLURM_ARRAY_TASK_ID\"",
+        "exec {} study run-unit {}",
         path(&slurm.worker),
-        path(&slurm.study_file),
-        path(reg_root),
-        path(dir),
+        path(&slurm.study_file)
+    );
+    match staging {
+        None => {
+            let _ = write!(s, " --registry {} --wave {}", path(reg_root), path(dir));
+        }
+        Some(st) => {
+            let _ = write!(s, " --remote-url {}", quote(&st.config.url));
+            if let Some(e) = &st.config.endpoint {
+                let _ = write!(s, " --endpoint {}", quote(e));
+            }
+            if st.config.allow_http {
+                s.push_str(" --allow-http");
+            }
+            let wave = dir.file_name().map(|f| f.to_string_lossy().into_owned());
+            let _ = write!(
+                s,
+                " --wave {}",
+                quote(&format!(
+                    "{}/{}",
+                    remote_run(study),
+                    wave.unwrap_or_default()
+                ))
+            );
+        }
+    }
+    let _ = write!(
+        s,
+        " --list {}.units --index \"$SLURM_ARRAY_TASK_ID\"",
         kind.name()
     );
     if let Some(d) = &opts.device
@@ -336,11 +419,13 @@ pub fn script(
 }
 
 /// Writes the wave's folder (catalog snapshot, unit lists, scripts) and submits its arrays.
+#[allow(clippy::too_many_arguments)] // a wave's every input
 fn submit_wave(
     reg: &Registry,
     study: &Study,
     opts: &StudyOptions,
     slurm: &SlurmOptions,
+    staging: Option<&Staging>,
     dir: &Path,
     wave: u32,
     ready: &[Ready],
@@ -350,7 +435,20 @@ fn submit_wave(
     }
     fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let mut out = Vec::new();
-    for a in write_wave(reg, study, opts, slurm, dir, ready)? {
+    let arrays = write_wave(reg, study, opts, slurm, staging, dir, ready)?;
+    if let Some(st) = staging {
+        // The wave's snapshot and lists, where the workers read them.
+        let name = dir.file_name().map(|f| f.to_string_lossy().into_owned());
+        let key = format!("{}/{}", remote_run(study), name.unwrap_or_default());
+        let files = std::iter::once("catalog.sqlite3".to_owned())
+            .chain(arrays.iter().map(|a| format!("{}.units", a.kind.name())));
+        for base in files {
+            let file = dir.join(&base);
+            let bytes = fs::read(&file).map_err(io_err("reading", &file))?;
+            st.store.put(&format!("{key}/{base}"), bytes)?;
+        }
+    }
+    for a in arrays {
         out.push(Submitted {
             job: sbatch(&a.script)?,
             wave,
@@ -376,6 +474,7 @@ fn write_wave(
     study: &Study,
     opts: &StudyOptions,
     slurm: &SlurmOptions,
+    staging: Option<&Staging>,
     dir: &Path,
     ready: &[Ready],
 ) -> Result<Vec<Array>> {
@@ -392,7 +491,16 @@ fn write_wave(
     for (kind, keys) in by_kind {
         let list = dir.join(format!("{}.units", kind.name()));
         fs::write(&list, keys.join("\n") + "\n").map_err(io_err("writing", &list))?;
-        let text = script(reg.root(), study, opts, slurm, dir, kind, keys.len())?;
+        let text = script(
+            reg.root(),
+            study,
+            opts,
+            slurm,
+            staging,
+            dir,
+            kind,
+            keys.len(),
+        )?;
         let file = dir.join(format!("{}.sbatch", kind.name()));
         fs::write(&file, &text).map_err(io_err("writing", &file))?;
         out.push(Array {
@@ -560,6 +668,129 @@ fn ingest_all(
     Ok(())
 }
 
+/// Pushes to the staging remote every checkpoint of the study this registry has (the base,
+/// registered and trained models, baselines, merged points): what the next wave's workers
+/// read. Only what the remote lacks is sent.
+fn push_inputs(reg: &Registry, st: &Staging, study: &Study, say: &dyn Fn(&str)) -> Result<()> {
+    let mut names: Vec<String> = vec![study.base.clone()];
+    for t in &study.tasks {
+        names.push(t.model.reference().to_owned());
+        names.extend(t.baselines.values().cloned());
+    }
+    for l in &study.languages {
+        names.push(l.model.reference().to_owned());
+        if let Some(b) = &l.before {
+            names.push(b.reference().to_owned());
+        }
+    }
+    let prefix = format!("{}/", study.name);
+    let mut refs: Vec<String> = names
+        .iter()
+        .filter_map(|n| reg.resolve(n).ok())
+        .map(|r| r.reference())
+        .collect();
+    refs.extend(
+        reg.list(&crate::CheckpointFilter::default())?
+            .into_iter()
+            .filter(|c| c.name.starts_with(&prefix))
+            .map(|c| c.reference()),
+    );
+    refs.sort();
+    refs.dedup();
+    let r = reg.push(&st.name, &refs, &crate::NoProgress)?;
+    if r.objects_sent > 0 {
+        say(&format!(
+            "pushed {} object(s), {:.1} MB, to remote `{}` for the workers",
+            r.objects_sent,
+            r.bytes_sent as f64 / 1e6,
+            st.name
+        ));
+    }
+    Ok(())
+}
+
+/// Brings the results workers left on the staging remote into their unit folders here.
+fn fetch_results(reg: &Registry, st: &Staging, study: &Study, run: &Path) -> Result<()> {
+    let units = format!("{}/units", remote_run(study));
+    for (key, _) in st.store.list(&units)? {
+        let Some(hash) = key.strip_suffix("/result.json") else {
+            continue;
+        };
+        let stage = run.join("units").join(hash);
+        if stage.join("ingested").is_file() {
+            continue;
+        }
+        crate::registry::download_unit(reg, &st.store, &format!("{units}/{key}"), &stage)?;
+    }
+    Ok(())
+}
+
+/// A worker that reaches the registry only through `remote`: runs the unit at `index` of the
+/// wave's `list` (both under the remote key `wave`), fetching the objects it reads, and
+/// uploads what it made and its result. Returns the unit's key.
+pub fn work_remote(
+    remote: &RemoteConfig,
+    study: &Study,
+    wave: &str,
+    list: &str,
+    index: usize,
+    opts: &StudyOptions,
+) -> Result<String> {
+    let store = RemoteStore::open(remote)?;
+    let list_key = format!("{wave}/{list}");
+    let text = store.get(&list_key)?.ok_or_else(|| {
+        Error::invalid(
+            format!("remote `{}` has no {list_key}", remote.url),
+            "run-unit runs as a task of the arrays the driver submits; run the study's driver instead",
+        )
+    })?;
+    let key = unit_key(&String::from_utf8_lossy(&text), index, Path::new(&list_key))?;
+    let result_key = format!(
+        "{}/units/{}/result.json",
+        remote_run(study),
+        unit_hash(&key)
+    );
+    if store
+        .list(&format!("{}/units/{}", remote_run(study), unit_hash(&key)))?
+        .iter()
+        .any(|(k, _)| k == "result.json")
+    {
+        return Ok(key);
+    }
+    let scratch = Scratch::new()?;
+    let catalog = scratch.0.join("catalog.sqlite3");
+    let mut file = fs::File::create(&catalog).map_err(io_err("creating", &catalog))?;
+    let snapshot = format!("{wave}/catalog.sqlite3");
+    if store.get_into(&snapshot, &mut file)?.is_none() {
+        return Err(Error::invalid(
+            format!("remote `{}` has no {snapshot}", remote.url),
+            "run the study's driver again (it writes each wave's snapshot)",
+        ));
+    }
+    drop(file);
+    let mut reg = Registry::open_staged_remote(remote, &scratch.0, &catalog)?;
+    let marks = reg.marks()?;
+    super::run_unit(&mut reg, study, &key, opts, &super::Silent)?;
+    let r = reg.unit_result(&key, &marks)?;
+    crate::registry::upload_unit(&store, &scratch.0.join("stage"), &r, &result_key)?;
+    Ok(key)
+}
+
+/// The key at line `index` of a unit list.
+fn unit_key(text: &str, index: usize, list: &Path) -> Result<String> {
+    text.lines()
+        .nth(index)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Error::bad_input(
+                list,
+                format!("has no unit at index {index}"),
+                "run-unit runs as a task of the arrays the driver submits; run the study's driver instead",
+            )
+        })
+}
+
 /// A worker: runs the unit at `index` of the wave's `list` (its `run-unit` command).
 /// A unit whose result exists already does nothing. Returns the unit's key.
 pub fn work(
@@ -572,18 +803,7 @@ pub fn work(
 ) -> Result<String> {
     let list_path = wave.join(list);
     let text = fs::read_to_string(&list_path).map_err(io_err("reading", &list_path))?;
-    let key = text
-        .lines()
-        .nth(index)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            Error::bad_input(
-                &list_path,
-                format!("has no unit at index {index}"),
-                "run-unit runs as a task of the arrays the driver submits; run the study's driver instead",
-            )
-        })?
-        .to_owned();
+    let key = unit_key(&text, index, &list_path)?;
     let stage = unit_dir(&run_dir(root, study), &key);
     let result = stage.join("result.json");
     if result.is_file() {
@@ -951,8 +1171,11 @@ pub fn emit(
     dir: &Path,
     ready: &[Ready],
 ) -> Result<Vec<(PathBuf, String)>> {
-    Ok(write_wave(reg, study, opts, slurm, dir, ready)?
-        .into_iter()
-        .map(|a| (a.script, a.text))
-        .collect())
+    let staging = Staging::open(reg, slurm)?;
+    Ok(
+        write_wave(reg, study, opts, slurm, staging.as_ref(), dir, ready)?
+            .into_iter()
+            .map(|a| (a.script, a.text))
+            .collect(),
+    )
 }

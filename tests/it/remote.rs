@@ -360,14 +360,14 @@ fn free_port() -> u16 {
 }
 
 /// moto's S3 server on loopback, stopped when dropped.
-struct Moto {
+pub(crate) struct Moto {
     child: Child,
     port: u16,
     exe: PathBuf,
 }
 
 impl Moto {
-    fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         let python = crate::common::python();
         let beside = Path::new(&python).with_file_name("moto_server");
         let exe = if beside.is_file() {
@@ -416,7 +416,7 @@ impl Moto {
         self.create_bucket("crossmerge-test");
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -466,7 +466,7 @@ fn an_s3_remote_round_trips_through_a_real_server() {
 }
 
 /// Credentials moto accepts (it checks none).
-const TEST_KEYS: [(&str, &str); 3] = [
+pub(crate) const TEST_KEYS: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "test"),
     ("AWS_SECRET_ACCESS_KEY", "test"),
     ("AWS_REGION", "us-east-1"),
@@ -480,7 +480,7 @@ fn with_keys(mut c: assert_cmd::Command) -> assert_cmd::Command {
 }
 
 /// `remote add s3 URL --endpoint ENDPOINT --allow-http` in `reg`.
-fn add_s3(reg: &Path, url: &str, endpoint: &str) {
+pub(crate) fn add_s3(reg: &Path, url: &str, endpoint: &str) {
     cm(
         reg,
         &[

@@ -22,10 +22,10 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Option<Self> {
+    fn start(name: &str) -> Option<Self> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/slurm/local-cluster.sh");
         // A short path of its own (Slurm's sockets have a length limit).
-        let dir = std::env::temp_dir().join(format!("cm-slurm-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("cm-slurm-{}-{name}", std::process::id()));
         let out = Command::new("bash")
             .arg(&script)
             .arg("start")
@@ -136,7 +136,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_study_on_slurm_equals_the_local_one_through_cancelled_failed_tasks_and_a_killed_driver() {
-    let Some(cluster) = Cluster::start() else {
+    let Some(cluster) = Cluster::start("faults") else {
         return;
     };
     let local = Setup::new();
@@ -570,4 +570,99 @@ fn a_unit_result_is_ingested_once_and_a_damaged_one_changes_nothing() {
         "a refused result changed the registry"
     );
     crate::common::assert_verify_clean(&reg);
+}
+
+/// Refuses to run a unit that names a registry folder: workers staged through S3 must not.
+const S3_WORKER: &str = r#"#!/bin/bash
+case " $* " in
+    *" --registry "*) echo "a staged worker was given a registry: $*" >&2; exit 9 ;;
+esac
+case " $* " in
+    *" --remote-url s3://"*) ;;
+    *) echo "no --remote-url: $*" >&2; exit 9 ;;
+esac
+exec "$CROSSMERGE_REAL" "$@"
+"#;
+
+#[test]
+fn a_study_on_slurm_staged_through_s3_equals_the_local_one() {
+    let Some(cluster) = Cluster::start("s3") else {
+        return;
+    };
+    let Some(moto) = crate::remote::Moto::start() else {
+        skipped(
+            "slurm::a_study_on_slurm_staged_through_s3_equals_the_local_one",
+            "moto_server (pip install \"moto[server]\") is not installed beside $CROSSMERGE_PYTHON or on PATH",
+        );
+        return;
+    };
+    let local = Setup::new();
+    local.study(&[]).assert().success();
+    let t = Setup::new();
+    crate::remote::add_s3(&t.reg, "s3://crossmerge-test/lab", &moto.endpoint());
+    let worker = t.root.join("s3-worker.sh");
+    std::fs::write(&worker, S3_WORKER).unwrap();
+    Command::new("chmod")
+        .arg("+x")
+        .arg(&worker)
+        .status()
+        .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_crossmerge"));
+    c.current_dir(&t.root)
+        .args(["study", "study.toml", "--registry", "reg", "--out", "out"])
+        .args([
+            "--executor",
+            "slurm",
+            "--poll",
+            "1",
+            "--remote",
+            "s3",
+            "--worker",
+        ])
+        .arg(&worker)
+        .env("SLURM_CONF", &cluster.conf)
+        .env("CROSSMERGE_REAL", env!("CARGO_BIN_EXE_crossmerge"));
+    for (k, v) in crate::remote::TEST_KEYS {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("pushed "), "{stderr}");
+    let without_command = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("command").unwrap();
+        v
+    };
+    assert_eq!(
+        without_command(t.results()),
+        without_command(local.results()),
+        "{stderr}"
+    );
+    cm(&t.reg, &["verify"]).assert().success();
+    for c in t.json(&["list", "--json"]).as_array().unwrap() {
+        assert_eq!(c["version"], 1, "{} was made twice", c["name"]);
+    }
+    // Every script named the remote, none the registry.
+    for e in std::fs::read_dir(t.reg.join("slurm/toy")).unwrap() {
+        let wave = e.unwrap().path();
+        if !wave
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("wave-")
+        {
+            continue;
+        }
+        for f in std::fs::read_dir(&wave).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|x| x == "sbatch") {
+                let text = std::fs::read_to_string(&f).unwrap();
+                assert!(
+                    text.contains("--remote-url s3://crossmerge-test/lab"),
+                    "{text}"
+                );
+                assert!(!text.contains("--registry"), "{text}");
+            }
+        }
+    }
 }

@@ -32,7 +32,7 @@ pub use self::remote::{PullReport, PushReport, RemoteCheckpoint};
 pub use self::trace::{Input as TraceInput, MergeNode, Node as TraceNode, Trace, TrainingNode};
 pub use self::units::{
     IngestReport, StagedObject, UNIT_RESULT_FORMAT, UnitCheckpoint, UnitEvaluation, UnitResult,
-    UnitTraining, UnitVector, staged_objects,
+    UnitTraining, UnitVector, download_unit, staged_objects, upload_unit,
 };
 pub use self::vectors::{
     ChangedTensor, CompareOptions, DeriveOptions, DiffReport, TensorNorm, VectorDetails,

@@ -240,12 +240,16 @@ impl Registry {
             .collect())
     }
 
-    fn open_remote(&self, name: &str) -> Result<RemoteStore> {
-        let config = self
-            .remotes()?
+    /// The remote `name` as this registry names it.
+    pub fn remote(&self, name: &str) -> Result<RemoteConfig> {
+        self.remotes()?
             .into_iter()
             .find(|r| r.name == name)
-            .ok_or_else(|| unknown_remote(name))?;
+            .ok_or_else(|| unknown_remote(name))
+    }
+
+    fn open_remote(&self, name: &str) -> Result<RemoteStore> {
+        let config = self.remote(name)?;
         RemoteStore::open(&config)
     }
 
@@ -812,7 +816,7 @@ fn remote_damage(remote: &RemoteStore, id: &ObjectId, problem: &str) -> Error {
     }
 }
 
-fn object_key(id: &ObjectId) -> String {
+pub(crate) fn object_key(id: &ObjectId) -> String {
     let hex = id.to_hex();
     format!("objects/{}/{hex}", &hex[..2])
 }

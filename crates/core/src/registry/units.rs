@@ -27,6 +27,7 @@ use crate::catalog::{
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::store::codec::Decoder;
+use crate::store::remote::{RemoteConfig, RemoteStore};
 use crate::store::{Backend, FsBackend, ObjectReader, ObjectWriter};
 
 pub const UNIT_RESULT_FORMAT: &str = "crossmerge.unit-result.v1";
@@ -148,7 +149,115 @@ impl Backend for StagedBackend {
     }
 }
 
+/// Objects of a remote, fetched into a local cache the first time they are opened (a worker
+/// that reaches the registry's objects only through S3).
+struct FetchBackend {
+    cache: FsBackend,
+    remote: RemoteStore,
+}
+
+impl FetchBackend {
+    fn fetch(&self, id: &ObjectId) -> io::Result<()> {
+        let mut w = self.cache.create()?;
+        let mut sink = Sink(w.as_mut());
+        match self
+            .remote
+            .get_into(&super::remote::object_key(id), &mut sink)
+        {
+            Ok(Some(_)) => w.commit(id),
+            Ok(None) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("object {id} is not on remote `{}`", self.remote.name()),
+            )),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+}
+
+struct Sink<'a>(&'a mut dyn ObjectWriter);
+
+impl io::Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Backend for FetchBackend {
+    fn open(&self, id: &ObjectId) -> io::Result<Box<dyn ObjectReader>> {
+        match self.cache.open(id) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.fetch(id)?;
+                self.cache.open(id)
+            }
+            other => other,
+        }
+    }
+    fn exists(&self, id: &ObjectId) -> io::Result<bool> {
+        if self.cache.exists(id)? {
+            return Ok(true);
+        }
+        match self.fetch(id) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    fn create(&self) -> io::Result<Box<dyn ObjectWriter>> {
+        Err(io::Error::other("a remote's objects are read-only here"))
+    }
+    fn remove(&self, _: &ObjectId) -> io::Result<()> {
+        Err(io::Error::other("a remote's objects are read-only here"))
+    }
+    fn list(&self) -> io::Result<Vec<ObjectId>> {
+        self.cache.list()
+    }
+    fn count_tmp(&self) -> io::Result<usize> {
+        self.cache.count_tmp()
+    }
+    fn clean_tmp(&self) -> io::Result<usize> {
+        self.cache.clean_tmp()
+    }
+}
+
 impl Registry {
+    /// Opens a staged registry whose objects come from `remote` (fetched into `scratch/cache`
+    /// as they are read): for workers that reach the registry only through S3. Writes go into
+    /// `scratch/stage`; the catalog is `catalog`.
+    pub fn open_staged_remote(
+        remote: &RemoteConfig,
+        scratch: &Path,
+        catalog: &Path,
+    ) -> Result<Self> {
+        let cache_dir = scratch.join("cache");
+        let cache = FsBackend::new(&cache_dir).map_err(|e| Error::io("creating", &cache_dir, e))?;
+        let stage = scratch.join("stage");
+        let stage_backend = FsBackend::new(&stage).map_err(|e| Error::io("creating", &stage, e))?;
+        let catalog = Catalog::open_existing(catalog)?;
+        let lock_path = scratch.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        Ok(Self {
+            root: stage,
+            backend: Arc::new(StagedBackend {
+                stage: stage_backend,
+                main: Arc::new(FetchBackend {
+                    cache,
+                    remote: RemoteStore::open(remote)?,
+                }),
+            }),
+            catalog,
+            lock,
+        })
+    }
+
     /// Opens the registry at `main` staged: the catalog is `catalog` (a copy of the
     /// registry's, from [`Registry::snapshot_catalog`], on a disk of this machine), objects
     /// are read from `stage` and then the registry, and written into `stage` only. Training
@@ -459,6 +568,75 @@ impl Registry {
             problem,
         })
     }
+}
+
+/// Uploads what a unit staged under `stage` (the objects `result` names) to `remote`'s store,
+/// then the result itself at `result_key`: a result on the remote means its objects are there.
+pub fn upload_unit(
+    remote: &RemoteStore,
+    stage: &Path,
+    result: &UnitResult,
+    result_key: &str,
+) -> Result<()> {
+    let backend = FsBackend::existing(stage).map_err(|e| Error::io("opening", stage, e))?;
+    for o in &result.objects {
+        let reader = backend
+            .open(&o.id)
+            .map_err(|e| Error::io("reading", stage, e))?;
+        remote.put_reader(&super::remote::object_key(&o.id), reader.as_ref())?;
+    }
+    let bytes = serde_json::to_vec_pretty(result).expect("a unit result serializes");
+    remote.put(result_key, bytes)
+}
+
+/// Downloads a unit's result from `remote` into the unit folder `stage` (its objects the
+/// registry `reg` lacks under `stage/objects/`, then `stage/result.json`), for the driver to
+/// ingest as a result a worker wrote there. Nothing is done when the folder has a result.
+pub fn download_unit(
+    reg: &Registry,
+    remote: &RemoteStore,
+    result_key: &str,
+    stage: &Path,
+) -> Result<bool> {
+    let local = stage.join("result.json");
+    if local.is_file() {
+        return Ok(false);
+    }
+    let Some(bytes) = remote.get(result_key)? else {
+        return Ok(false);
+    };
+    let result: UnitResult = serde_json::from_slice(&bytes).map_err(|e| {
+        bad_result(
+            stage,
+            &format!("the remote's {result_key} does not parse: {e}"),
+        )
+    })?;
+    let backend = FsBackend::new(stage).map_err(|e| Error::io("creating", stage, e))?;
+    let ids: Vec<ObjectId> = result.objects.iter().map(|o| o.id).collect();
+    let here = reg.catalog.objects(&ids)?;
+    for id in ids {
+        if here.get(&id).is_some_and(|r| r.stored) || backend.exists(&id).unwrap_or(false) {
+            continue;
+        }
+        let mut w = backend
+            .create()
+            .map_err(|e| Error::io("writing into", stage, e))?;
+        let got = remote.get_into(&super::remote::object_key(&id), &mut Sink(w.as_mut()))?;
+        if got.is_none() {
+            return Err(bad_result(
+                stage,
+                &format!(
+                    "object {id} the result names is not on remote `{}`",
+                    remote.name()
+                ),
+            ));
+        }
+        w.commit(&id)
+            .map_err(|e| Error::io("writing into", stage, e))?;
+    }
+    let tmp = stage.join("result.json.partial");
+    crate::atomic::write_file(&local, &tmp, &bytes).map_err(|e| Error::io("writing", &local, e))?;
+    Ok(true)
 }
 
 /// The objects in a staging folder (none when it has no store).
