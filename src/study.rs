@@ -349,31 +349,32 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// Sets the size of the last unit (when sizing).
+    /// The examples of the used part of `data` (when sizing; counted once per part).
+    fn examples(&mut self, task: Task, data: &Data) -> Result<Option<u64>> {
+        let Some(cache) = &mut self.sizes else {
+            return Ok(None);
+        };
+        let label = data.label();
+        if let Some(n) = cache.get(&label) {
+            return Ok(Some(*n));
+        }
+        let n = count_examples(task, data)? as u64;
+        cache.insert(label, n);
+        Ok(Some(n))
+    }
+
+    /// Sizes the unit `label` of `kind` (when sizing): its examples, and the parameters of
+    /// `model` (the base's when it does not exist yet).
     fn size(
         &mut self,
         kind: UnitKind,
         label: &str,
-        task: Task,
-        data: Option<&Data>,
+        examples: Option<u64>,
         model: Option<&CheckpointRow>,
     ) -> Result<()> {
-        let Some(cache) = &mut self.sizes else {
+        if self.sizes.is_none() {
             return Ok(());
-        };
-        let examples = match data {
-            Some(d) => {
-                let label = d.label();
-                if let Some(n) = cache.get(&label) {
-                    Some(*n)
-                } else {
-                    let n = count_examples(task, d)? as u64;
-                    cache.insert(label, n);
-                    Some(n)
-                }
-            }
-            None => None,
-        };
+        }
         let parameters = match model {
             Some(m) => m.parameters,
             None => self.reg.resolve(&self.study.base)?.parameters,
@@ -543,18 +544,9 @@ impl<'a> Walk<'a> {
             } => {
                 let found = self.reg.resolve(name).ok();
                 self.unit(UnitKind::Train, name.clone(), found.is_some());
-                self.size(UnitKind::Train, name, task, None, found.as_ref())?;
-                if found.is_none() && self.sizes.is_some() {
+                if self.sizes.is_some() && found.is_none() {
                     let sequences = train_sequences(settings, task, language)?;
-                    if let Some(u) = self
-                        .plan
-                        .units
-                        .iter_mut()
-                        .rev()
-                        .find(|u| u.kind == UnitKind::Train && &u.label == name)
-                    {
-                        u.examples = Some(sequences);
-                    }
+                    self.size(UnitKind::Train, name, Some(sequences), None)?;
                 }
                 if found.is_some() {
                     return Ok(found);
@@ -771,20 +763,16 @@ impl<'a> Walk<'a> {
         };
         let Some(model) = model else {
             self.unit(UnitKind::Eval, label(name), false);
-            self.size(UnitKind::Eval, &label(name), opts.task, Some(&data), None)?;
+            let examples = self.examples(opts.task, &data)?;
+            self.size(UnitKind::Eval, &label(name), examples, None)?;
             return Ok(None);
         };
         let reference = model.reference();
         let id = self.reg.evaluation_id(&reference, opts)?;
         let stored = self.reg.catalog().evaluation_by_id(&id)?.is_some();
         self.unit(UnitKind::Eval, label(&reference), stored);
-        self.size(
-            UnitKind::Eval,
-            &label(&reference),
-            opts.task,
-            Some(&data),
-            Some(model),
-        )?;
+        let examples = self.examples(opts.task, &data)?;
+        self.size(UnitKind::Eval, &label(&reference), examples, Some(model))?;
         if !stored && !self.runs(UnitKind::Eval, &format!("eval:{id}"), &label(&reference)) {
             return Ok(None);
         }
