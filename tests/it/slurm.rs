@@ -164,10 +164,11 @@ fn a_study_on_slurm_equals_the_local_one_through_cancelled_failed_tasks_and_a_ki
         .status()
         .unwrap();
     assert!(ok.success());
-    // The driver is killed once a later wave is out (its arrays keep running).
+    // The driver is killed once a later wave's arrays are submitted (they keep running).
     let run = t.reg.join("slurm/toy");
-    wait_for("wave 3", Duration::from_secs(300), || {
-        run.join("wave-003").is_dir() || first.try_wait().unwrap().is_some()
+    wait_for("wave 3's arrays", Duration::from_secs(300), || {
+        std::fs::read_to_string(run.join("jobs.json")).is_ok_and(|j| j.contains("\"wave\": 3"))
+            || first.try_wait().unwrap().is_some()
     });
     assert!(
         first.try_wait().unwrap().is_none(),
