@@ -42,8 +42,14 @@ chmod 700 "$dir/munge"
 host=$(hostname -s)
 cpus=$(nproc)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4 ))
-# Ports from the folder's name, so two clusters (two test runs) do not collide.
-base=$(( 20000 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 20000 ))
+# Two free ports below the kernel's ephemeral range (where clients and servers like moto take
+# theirs), starting from one the folder's name picks, so two clusters do not collide.
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+base=$(( 20000 + $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 12000 ))
+for _ in $(seq 200); do
+    if ! in_use "$base" && ! in_use $((base + 1)); then break; fi
+    base=$(( 20000 + (base - 20000 + 2) % 12000 ))
+done
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=crossmerge-test
 SlurmctldHost=$host(127.0.0.1)
@@ -85,11 +91,23 @@ munged --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
 export SLURM_CONF="$dir/slurm.conf"
 slurmctld -f "$SLURM_CONF"
 slurmd -f "$SLURM_CONF"
-for _ in $(seq 100); do
-    if sinfo -h -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; then
+# Up within 60 s, or a clear failure (a daemon that died is not waited for).
+deadline=$((SECONDS + 60))
+while [ "$SECONDS" -lt "$deadline" ]; do
+    if timeout 5 sinfo -h -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated)'; then
         echo "export SLURM_CONF=$SLURM_CONF"
         exit 0
     fi
+    for p in slurmctld slurmd; do
+        if ! kill -0 "$(cat "$dir/$p.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
+            sleep 0.5
+            kill -0 "$(cat "$dir/$p.pid" 2>/dev/null || echo 0)" 2>/dev/null && continue
+            echo "$p did not start; its log:" >&2
+            tail -3 "$dir/log/$p.log" >&2 || true
+            stop
+            exit 1
+        fi
+    done
     sleep 0.2
 done
 echo "slurm did not come up; logs in $dir/log" >&2

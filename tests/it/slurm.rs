@@ -32,6 +32,12 @@ impl Cluster {
             .arg(&dir)
             .output()
             .unwrap();
+        // Exit 3: Slurm or root is missing (skip); any other failure is the test's.
+        assert!(
+            out.status.success() || out.status.code() == Some(3),
+            "the single-node Slurm did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         if !out.status.success() {
             skipped(
                 "slurm executor",
