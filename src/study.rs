@@ -9,6 +9,10 @@
 //! by its definition, a merge by its recipe hash, an evaluation by its id), so a study that is
 //! killed and run again does only what is left, and a dry run walks the same list without
 //! running anything (it reads manifests and data files, never a tensor).
+//!
+//! Executors: this module runs a study's units in this process ([`run`]); [`slurm`] hands
+//! them to Slurm, using the walk's two other modes: [`ready`] collects the units whose inputs
+//! are all registered, and [`run_unit`] runs one of them, by key, on a compute node.
 
 pub mod file;
 pub mod output;

@@ -177,6 +177,24 @@ pub fn study(ctx: &Context, a: &StudyArgs) -> anyhow::Result<ExitCode> {
         return run_unit(ctx, u);
     }
     let file = a.file.as_ref().expect("clap requires the file");
+    if a.executor == Executor::Local {
+        let slurm_only = [
+            ("--sbatch-arg", !a.sbatch_arg.is_empty()),
+            ("--gpu-sbatch-arg", !a.gpu_sbatch_arg.is_empty()),
+            ("--max-parallel", a.max_parallel.is_some()),
+            ("--worker", a.worker.is_some()),
+            ("--emit", a.emit.is_some()),
+            ("--costs", a.costs.is_some()),
+            ("--remote", a.remote.is_some()),
+        ];
+        if let Some((flag, _)) = slurm_only.iter().find(|(_, given)| *given) {
+            return Err(crossmerge::Error::invalid(
+                format!("{flag} is for the Slurm executor"),
+                "add --executor slurm, or leave the option out",
+            )
+            .into());
+        }
+    }
     let s = Study::read(file)?;
     let mut reg = ctx.open()?;
     let command = std::iter::once("crossmerge".to_owned())

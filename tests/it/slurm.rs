@@ -288,7 +288,18 @@ fn without_slurm_or_with_a_bad_unit_the_commands_say_so_and_change_nothing() {
         "a failed driver changed the registry"
     );
     assert!(!t.reg.join("slurm").exists());
-    // --emit without --dry-run is a usage error.
+    // Slurm's options without the Slurm executor, and --emit without --dry-run, are refused.
+    let out = bin()
+        .current_dir(&t.root)
+        .args(["study", "study.toml", "--registry", "reg", "--remote", "s3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--remote is for the Slurm executor") && err.contains("hint:"),
+        "{err}"
+    );
     let out = bin()
         .current_dir(&t.root)
         .args([
