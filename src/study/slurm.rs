@@ -294,18 +294,9 @@ fn job_name(study: &Study, kind: UnitKind) -> String {
 /// Ids of the jobs queued or running under this study's job names.
 fn queued(study: &Study) -> Result<Vec<String>> {
     let names: Vec<String> = UnitKind::ALL.iter().map(|k| job_name(study, *k)).collect();
-    let out = Command::new("squeue")
-        .args(["-h", "-o", "%A", "-n", &names.join(",")])
-        .output()
-        .map_err(|e| slurm_missing("squeue", &e))?;
+    let out = squeue(&["-h", "-o", "%A", "-n", &names.join(",")])?;
     if !out.status.success() {
-        return Err(Error::invalid(
-            format!(
-                "squeue failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            "check that slurmctld answers (`squeue` by hand), then run the study again",
-        ));
+        return Err(squeue_failed("", &out));
     }
     let mut ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
@@ -513,6 +504,24 @@ fn write_wave(
     Ok(out)
 }
 
+/// `squeue ARGS`, run.
+fn squeue(args: &[&str]) -> Result<std::process::Output> {
+    Command::new("squeue")
+        .args(args)
+        .output()
+        .map_err(|e| slurm_missing("squeue", &e))
+}
+
+fn squeue_failed(what: &str, out: &std::process::Output) -> Error {
+    Error::invalid(
+        format!(
+            "squeue failed{what}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        "check that slurmctld answers (`squeue` by hand), then run the study again",
+    )
+}
+
 fn slurm_missing(tool: &str, e: &std::io::Error) -> Error {
     Error::invalid(
         format!("cannot run Slurm's `{tool}`: {e}"),
@@ -553,22 +562,14 @@ fn wait(jobs: &[Submitted], poll: Duration) -> Result<()> {
     while !left.is_empty() {
         let mut still = Vec::new();
         for job in left {
-            let out = Command::new("squeue")
-                .args(["-h", "-o", "%T", "-j", job])
-                .output()
-                .map_err(|e| slurm_missing("squeue", &e))?;
-            let text = String::from_utf8_lossy(&out.stdout);
+            let out = squeue(&["-h", "-o", "%T", "-j", job])?;
             // A job Slurm no longer knows ("Invalid job id") has finished long ago.
-            if out.status.success() && !text.trim().is_empty() {
-                still.push(job);
-            } else if !out.status.success() {
-                let err = String::from_utf8_lossy(&out.stderr);
-                if !err.contains("Invalid job id") {
-                    return Err(Error::invalid(
-                        format!("squeue failed on job {job}: {}", err.trim()),
-                        "check that slurmctld answers (`squeue` by hand), then run the study again",
-                    ));
+            if out.status.success() {
+                if !String::from_utf8_lossy(&out.stdout).trim().is_empty() {
+                    still.push(job);
                 }
+            } else if !String::from_utf8_lossy(&out.stderr).contains("Invalid job id") {
+                return Err(squeue_failed(&format!(" on job {job}"), &out));
             }
         }
         left = still;

@@ -135,18 +135,11 @@ impl Registry {
         // FORMAT is written only after a new registry's catalog exists: from here on a
         // missing or empty catalog is a loss to report, not a registry to start afresh.
         let catalog = Catalog::open_existing(&root.join("catalog.sqlite3"))?;
-        let lock_path = root.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
         Ok(Self {
             root: root.to_path_buf(),
             backend,
             catalog,
-            lock,
+            lock: open_lock(&root.join("lock"))?,
         })
     }
 
@@ -321,6 +314,16 @@ impl Registry {
         })?;
         self.read_object(&t.object(), Some(name))
     }
+}
+
+/// Opens (creating it if needed) the lock file writers and readers take shared, gc exclusive.
+fn open_lock(path: &Path) -> Result<File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io("opening", path, e))
 }
 
 /// Releases the registry lock when dropped.

@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::store::codec::{self, Decoder, ObjectKind};
 use crate::store::remote::{RemoteConfig, RemoteStore};
-use crate::store::{Backend, FsBackend, ObjectReader, ObjectWriter};
+use crate::store::{Backend, FsBackend, ObjectWriter};
 
 /// First line of a remote's `FORMAT`.
 pub const REMOTE_FORMAT: &str = "crossmerge remote v1";
@@ -692,9 +692,10 @@ impl Registry {
             fetched.extend(staging.fetch(remote, &[manifest_id], sizes, progress)?);
             staged.push(manifest_id);
         }
-        let overlay = Overlay {
-            first: &staging.backend,
-            then: local.as_ref(),
+        let overlay = super::units::StagedBackend {
+            stage: FsBackend::existing(&staging.dir)
+                .map_err(|e| Error::io("opening", &staging.dir, e))?,
+            main: local.clone(),
         };
         let manifest_bytes = Decoder::open(&overlay, &manifest_id)
             .and_then(|d| d.read_all(&manifest_id))
@@ -1067,7 +1068,7 @@ impl Staging {
     }
 }
 
-struct WriterSink<'a>(&'a mut dyn ObjectWriter);
+pub(crate) struct WriterSink<'a>(pub(crate) &'a mut dyn ObjectWriter);
 
 impl io::Write for WriterSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -1076,38 +1077,5 @@ impl io::Write for WriterSink<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// Reads from the staged objects, then the registry's (a staged delta's base may be either).
-struct Overlay<'a> {
-    first: &'a FsBackend,
-    then: &'a dyn Backend,
-}
-
-impl Backend for Overlay<'_> {
-    fn open(&self, id: &ObjectId) -> io::Result<Box<dyn ObjectReader>> {
-        match self.first.open(id) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.then.open(id),
-            other => other,
-        }
-    }
-    fn exists(&self, id: &ObjectId) -> io::Result<bool> {
-        Ok(self.first.exists(id)? || self.then.exists(id)?)
-    }
-    fn create(&self) -> io::Result<Box<dyn ObjectWriter>> {
-        Err(io::Error::other("staging overlays are read-only"))
-    }
-    fn remove(&self, _: &ObjectId) -> io::Result<()> {
-        Err(io::Error::other("staging overlays are read-only"))
-    }
-    fn list(&self) -> io::Result<Vec<ObjectId>> {
-        Err(io::Error::other("staging overlays are read-only"))
-    }
-    fn count_tmp(&self) -> io::Result<usize> {
-        Ok(0)
-    }
-    fn clean_tmp(&self) -> io::Result<usize> {
-        Ok(0)
     }
 }

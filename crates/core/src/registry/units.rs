@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Registry;
 use super::records::CheckpointRecord;
+use super::remote::WriterSink;
 use crate::catalog::{
     Catalog, CheckpointKind, CheckpointRow, Marks, NewEvaluation, NewTraining, NewVector,
     ObjectRow, VectorKind,
@@ -115,11 +116,11 @@ pub struct IngestReport {
     pub evaluations: usize,
 }
 
-/// Reads objects from the staging folder, then from the registry; writes into the staging
-/// folder only.
-struct StagedBackend {
-    stage: FsBackend,
-    main: Arc<dyn Backend>,
+/// Reads objects from the staging folder, then from the registry (a staged delta's base may
+/// be either); writes into the staging folder only.
+pub(crate) struct StagedBackend {
+    pub(crate) stage: FsBackend,
+    pub(crate) main: Arc<dyn Backend>,
 }
 
 impl Backend for StagedBackend {
@@ -159,7 +160,7 @@ struct FetchBackend {
 impl FetchBackend {
     fn fetch(&self, id: &ObjectId) -> io::Result<()> {
         let mut w = self.cache.create()?;
-        let mut sink = Sink(w.as_mut());
+        let mut sink = WriterSink(w.as_mut());
         match self
             .remote
             .get_into(&super::remote::object_key(id), &mut sink)
@@ -171,18 +172,6 @@ impl FetchBackend {
             )),
             Err(e) => Err(io::Error::other(e.to_string())),
         }
-    }
-}
-
-struct Sink<'a>(&'a mut dyn ObjectWriter);
-
-impl io::Write for Sink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_all(buf)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -234,28 +223,16 @@ impl Registry {
     ) -> Result<Self> {
         let cache_dir = scratch.join("cache");
         let cache = FsBackend::new(&cache_dir).map_err(|e| Error::io("creating", &cache_dir, e))?;
-        let stage = scratch.join("stage");
-        let stage_backend = FsBackend::new(&stage).map_err(|e| Error::io("creating", &stage, e))?;
-        let catalog = Catalog::open_existing(catalog)?;
-        let lock_path = scratch.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
-        Ok(Self {
-            root: stage,
-            backend: Arc::new(StagedBackend {
-                stage: stage_backend,
-                main: Arc::new(FetchBackend {
-                    cache,
-                    remote: RemoteStore::open(remote)?,
-                }),
-            }),
+        let main = FetchBackend {
+            cache,
+            remote: RemoteStore::open(remote)?,
+        };
+        Self::staged(
+            &scratch.join("stage"),
+            Arc::new(main),
             catalog,
-            lock,
-        })
+            &scratch.join("lock"),
+        )
     }
 
     /// Opens the registry at `main` staged: the catalog is `catalog` (a copy of the
@@ -265,24 +242,22 @@ impl Registry {
     pub fn open_staged(main: &Path, stage: &Path, catalog: &Path) -> Result<Self> {
         Self::check_format(main)?;
         let main_backend = FsBackend::existing(main).map_err(|e| Error::io("opening", main, e))?;
-        let stage_backend = FsBackend::new(stage).map_err(|e| Error::io("creating", stage, e))?;
-        let catalog = Catalog::open_existing(catalog)?;
         // The registry's shared lock keeps its gc from removing what this unit reads.
-        let lock_path = main.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| Error::io("opening", &lock_path, e))?;
+        Self::staged(stage, Arc::new(main_backend), catalog, &main.join("lock"))
+    }
+
+    /// A registry writing objects into `stage`, reading them from there and then `main`,
+    /// with the catalog at `catalog` and its lock at `lock`.
+    fn staged(stage: &Path, main: Arc<dyn Backend>, catalog: &Path, lock: &Path) -> Result<Self> {
+        let stage_backend = FsBackend::new(stage).map_err(|e| Error::io("creating", stage, e))?;
         Ok(Self {
             root: stage.to_path_buf(),
             backend: Arc::new(StagedBackend {
                 stage: stage_backend,
-                main: Arc::new(main_backend),
+                main,
             }),
-            catalog,
-            lock,
+            catalog: Catalog::open_existing(catalog)?,
+            lock: super::open_lock(lock)?,
         })
     }
 
@@ -621,7 +596,7 @@ pub fn download_unit(
         let mut w = backend
             .create()
             .map_err(|e| Error::io("writing into", stage, e))?;
-        let got = remote.get_into(&super::remote::object_key(&id), &mut Sink(w.as_mut()))?;
+        let got = remote.get_into(&super::remote::object_key(&id), &mut WriterSink(w.as_mut()))?;
         if got.is_none() {
             return Err(bad_result(
                 stage,
