@@ -368,8 +368,8 @@ impl Registry {
     }
 
     /// Adds what a unit made (its result, its objects staged under `stage`) to this registry.
-    /// Objects already here are left staged; the rest are checked against their headers and
-    /// moved in (pending rows first); checkpoints already here, vectors of the same definition
+    /// Objects already here are left staged; the rest are checked against their rows, decoded
+    /// and re-hashed, and moved in (pending rows first); checkpoints already here, vectors of the same definition
     /// and evaluations of the same id are not added again.
     pub fn ingest_unit(&mut self, result: &UnitResult, stage: &Path) -> Result<IngestReport> {
         if result.format != UNIT_RESULT_FORMAT {
@@ -399,7 +399,6 @@ impl Registry {
                 stored_size: None,
                 delta_base: o.delta_base,
             };
-            staged.check(self, &row)?;
             rows.push(row);
         }
         // Every object decodes to the bytes its id names (deltas against staged objects or
@@ -648,31 +647,8 @@ impl StagedFiles {
         root.join("objects").join(&hex[..2]).join(hex)
     }
 
-    /// The staged file (or, after an ingest that died having moved it, the store's) has the
-    /// header the result says.
-    fn check(&self, reg: &Registry, row: &ObjectRow) -> Result<()> {
-        let staged = Self::path(&self.dir, &row.id);
-        let backend: &dyn Backend = if staged.is_file() {
-            &FsBackend::existing(&self.dir).map_err(|e| Error::io("opening", &self.dir, e))?
-        } else {
-            reg.backend.as_ref()
-        };
-        let header = Decoder::header(backend, &row.id)
-            .map_err(|e| bad_result(&self.dir, &format!("object {}: {e}", row.id)))?;
-        if header.kind != row.kind
-            || header.raw_len != row.raw_size
-            || header.delta_base != row.delta_base
-        {
-            return Err(bad_result(
-                &self.dir,
-                &format!("object {} does not have the header its row says", row.id),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Decodes and re-hashes `rows`' objects (from the stage, or the store where an earlier
-    /// ingest moved them), in parallel.
+    /// Checks that each of `rows`' objects (in the stage, or the store where an earlier ingest
+    /// moved it) has the header its row says, and decodes and re-hashes it; in parallel.
     fn verify(&self, reg: &Registry, rows: &[ObjectRow]) -> Result<()> {
         use rayon::prelude::*;
 
@@ -684,6 +660,13 @@ impl StagedFiles {
         rows.par_iter().try_for_each(|r| {
             let dec = Decoder::open(&backend, &r.id)
                 .map_err(|e| bad_result(&self.dir, &format!("object {}: {e}", r.id)))?;
+            let h = &dec.header;
+            if h.kind != r.kind || h.raw_len != r.raw_size || h.delta_base != r.delta_base {
+                return Err(bad_result(
+                    &self.dir,
+                    &format!("object {} does not have the header its row says", r.id),
+                ));
+            }
             dec.stream(&r.id, &mut |_| Ok(()))
                 .map_err(|e| bad_result(&self.dir, &format!("object {}: {e}", r.id)))
         })
