@@ -12,6 +12,7 @@ mod merge;
 mod ops;
 mod records;
 mod remote;
+mod staging;
 mod trace;
 mod units;
 mod vectors;

@@ -36,13 +36,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use serde::Serialize;
 
 use super::records::{BaseRef, CheckpointRecord, MergeRecord, RECORD_FORMAT};
+use super::staging::{StagedBackend, WriterSink};
 use super::{DeriveOptions, Progress, Registry};
 use crate::catalog::{CheckpointFilter, CheckpointKind, CheckpointRow, ObjectRow, VectorKind};
 use crate::error::{Error, Result};
 use crate::id::ObjectId;
 use crate::store::codec::{self, Decoder, ObjectKind};
 use crate::store::remote::{RemoteConfig, RemoteStore};
-use crate::store::{Backend, FsBackend, ObjectWriter};
+use crate::store::{Backend, FsBackend};
 
 /// First line of a remote's `FORMAT`.
 pub const REMOTE_FORMAT: &str = "crossmerge remote v1";
@@ -692,7 +693,7 @@ impl Registry {
             fetched.extend(staging.fetch(remote, &[manifest_id], sizes, progress)?);
             staged.push(manifest_id);
         }
-        let overlay = super::units::StagedBackend {
+        let overlay = StagedBackend {
             stage: FsBackend::existing(&staging.dir)
                 .map_err(|e| Error::io("opening", &staging.dir, e))?,
             main: local.clone(),
@@ -1065,17 +1066,5 @@ impl Staging {
     /// After the commit: the staging area goes.
     fn finish(self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-pub(crate) struct WriterSink<'a>(pub(crate) &'a mut dyn ObjectWriter);
-
-impl io::Write for WriterSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_all(buf)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Registry;
 use super::records::CheckpointRecord;
-use super::remote::WriterSink;
+use super::staging::{StagedBackend, WriterSink};
 use crate::catalog::{
     Catalog, CheckpointKind, CheckpointRow, Marks, NewEvaluation, NewTraining, NewVector,
     ObjectRow, VectorKind,
@@ -114,40 +114,6 @@ pub struct IngestReport {
     pub checkpoints: Vec<String>,
     pub vectors: Vec<String>,
     pub evaluations: usize,
-}
-
-/// Reads objects from the staging folder, then from the registry (a staged delta's base may
-/// be either); writes into the staging folder only.
-pub(crate) struct StagedBackend {
-    pub(crate) stage: FsBackend,
-    pub(crate) main: Arc<dyn Backend>,
-}
-
-impl Backend for StagedBackend {
-    fn open(&self, id: &ObjectId) -> io::Result<Box<dyn ObjectReader>> {
-        match self.stage.open(id) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.main.open(id),
-            other => other,
-        }
-    }
-    fn exists(&self, id: &ObjectId) -> io::Result<bool> {
-        Ok(self.stage.exists(id)? || self.main.exists(id)?)
-    }
-    fn create(&self) -> io::Result<Box<dyn ObjectWriter>> {
-        self.stage.create()
-    }
-    fn remove(&self, id: &ObjectId) -> io::Result<()> {
-        self.stage.remove(id)
-    }
-    fn list(&self) -> io::Result<Vec<ObjectId>> {
-        self.stage.list()
-    }
-    fn count_tmp(&self) -> io::Result<usize> {
-        self.stage.count_tmp()
-    }
-    fn clean_tmp(&self) -> io::Result<usize> {
-        self.stage.clean_tmp()
-    }
 }
 
 /// Objects of a remote, fetched into a local cache the first time they are opened (a worker
