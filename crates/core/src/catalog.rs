@@ -717,6 +717,16 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Bytes on disk of a manifest and the distinct objects it references (one query).
+    pub fn stored_size(&self, manifest: &ObjectId) -> Result<u64> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT COALESCE(SUM(stored_size), 0) FROM objects WHERE id IN \
+             (SELECT object_id FROM manifest_refs WHERE manifest_id = ?1 UNION SELECT ?1)",
+        )?;
+        let n: i64 = stmt.query_row([manifest.to_hex()], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// For error messages: one tensor or file name under which each object is referenced.
     pub fn names_of_objects(&self) -> Result<HashMap<ObjectId, String>> {
         let mut stmt = self

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod recipe;
 pub mod registry;
 pub mod report;
+pub mod results;
 pub mod tensor;
 pub mod vector;
 mod window;

@@ -8,6 +8,7 @@
 //! never an object file the catalog does not know. `gc` takes an exclusive lock on
 //! `registry/lock`; writers and readers take it shared, so gc never races a register.
 
+mod lineage;
 mod merge;
 mod ops;
 mod records;
@@ -23,6 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use self::lineage::{Lineage, LineageNode};
 pub use self::merge::{DEFAULT_MAX_POINTS, MERGE_CONTEXT, MergeOptions, MergedPoint};
 pub use self::ops::{
     CheckpointDetails, DuReport, DuRow, ExportOptions, ExportReport, Finding, GcPlan, GcReport,

@@ -254,6 +254,12 @@ pub fn plot_heatmap(path: &Path, h: &Heatmap) -> Result<()> {
     render(path, h.size(), h)
 }
 
+/// A heatmap as an SVG document (what [`plot_heatmap`] writes to a `.svg` file).
+pub fn heatmap_svg(h: &Heatmap) -> Result<String> {
+    register_font();
+    render_svg(h.size(), h)
+}
+
 impl Drawer for Heatmap {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
     where
@@ -392,8 +398,17 @@ impl Drawer for Heatmap {
 /// Writes a line chart (one line per vector against the reference, over the groups).
 pub fn plot_lines(path: &Path, report: &CompareReport) -> Result<()> {
     register_font();
-    let width = (140 + 70 * report.groups.len() as u32).max(640);
-    render(path, (width, 480), &Lines(report))
+    render(path, lines_size(report), &Lines(report))
+}
+
+/// The line chart of [`plot_lines`] as an SVG document.
+pub fn lines_svg(report: &CompareReport) -> Result<String> {
+    register_font();
+    render_svg(lines_size(report), &Lines(report))
+}
+
+fn lines_size(report: &CompareReport) -> (u32, u32) {
+    ((140 + 70 * report.groups.len() as u32).max(640), 480)
 }
 
 struct Lines<'a>(&'a CompareReport);
@@ -514,6 +529,12 @@ pub struct XyPoint {
 pub fn plot_xy(path: &Path, chart: &XyChart) -> Result<()> {
     register_font();
     render(path, (960, 500), chart)
+}
+
+/// An [`XyChart`] as an SVG document.
+pub fn xy_svg(chart: &XyChart) -> Result<String> {
+    register_font();
+    render_svg((960, 500), chart)
 }
 
 /// Width of the legend panel right of an [`XyChart`]'s plot (the legend never hides a point).
@@ -638,6 +659,20 @@ fn render(path: &Path, size: (u32, u32), drawer: &impl Drawer) -> Result<()> {
             "name the plot file with a .png or .svg extension",
         )),
     }
+}
+
+/// Draws into an SVG document in memory.
+fn render_svg(size: (u32, u32), drawer: &impl Drawer) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        let failed = |e: Box<dyn std::error::Error>| {
+            Error::invalid(format!("drawing a plot: {e}"), "report this as a bug")
+        };
+        drawer.draw(&root).map_err(failed)?;
+        root.present().map_err(|e| failed(Box::new(e)))?;
+    }
+    Ok(svg)
 }
 
 #[cfg(test)]
