@@ -9,6 +9,7 @@ mod merge;
 mod output;
 mod progress;
 mod remote;
+mod serve;
 mod study;
 mod train;
 mod vectors;
@@ -105,6 +106,9 @@ enum Command {
     Pull(remote::TransferArgs),
     /// List the checkpoints a remote holds.
     LsRemote(remote::LsRemoteArgs),
+    /// Serve a read-only web page and JSON API over the registry: checkpoints, lineage,
+    /// vectors, evaluations with their traces, and studies.
+    Serve(serve::ServeArgs),
 }
 
 /// Parses, runs, prints; maps errors to exit codes 0 (ok), 1 (user-visible failure), 2
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Push(a) => remote::push(&ctx(&a.reg), &a),
         Command::Pull(a) => remote::pull(&ctx(&a.reg), &a),
         Command::LsRemote(a) => remote::ls_remote(&ctx(&a.reg), &a),
+        Command::Serve(a) => serve::serve(&ctx(&a.reg), &a),
         Command::Report(c) => {
             let eval::ReportCommand::Evals(a) = &c;
             eval::report(&ctx(&a.reg), &c)

@@ -24,6 +24,8 @@ mod remote;
 mod roundtrip;
 mod safety;
 #[cfg(feature = "eval")]
+mod serve;
+#[cfg(feature = "eval")]
 mod slurm;
 mod snapshots;
 #[cfg(feature = "eval")]

@@ -1,0 +1,108 @@
+//! The page frame and small pieces every page uses. `maud` escapes every interpolated string,
+//! so registry data (names, tags, recipe text) is always text, never markup.
+
+use std::fmt::Write as _;
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+
+/// A whole page: the navigation, the title and `body`.
+pub(crate) fn page(title: &str, body: &Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · crossmerge" }
+                link rel="stylesheet" href="/style.css";
+            }
+            body {
+                header {
+                    a.brand href="/" { "crossmerge" }
+                    a href="/checkpoints" { "Checkpoints" }
+                    a href="/lineage" { "Lineage" }
+                    a href="/vectors" { "Vectors" }
+                    a href="/evaluations" { "Evaluations" }
+                    a href="/studies" { "Studies" }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// `s` made safe for a URL path: every byte outside a small set is percent-encoded (a
+/// reference may hold `/`, kept so that `/checkpoints/org/name@1` reads as it is named).
+pub(crate) fn path_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/@=+,:".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// `s` made safe for a query value.
+pub(crate) fn query_part(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+pub(crate) fn checkpoint_link(reference: &str) -> Markup {
+    html! { a href={ "/checkpoints/" (path_part(reference)) } { (reference) } }
+}
+
+pub(crate) fn vector_link(reference: &str) -> Markup {
+    html! { a href={ "/vectors/" (path_part(reference)) } { (reference) } }
+}
+
+pub(crate) fn evaluation_link(id: &str, text: &str) -> Markup {
+    html! { a href={ "/evaluations/" (path_part(id)) } { (text) } }
+}
+
+/// An optional string, or a dash.
+pub(crate) fn opt(s: Option<&String>) -> &str {
+    s.map_or("-", String::as_str)
+}
+
+/// Bytes in decimal units, as the CLI prints them.
+pub(crate) fn bytes(n: u64) -> String {
+    let x = n as f64;
+    if x >= 1e9 {
+        format!("{:.2} GB", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} MB", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} kB", x / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
+/// A number as the study's tables print it.
+pub(crate) fn num(v: f64) -> String {
+    format!("{v:.4}")
+}
+
+/// An SVG document (from plotters) for inline use: its XML declaration dropped. plotters
+/// escapes the text it draws.
+pub(crate) fn inline_svg(svg: &str) -> Markup {
+    let body = match svg.find("<svg") {
+        Some(i) => &svg[i..],
+        None => svg,
+    };
+    html! { div.plot { (PreEscaped(body)) } }
+}
