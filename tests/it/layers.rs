@@ -15,6 +15,7 @@ const ALLOWED: &[(&str, &str, &[&str])] = &[
     ("crossmerge-core", "crates/core", &["crossmerge-store"]),
     ("crossmerge-nn", "crates/nn", &["crossmerge-store"]),
     ("crossmerge-synth", "crates/synth", &["crossmerge-store"]),
+    ("crossmerge-web", "crates/web", &["crossmerge-core"]),
     (
         "crossmerge",
         ".",
@@ -23,6 +24,7 @@ const ALLOWED: &[(&str, &str, &[&str])] = &[
             "crossmerge-core",
             "crossmerge-nn",
             "crossmerge-synth",
+            "crossmerge-web",
         ],
     ),
     ("xtask", "xtask", &["crossmerge", "crossmerge-synth"]),

@@ -1021,5 +1021,32 @@ fn a_browser_goes_from_the_list_to_a_checkpoint_its_lineage_an_evaluation_and_it
     b.go(&format!("{base}/studies/toy"));
     assert!(b.count(".plot svg") >= 3);
     b.screenshot(&shots.join("5-study.png"));
+
+    // On a phone's width, the pages fit: wide tables and graphs scroll in their own boxes.
+    b.call(
+        "POST",
+        "/window/rect",
+        Some(&json!({"width": 390, "height": 844})),
+    );
+    for (path, shot) in [
+        ("/checkpoints", "6-phone-checkpoints.png"),
+        (
+            &*format!("/checkpoints/{}", enc(&merged)),
+            "7-phone-checkpoint.png",
+        ),
+        ("/evaluations", "8-phone-evaluations.png"),
+    ] {
+        b.go(&format!("{base}{path}"));
+        let fits = b.call(
+            "POST",
+            "/execute/sync",
+            Some(&json!({
+                "script": "return document.documentElement.scrollWidth <= window.innerWidth + 1",
+                "args": []
+            })),
+        );
+        assert_eq!(fits, json!(true), "{path} is wider than a phone's screen");
+        b.screenshot(&shots.join(shot));
+    }
     eprintln!("screenshots in {}", shots.display());
 }

@@ -83,13 +83,16 @@ pub enum Suite {
     /// `push` and `pull` of a base and a fine-tune to and from a moto S3 server on loopback
     /// against `aws s3 cp --recursive` of the same safetensors folders (issue: remotes).
     Remote,
+    /// `crossmerge serve` under 64 concurrent connections (wrk) against its own static
+    /// stylesheet (issue: web page).
+    Serve,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// What to measure: registry (register, export), compare, merge, eval or train.
     #[arg(long, value_enum, default_value = "registry")]
-    suite: Suite,
+    pub(crate) suite: Suite,
     /// Vectors for the compare suite.
     #[arg(long, default_value_t = 7)]
     vectors: usize,
@@ -98,7 +101,7 @@ pub struct BenchArgs {
     shape: String,
     /// Runs per figure; medians are reported.
     #[arg(long, default_value_t = 3)]
-    runs: usize,
+    pub(crate) runs: usize,
     /// Optimizer steps per run of the train suite.
     #[arg(long, default_value_t = 8)]
     steps: usize,
@@ -110,7 +113,7 @@ pub struct BenchArgs {
     mergekit: PathBuf,
     /// Scratch folder for the family, registries and exports.
     #[arg(long, default_value = "target/bench")]
-    workdir: PathBuf,
+    pub(crate) workdir: PathBuf,
     /// Print the figures as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -127,6 +130,9 @@ pub struct BenchArgs {
     /// awscli's `aws`, for the remote suite.
     #[arg(long, default_value = "target/ci-venv/bin/aws")]
     aws: PathBuf,
+    /// Seconds of load per page and run, for the serve suite.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) serve_seconds: u32,
 }
 
 /// The binary every child process runs, set once by [`bench()`].
@@ -248,6 +254,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if matches!(a.suite, Suite::Remote) {
         return bench_remote(a);
+    }
+    if matches!(a.suite, Suite::Serve) {
+        bail!("the serve suite runs from xtask's main");
     }
     let spec = FamilySpec::new(shape(&a.shape)?, 1).head_labels(Some(9));
     let family_dir = a.workdir.join(format!("family-{}", a.shape));

@@ -1,7 +1,7 @@
 //! Developer tasks, kept out of the shipped `crossmerge` binary:
 //!
 //! ```sh
-//! cargo xtask bench [--suite registry|compare|merge|eval] [--runs N]   # BENCHMARKS.md's figures
+//! cargo xtask bench [--suite registry|compare|merge|eval|train|remote|serve] [--runs N]   # BENCHMARKS.md's figures
 //! cargo xtask synth --shape xlmr-base --finetunes 3 --out target/family  # synthetic checkpoints
 //! ```
 //!
@@ -10,6 +10,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod serve_bench;
 
 use std::process::{Command, ExitCode};
 
@@ -42,7 +43,14 @@ enum Task {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Task::Bench { args, no_build } => build(no_build).and_then(|()| bench::bench(&args)),
+        Task::Bench { args, no_build } => build(no_build).and_then(|()| {
+            if matches!(args.suite, bench::Suite::Serve) {
+                let exe = std::fs::canonicalize(&args.crossmerge)?;
+                serve_bench::run(&args, &exe)
+            } else {
+                bench::bench(&args)
+            }
+        }),
         Task::Synth(a) => bench::synth(&a),
     };
     result.unwrap_or_else(|e| {
