@@ -591,6 +591,15 @@ fn every_api_route_equals_the_cli_json_and_every_page_renders_it() {
         study.matches("<svg").count() >= 3,
         "λ curves, heatmap, gain plot"
     );
+    // No page may run a script, whatever reached it.
+    let csp = get(a, "/checkpoints");
+    assert!(
+        csp.header("content-security-policy")
+            .is_some_and(|p| p.contains("script-src 'none'")),
+        "{:?}",
+        csp.headers
+    );
+    assert_eq!(csp.header("x-content-type-options"), Some("nosniff"));
     let css = get(a, "/style.css");
     assert_eq!(css.status, 200);
     assert!(css.header("content-type").unwrap().starts_with("text/css"));

@@ -81,9 +81,10 @@ pub(crate) async fn checkpoint(
     Path(reference): Path<String>,
     Query(q): Query<TensorsQuery>,
 ) -> Json {
+    let cache = app.clone();
     Json(
         app.with_registry(move |reg| {
-            let mut d = reg.show(&reference)?;
+            let mut d = cache.show(reg, &reference)?;
             if !q.tensors {
                 d.tensors.clear();
             }

@@ -19,9 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::routing::get;
 use crossmerge_core::catalog::CheckpointRow;
+use crossmerge_core::registry::CheckpointDetails;
 use crossmerge_core::results::Results;
 use crossmerge_core::{Error, ObjectId, Registry};
 
@@ -48,6 +49,9 @@ struct Inner {
     /// Stored bytes per manifest id: a manifest and its objects never change, so a size once
     /// summed (a query over every tensor) holds for the life of the server.
     stored_sizes: Mutex<HashMap<ObjectId, u64>>,
+    /// `show`'s manifest part (files, tensors with their stored sizes) per manifest id, for
+    /// the same reason; the row, merge and training are read again on every request.
+    details: Mutex<HashMap<ObjectId, CheckpointDetails>>,
 }
 
 impl App {
@@ -76,6 +80,7 @@ impl App {
             pool: Mutex::new(vec![first]),
             studies: named,
             stored_sizes: Mutex::new(HashMap::new()),
+            details: Mutex::new(HashMap::new()),
         })))
     }
 
@@ -118,6 +123,28 @@ impl App {
             m.insert(row.manifest_id, n);
         }
         Ok(n)
+    }
+
+    /// [`Registry::show`], its manifest part remembered per manifest id.
+    fn show(&self, reg: &Registry, reference: &str) -> Result<CheckpointDetails, WebError> {
+        let row = reg.resolve(reference)?;
+        let cached = (self.0.details.lock().ok()).and_then(|m| m.get(&row.manifest_id).cloned());
+        let mut d = if let Some(d) = cached {
+            d
+        } else {
+            let d = reg.show(&row.reference())?;
+            if let Ok(mut m) = self.0.details.lock() {
+                if m.len() >= 1024 {
+                    m.clear();
+                }
+                m.insert(row.manifest_id, d.clone());
+            }
+            d
+        };
+        d.merge = reg.catalog().merge_of(row.rowid)?;
+        d.training = reg.catalog().trainings(Some(row.rowid))?.pop();
+        d.checkpoint = row;
+        Ok(d)
     }
 
     fn study(&self, name: &str) -> Result<Results, WebError> {
@@ -172,7 +199,30 @@ pub fn router(app: App) -> Router {
         .route("/api/studies", get(api::studies))
         .route("/api/studies/{name}", get(api::study))
         .fallback(pages::not_found)
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(app)
+}
+
+/// Defence in depth beside the escaping: the pages run no script at all (the policy forbids
+/// any), load nothing from elsewhere, cannot be framed, and are never sniffed as another type.
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// Serves until the process is stopped; `ready` gets the bound address first.

@@ -225,9 +225,10 @@ fn merge_input(reg: &Registry, id: &str) -> Result<Markup, WebError> {
 }
 
 pub(crate) async fn checkpoint(State(app): State<App>, Path(reference): Path<String>) -> Html {
+    let cache = app.clone();
     Html(
         app.with_registry(move |reg| {
-            let d = reg.show(&reference)?;
+            let d = cache.show(reg, &reference)?;
             let c = &d.checkpoint;
             let evaluations = reg.evaluations(Some(&c.reference()), None, None)?;
             let config = config_text(reg, &d.files);
