@@ -21,16 +21,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
 
 /// Bytes in decimal units, as disk tools print them: `1.11 GB`, `87.6 MB`.
 pub fn bytes(n: u64) -> String {
-    let n = n as f64;
-    if n >= 1e9 {
-        format!("{:.2} GB", n / 1e9)
-    } else if n >= 1e6 {
-        format!("{:.1} MB", n / 1e6)
-    } else if n >= 1e3 {
-        format!("{:.1} kB", n / 1e3)
-    } else {
-        format!("{n} B")
-    }
+    crossmerge::report::decimal_bytes(n)
 }
 
 pub fn opt(s: Option<&String>) -> String {

@@ -248,6 +248,21 @@ impl Heatmap {
     }
 }
 
+/// Bytes in decimal units, as disk tools print them: `1.11 GB`, `87.6 MB`, `512 B` (the CLI's
+/// tables and the web page's).
+pub fn decimal_bytes(n: u64) -> String {
+    let x = n as f64;
+    if x >= 1e9 {
+        format!("{:.2} GB", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1} MB", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1} kB", x / 1e3)
+    } else {
+        format!("{n} B")
+    }
+}
+
 /// Writes a heatmap as PNG or SVG (by extension).
 pub fn plot_heatmap(path: &Path, h: &Heatmap) -> Result<()> {
     register_font();

@@ -80,16 +80,7 @@ pub(crate) fn opt(s: Option<&String>) -> &str {
 
 /// Bytes in decimal units, as the CLI prints them.
 pub(crate) fn bytes(n: u64) -> String {
-    let x = n as f64;
-    if x >= 1e9 {
-        format!("{:.2} GB", x / 1e9)
-    } else if x >= 1e6 {
-        format!("{:.1} MB", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1} kB", x / 1e3)
-    } else {
-        format!("{n} B")
-    }
+    crossmerge_core::report::decimal_bytes(n)
 }
 
 /// A number as the study's tables print it.
@@ -105,4 +96,27 @@ pub(crate) fn inline_svg(svg: &str) -> Markup {
         None => svg,
     };
     html! { div.plot { (PreEscaped(body)) } }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{inline_svg, path_part, query_part};
+
+    #[test]
+    fn links_keep_names_readable_and_encode_everything_else() {
+        assert_eq!(
+            path_part("toy/ner+de/lambda=0.5@1"),
+            "toy/ner+de/lambda=0.5@1"
+        );
+        assert_eq!(path_part("a b\"<>?#%"), "a%20b%22%3C%3E%3F%23%25");
+        assert_eq!(path_part("é"), "%C3%A9");
+        // In a query, `+` is a space and `/`, `&`, `=` split it: all encoded.
+        assert_eq!(query_part("ner+de/x=1&y"), "ner%2Bde%2Fx%3D1%26y");
+    }
+
+    #[test]
+    fn inline_svg_drops_the_xml_declaration() {
+        let m = inline_svg("<?xml version=\"1.0\"?>\n<svg x=\"1\"></svg>").into_string();
+        assert_eq!(m, "<div class=\"plot\"><svg x=\"1\"></svg></div>");
+    }
 }

@@ -324,3 +324,24 @@ pub(crate) fn cli_json<T: serde::Serialize>(value: &T) -> String {
     s.push('\n');
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::evaluation_id;
+
+    #[test]
+    fn only_hex_ids_reach_the_catalog() {
+        assert!(evaluation_id("abcdef").is_ok());
+        assert!(evaluation_id(&"0".repeat(64)).is_ok());
+        for bad in [
+            "abcde",
+            "../../catalog.sqlite3",
+            "abcdeg",
+            "",
+            &"0".repeat(65),
+        ] {
+            let e = evaluation_id(bad).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::NOT_FOUND, "{bad}");
+        }
+    }
+}
