@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -808,9 +809,24 @@ fn serve_refuses_what_it_cannot_serve_with_one_line_and_a_hint() {
 
 /// A minimal `WebDriver` client (W3C protocol over HTTP/JSON) for chromedriver.
 struct Browser {
-    driver: Child,
+    _driver: Driver,
     addr: SocketAddr,
     session: String,
+}
+
+/// chromedriver in a process group of its own, killed with every Chromium it started when
+/// dropped (also when the test fails before a session exists), so that no browser outlives
+/// the test.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.0.id())])
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Browser {
@@ -833,12 +849,15 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let driver = Driver(
+            Command::new(driver)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap(),
+        );
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).is_err() {
@@ -863,7 +882,7 @@ impl Browser {
             .unwrap_or_else(|| panic!("no session: {v}"))
             .to_owned();
         Some(Self {
-            driver: child,
+            _driver: driver,
             addr,
             session,
         })
@@ -939,14 +958,13 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Closes Chromium cleanly; the driver's group is killed after (field drop).
         let _ = request(
             self.addr,
             "DELETE",
             &format!("/session/{}", self.session),
             None,
         );
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
