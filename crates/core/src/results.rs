@@ -234,7 +234,9 @@ fn num(v: f64) -> String {
     format!("{v:.4}")
 }
 
-fn opt(v: Option<f64>) -> String {
+/// A number as the study's tables print it: four decimals, `-` for none (the web page's
+/// tables too).
+pub fn number(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), num)
 }
 
@@ -320,7 +322,7 @@ pub fn plots(r: &Results) -> Vec<(String, Plot)> {
                 .iter()
                 .map(|k| {
                     (
-                        format!("{} (Spearman ρ = {})", k.task, opt(k.spearman)),
+                        format!("{} (Spearman ρ = {})", k.task, number(k.spearman)),
                         k.points
                             .iter()
                             .map(|(l, x, y)| XyPoint {
@@ -634,8 +636,8 @@ pub fn readme(r: &Results) -> String {
             .iter()
             .map(|(l, values)| {
                 let overall = c.overall.iter().find(|(o, _)| o == l).and_then(|(_, v)| *v);
-                let mut v = vec![l.clone(), opt(overall)];
-                v.extend(values.iter().map(|x| opt(*x)));
+                let mut v = vec![l.clone(), number(overall)];
+                v.extend(values.iter().map(|x| number(*x)));
                 v
             })
             .collect();
@@ -647,7 +649,7 @@ pub fn readme(r: &Results) -> String {
                 md,
                 "- {}: Spearman ρ = {} over {} languages",
                 k.task,
-                opt(k.spearman),
+                number(k.spearman),
                 k.points.len()
             );
         }

@@ -35,7 +35,7 @@ pub(crate) struct ListQuery {
 }
 
 impl ListQuery {
-    pub(crate) fn filter(&self) -> Result<crossmerge_core::CheckpointFilter, WebError> {
+    fn filter(&self) -> Result<crossmerge_core::CheckpointFilter, WebError> {
         let mut f = crossmerge_core::CheckpointFilter::default();
         f.kind = match self.kind.as_deref().filter(|k| !k.is_empty()) {
             None => None,
@@ -50,22 +50,34 @@ impl ListQuery {
         Ok(f)
     }
 
-    pub(crate) fn base(&self) -> Option<&str> {
-        self.base.as_deref().filter(|s| !s.is_empty())
+    /// `list`'s rows for these filters, then those of the base asked for.
+    pub(crate) fn rows(
+        &self,
+        reg: &crossmerge_core::Registry,
+    ) -> Result<Vec<crossmerge_core::catalog::CheckpointRow>, WebError> {
+        let mut rows = reg.list(&self.filter()?)?;
+        if let Some(b) = self.base.as_deref().filter(|s| !s.is_empty()) {
+            rows.retain(|r| r.base.as_deref() == Some(b));
+        }
+        Ok(rows)
+    }
+
+    /// The filters as a query string, for links that keep them.
+    pub(crate) fn query(&self) -> String {
+        crate::html::query_string(&[
+            ("kind", &self.kind),
+            ("language", &self.language),
+            ("task", &self.task),
+            ("base", &self.base),
+        ])
     }
 }
 
 /// `crossmerge list [--kind K] [--language L] [--task T] --json` (and a base filter).
 pub(crate) async fn checkpoints(State(app): State<App>, Query(q): Query<ListQuery>) -> Json {
     Json(
-        app.with_registry(move |reg| {
-            let mut rows = reg.list(&q.filter()?)?;
-            if let Some(b) = q.base() {
-                rows.retain(|r| r.base.as_deref() == Some(b));
-            }
-            Ok(cli_json(&rows))
-        })
-        .await,
+        app.with_registry(move |reg| Ok(cli_json(&q.rows(reg)?)))
+            .await,
     )
 }
 
@@ -226,6 +238,15 @@ impl EvalQuery {
             some(&self.task).as_deref(),
             some(&self.language).as_deref(),
         )?)
+    }
+
+    /// The filters (not the order) as a query string, for links that keep them.
+    pub(crate) fn filters(&self) -> String {
+        crate::html::query_string(&[
+            ("checkpoint", &self.checkpoint),
+            ("task", &self.task),
+            ("language", &self.language),
+        ])
     }
 }
 

@@ -34,12 +34,11 @@ pub(crate) fn page(title: &str, body: &Markup) -> Markup {
     }
 }
 
-/// `s` made safe for a URL path: every byte outside a small set is percent-encoded (a
-/// reference may hold `/`, kept so that `/checkpoints/org/name@1` reads as it is named).
-pub(crate) fn path_part(s: &str) -> String {
+/// `s` percent-encoded, every byte but ASCII letters, digits and `keep`.
+fn percent_encode(s: &str, keep: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/@=+,:".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             out.push(char::from(b));
         } else {
             let _ = write!(out, "%{b:02X}");
@@ -48,17 +47,31 @@ pub(crate) fn path_part(s: &str) -> String {
     out
 }
 
-/// `s` made safe for a query value.
+/// `s` made safe for a URL path (a reference may hold `/`, kept so that
+/// `/checkpoints/org/name@1` reads as it is named).
+pub(crate) fn path_part(s: &str) -> String {
+    percent_encode(s, b"-._~/@=+,:")
+}
+
+/// `s` made safe for a query value (`+`, `/`, `&`, `=` encoded).
 pub(crate) fn query_part(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
+    percent_encode(s, b"-._~@")
+}
+
+/// `?k=v&…` of the pairs whose value is set and not empty (or nothing).
+pub(crate) fn query_string(pairs: &[(&str, &Option<String>)]) -> String {
+    let set: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            let v = v.as_deref().filter(|v| !v.is_empty())?;
+            Some(format!("{k}={}", query_part(v)))
+        })
+        .collect();
+    if set.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", set.join("&"))
     }
-    out
 }
 
 pub(crate) fn checkpoint_link(reference: &str) -> Markup {
@@ -83,9 +96,9 @@ pub(crate) fn bytes(n: u64) -> String {
     crossmerge_core::report::decimal_bytes(n)
 }
 
-/// A number as the study's tables print it.
-pub(crate) fn num(v: f64) -> String {
-    format!("{v:.4}")
+/// A number as the study's tables print it (`-` for none).
+pub(crate) fn num(v: Option<f64>) -> String {
+    crossmerge_core::results::number(v)
 }
 
 /// An SVG document (from plotters) for inline use: its XML declaration dropped. plotters
@@ -100,7 +113,7 @@ pub(crate) fn inline_svg(svg: &str) -> Markup {
 
 #[cfg(test)]
 mod tests {
-    use super::{inline_svg, path_part, query_part};
+    use super::{inline_svg, path_part, query_part, query_string};
 
     #[test]
     fn links_keep_names_readable_and_encode_everything_else() {
@@ -112,6 +125,16 @@ mod tests {
         assert_eq!(path_part("é"), "%C3%A9");
         // In a query, `+` is a space and `/`, `&`, `=` split it: all encoded.
         assert_eq!(query_part("ner+de/x=1&y"), "ner%2Bde%2Fx%3D1%26y");
+    }
+
+    #[test]
+    fn query_strings_keep_only_the_filters_that_are_set() {
+        let (set, empty, none) = (Some("a+b".to_owned()), Some(String::new()), None);
+        assert_eq!(
+            query_string(&[("x", &set), ("y", &empty), ("z", &none)]),
+            "?x=a%2Bb"
+        );
+        assert_eq!(query_string(&[("y", &empty), ("z", &none)]), "");
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! mirrors, so a page and its `/api/…` twin never disagree.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -97,10 +96,7 @@ pub(crate) async fn checkpoints(State(app): State<App>, Query(q): Query<ListQuer
     let sizes = app.clone();
     Html(
         app.with_registry(move |reg| {
-            let mut rows = reg.list(&q.filter()?)?;
-            if let Some(b) = q.base() {
-                rows.retain(|r| r.base.as_deref() == Some(b));
-            }
+            let rows = q.rows(reg)?;
             let stored: Vec<u64> = rows
                 .iter()
                 .map(|r| sizes.stored_size(reg, r))
@@ -124,7 +120,7 @@ pub(crate) async fn checkpoints(State(app): State<App>, Query(q): Query<ListQuer
                         button type="submit" { "Filter" }
                     }
                     p.muted { (rows.len()) " checkpoint(s) · "
-                        a href={ "/api/checkpoints" (list_query(&q)) } { "JSON" } }
+                        a href={ "/api/checkpoints" (q.query()) } { "JSON" } }
                     div.scroll { table #checkpoints {
                         thead { tr {
                             th { "checkpoint" } th { "kind" } th { "language" } th { "task" }
@@ -150,25 +146,6 @@ pub(crate) async fn checkpoints(State(app): State<App>, Query(q): Query<ListQuer
         })
         .await,
     )
-}
-
-fn list_query(q: &ListQuery) -> String {
-    let mut parts = Vec::new();
-    for (k, v) in [
-        ("kind", &q.kind),
-        ("language", &q.language),
-        ("task", &q.task),
-        ("base", &q.base),
-    ] {
-        if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-            parts.push(format!("{k}={}", query_part(v)));
-        }
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", parts.join("&"))
-    }
 }
 
 /// `config.json` of a checkpoint, pretty-printed, when it has one small enough to show.
@@ -424,10 +401,6 @@ pub(crate) async fn vector(State(app): State<App>, Path(reference): Path<String>
     )
 }
 
-fn cell(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"))
-}
-
 pub(crate) async fn compare(
     State(app): State<App>,
     Query(pairs): Query<Vec<(String, String)>>,
@@ -460,7 +433,7 @@ pub(crate) async fn compare(
                         } }
                         tbody { @for g in &r.groups { @for (i, v) in r.vectors.iter().enumerate() { tr {
                             td { (g.group) } td { (vector_link(v)) }
-                            @for j in 0..r.vectors.len() { td.num { (cell(g.cosine[i][j])) } }
+                            @for j in 0..r.vectors.len() { td.num { (num(g.cosine[i][j])) } }
                             td.num { (format!("{:.4}", g.norms[i])) }
                         } } } }
                     } }
@@ -528,20 +501,12 @@ fn evaluation_table(rows: &[EvaluationRow], q: Option<&EvalQuery>) -> Markup {
             None => html! { (label) },
             Some(q) => {
                 let desc = q.sort.as_deref() == Some(key) && q.order.as_deref() != Some("desc");
-                let mut href = format!(
-                    "/evaluations?sort={}&order={}",
+                let filters = q.filters().replacen('?', "&", 1);
+                let href = format!(
+                    "/evaluations?sort={}&order={}{filters}",
                     query_part(key),
                     if desc { "desc" } else { "asc" }
                 );
-                for (k, v) in [
-                    ("checkpoint", &q.checkpoint),
-                    ("task", &q.task),
-                    ("language", &q.language),
-                ] {
-                    if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-                        let _ = write!(href, "&{k}={}", query_part(v));
-                    }
-                }
                 html! { a.sort href=(href) { (label) } }
             }
         }
@@ -560,7 +525,7 @@ fn evaluation_table(rows: &[EvaluationRow], q: Option<&EvalQuery>) -> Markup {
                 td { (checkpoint_link(&r.checkpoint)) }
                 td { (r.task) } td { (opt(r.language.as_ref())) }
                 td { (r.dataset_path) } td { (opt(r.split.as_ref())) }
-                @for m in &metrics { td.num { @if let Some(v) = r.metrics.get(m) { (num(*v)) } @else { "-" } } }
+                @for m in &metrics { td.num { (num(r.metrics.get(m).copied())) } }
                 td.num { (r.examples) } td { (r.device) }
                 td.num { (format!("{:.1}", r.duration_s)) } td { (r.created_at) }
             } } }
@@ -575,17 +540,7 @@ pub(crate) async fn evaluations(State(app): State<App>, Query(q): Query<EvalQuer
             if let Some(by) = q.sort.as_deref().filter(|s| !s.is_empty()) {
                 sort_rows(&mut rows, by, q.order.as_deref() == Some("desc"))?;
             }
-            let mut filters = Vec::new();
-            for (k, v) in [
-                ("checkpoint", &q.checkpoint),
-                ("task", &q.task),
-                ("language", &q.language),
-            ] {
-                if let Some(v) = v.as_ref().filter(|v| !v.is_empty()) {
-                    filters.push(format!("{k}={}", query_part(v)));
-                }
-            }
-            let filters = filters.join("&");
+            let filters = q.filters();
             let value = |s: &Option<String>| s.clone().unwrap_or_default();
             Ok(page(
                 "Evaluations",
@@ -597,8 +552,8 @@ pub(crate) async fn evaluations(State(app): State<App>, Query(q): Query<EvalQuer
                         button type="submit" { "Filter" }
                     }
                     p.muted { (rows.len()) " evaluation(s) · "
-                        a #csv href={ "/evaluations.csv?" (filters) } download="evaluations.csv" { "CSV" } " · "
-                        a href={ "/api/evaluations?" (filters) } { "JSON" } }
+                        a #csv href={ "/evaluations.csv" (filters) } download="evaluations.csv" { "CSV" } " · "
+                        a href={ "/api/evaluations" (filters) } { "JSON" } }
                     (evaluation_table(&rows, Some(&q)))
                 },
             ))
@@ -714,7 +669,7 @@ pub(crate) async fn studies(State(app): State<App>) -> Html {
 }
 
 fn score(s: &Score) -> Markup {
-    evaluation_link(&s.evaluation, &num(s.value))
+    evaluation_link(&s.evaluation, &num(Some(s.value)))
 }
 
 pub(crate) async fn study(State(app): State<App>, Path(name): Path<String>) -> Html {
@@ -755,7 +710,7 @@ pub(crate) async fn study(State(app): State<App>, Path(name): Path<String>) -> H
                     } }
                     tbody { @for x in &t.transfers { tr {
                         td { (x.language) } td.num { (score(&x.zero_shot)) } td.num { (x.best_lambda) }
-                        td.num { (score(&x.test)) } td.num { (num(x.gain)) }
+                        td.num { (score(&x.test)) } td.num { (num(Some(x.gain))) }
                         td.num { @if let Some((_, s)) = &x.trained_baseline { (score(s)) } @else { "-" } }
                     } } }
                 } }
@@ -785,8 +740,8 @@ pub(crate) async fn study(State(app): State<App>, Path(name): Path<String>) -> H
                     thead { tr { th { "language" } th.num { "model" } @for l in &c.layers { th.num { (l) } } } }
                     tbody { @for (lang, layers) in &c.by_layer { tr {
                         td { (lang) }
-                        td.num { (cell(c.overall.iter().find(|(l, _)| l == lang).and_then(|(_, v)| *v))) }
-                        @for v in layers { td.num { (cell(*v)) } }
+                        td.num { (num(c.overall.iter().find(|(l, _)| l == lang).and_then(|(_, v)| *v))) }
+                        @for v in layers { td.num { (num(*v)) } }
                     } } }
                 } }
                 @if let Some(svg) = plot("cosine-layers") { (svg) }
