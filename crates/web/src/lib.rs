@@ -141,8 +141,7 @@ impl App {
             }
             d
         };
-        d.merge = reg.catalog().merge_of(row.rowid)?;
-        d.training = reg.catalog().trainings(Some(row.rowid))?.pop();
+        (d.merge, d.training) = reg.provenance(&row)?;
         d.checkpoint = row;
         Ok(d)
     }

@@ -349,6 +349,20 @@ pub struct TensorDetails {
 }
 
 impl Registry {
+    /// How a checkpoint was made: its merge, or the latest training run that registered it.
+    pub fn provenance(
+        &self,
+        row: &CheckpointRow,
+    ) -> Result<(
+        Option<crate::catalog::MergeRow>,
+        Option<crate::catalog::TrainingRow>,
+    )> {
+        Ok((
+            self.catalog.merge_of(row.rowid)?,
+            self.catalog.trainings(Some(row.rowid))?.pop(),
+        ))
+    }
+
     /// A checkpoint and what it holds.
     pub fn show(&self, reference: &str) -> Result<CheckpointDetails> {
         let checkpoint = self.resolve(reference)?;
@@ -380,8 +394,7 @@ impl Registry {
             })
             .collect();
         let stored_size = self.stored_size_of(&checkpoint)?;
-        let merge = self.catalog.merge_of(checkpoint.rowid)?;
-        let training = self.catalog.trainings(Some(checkpoint.rowid))?.pop();
+        let (merge, training) = self.provenance(&checkpoint)?;
         Ok(CheckpointDetails {
             merge,
             training,
