@@ -744,6 +744,7 @@ impl Train for Registry {
         progress: &dyn TrainProgress,
     ) -> Result<TrainReport> {
         let dev_device = device(&plan.device)?;
+        crossmerge_nn::train::retain_freed_memory();
         let row = self.resolve(reference)?;
         let manifest = self.manifest(&row)?;
         let config_bytes = file_of(self, &manifest, &row, "config.json")?;

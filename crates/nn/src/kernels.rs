@@ -121,6 +121,23 @@ impl<K: Rows> pulp::WithSimd for Vectorized<'_, K> {
     }
 }
 
+/// Runs `f` compiled for the CPU's widest vectors (pulp's dispatch: AVX-512 or AVX2 where the
+/// build's baseline is SSE2), so that its loops and the `#[inline(always)]` helpers they call
+/// vectorize. The width changes no result: nothing is reassociated or fused.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// `f(start, chunk)` over `out` in chunks of `size` elements on rayon's threads, each chunk
+/// through [`simd`].
+pub(crate) fn par_simd(out: &mut [f32], size: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let size = size.max(1);
+    out.par_chunks_mut(size)
+        .enumerate()
+        .for_each(|(c, o)| simd(|| f(c * size, o)));
+}
+
 /// Runs kernel `k` over `data` in place, in chunks of whole rows, on rayon's global pool:
 /// the one candle's matrix products (gemm) run on, so the two share the cores (on candle's
 /// own barrier pool, whose idle workers spin, evaluation was 10–20% slower).

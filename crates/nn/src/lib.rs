@@ -41,6 +41,10 @@ pub mod train;
 #[cfg(test)]
 mod tests;
 
+// Linked for its `x86-v4` feature only (see Cargo.toml): candle's CPU matrix products.
+#[cfg(feature = "eval")]
+use gemm as _;
+
 use std::path::Path;
 
 use crate::error::{Error, Result};

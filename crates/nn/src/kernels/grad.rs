@@ -1,22 +1,28 @@
-//! CPU kernels with backward passes, for training: GELU (erf), LayerNorm and the attention
-//! softmax (scale, additive mask, softmax) as one op each, forward and backward one pass over
-//! rows on rayon's threads, instead of candle's chains of element-wise ops (and their
-//! backward chains, several single-threaded or on candle's spinning barrier pool).
+//! CPU kernels with backward passes, for training: GELU (erf), LayerNorm, a bias add and
+//! the whole self-attention of a layer (heads, scale, mask, softmax, dropout, weighted values)
+//! as one op each, forward and backward one pass on rayon's threads, compiled for the CPU's
+//! widest vectors (pulp's dispatch), instead of candle's chains of element-wise ops (and their
+//! backward chains, several single-threaded or on candle's spinning barrier pool, each node's
+//! gradient a fresh zero tensor plus an add).
 //!
 //! The formulas are torch's: GELU′(x) = Φ(x) + x·φ(x); LayerNorm's input gradient
 //! `inv·(g − mean(g) − x̂·mean(g·x̂))` with g = dy·w, weight and bias gradients summed over
-//! rows; softmax's `dS = scale·P·(dP − Σ P·dP)`. Sums over rows go in fixed chunks combined in
+//! rows; softmax's `dS = P·(dP − Σ P·dP)`. Sums over rows go in fixed chunks combined in
 //! order, so results do not depend on the thread count. Inputs must be contiguous f32 on the
 //! CPU ([`applies`]); callers use candle's ops elsewhere.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, erfc_pos, exp, sum_by};
+use super::{contiguous_f32, erfc_pos, exp, par_simd, simd, sum_by};
+use crate::model::dropout::MaskOp;
 
 /// Rows per parallel task of the reductions over rows (fixed: the sums' order must not depend
 /// on the threads).
 const ROWS: usize = 64;
+
+/// Elements per parallel task of the element-wise kernels.
+const ELEMENTS: usize = 1 << 14;
 
 /// Whether the kernels here take `x`: f32 on the CPU.
 pub fn applies(x: &Tensor) -> bool {
@@ -31,7 +37,7 @@ fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
 // GELU
 
 /// Φ(x), the standard normal CDF, from the same `erfc` as the fused GELU.
-#[inline]
+#[inline(always)]
 fn cdf(x: f32) -> f32 {
     let y = erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
     if x >= 0.0 { 1.0 - 0.5 * y } else { 0.5 * y }
@@ -47,11 +53,12 @@ impl CustomOp1 for Gelu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "gelu")?;
-        let out: Vec<f32> = x
-            .par_iter()
-            .with_min_len(4096)
-            .map(|&v| v * cdf(v))
-            .collect();
+        let mut out = vec![0f32; x.len()];
+        par_simd(&mut out, ELEMENTS, |start, o| {
+            for (o, &v) in o.iter_mut().zip(&x[start..]) {
+                *o = v * cdf(v);
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -83,12 +90,12 @@ impl CustomOp2 for GeluGrad {
         let x = contiguous_f32(s1, l1, "gelu backward")?;
         let dy = contiguous_f32(s2, l2, "gelu backward")?;
         let inv_sqrt_2pi = 0.398_942_3_f32;
-        let out: Vec<f32> = x
-            .par_iter()
-            .zip(dy.par_iter())
-            .with_min_len(4096)
-            .map(|(&v, &g)| g * (cdf(v) + v * inv_sqrt_2pi * exp(-0.5 * v * v)))
-            .collect();
+        let mut out = vec![0f32; x.len()];
+        par_simd(&mut out, ELEMENTS, |start, o| {
+            for ((o, &v), &g) in o.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+                *o = g * (cdf(v) + v * inv_sqrt_2pi * exp(-0.5 * v * v));
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -106,7 +113,7 @@ struct Norm {
 }
 
 /// A row's mean and 1/√(var + eps) (biased variance, as torch).
-#[inline]
+#[inline(always)]
 fn moments(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
     let mean = sum_by(x, |v| v) / n;
@@ -135,15 +142,14 @@ impl CustomOp3 for Norm {
         );
         let h = w.len();
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(h)
-            .zip(x.par_chunks(h))
-            .with_min_len(16)
-            .for_each(|(o, x)| {
+        par_simd(&mut out, h * ROWS, |start, o| {
+            for (o, x) in o.chunks_exact_mut(h).zip(x[start..].chunks_exact(h)) {
                 let (mean, inv) = moments(x, self.eps);
                 for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
                     *o = (x - mean) * inv * w + b;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -164,30 +170,32 @@ impl CustomOp3 for Norm {
             .zip(xs.par_chunks(h * ROWS))
             .zip(dy.par_chunks(h * ROWS))
             .map(|((dx, x), dy)| {
-                let mut dw = vec![0f32; h];
-                let mut db = vec![0f32; h];
-                let mut xhat = vec![0f32; h];
-                for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
-                    let (mean, inv) = moments(x, self.eps);
-                    for (xh, &v) in xhat.iter_mut().zip(x) {
-                        *xh = (v - mean) * inv;
+                simd(|| {
+                    let mut dw = vec![0f32; h];
+                    let mut db = vec![0f32; h];
+                    let mut xhat = vec![0f32; h];
+                    for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+                        let (mean, inv) = moments(x, self.eps);
+                        for (xh, &v) in xhat.iter_mut().zip(x) {
+                            *xh = (v - mean) * inv;
+                        }
+                        let n = h as f32;
+                        let mut sum_g = 0f32;
+                        let mut sum_gx = 0f32;
+                        for i in 0..h {
+                            let g = dy[i] * ws[i];
+                            sum_g += g;
+                            sum_gx += g * xhat[i];
+                            dw[i] += dy[i] * xhat[i];
+                            db[i] += dy[i];
+                        }
+                        let (mg, mgx) = (sum_g / n, sum_gx / n);
+                        for i in 0..h {
+                            dx[i] = inv * (dy[i] * ws[i] - mg - xhat[i] * mgx);
+                        }
                     }
-                    let n = h as f32;
-                    let mut sum_g = 0f32;
-                    let mut sum_gx = 0f32;
-                    for i in 0..h {
-                        let g = dy[i] * ws[i];
-                        sum_g += g;
-                        sum_gx += g * xhat[i];
-                        dw[i] += dy[i] * xhat[i];
-                        db[i] += dy[i];
-                    }
-                    let (mg, mgx) = (sum_g / n, sum_gx / n);
-                    for i in 0..h {
-                        dx[i] = inv * (dy[i] * ws[i] - mg - xhat[i] * mgx);
-                    }
-                }
-                (dw, db)
+                    (dw, db)
+                })
             })
             .collect();
         let mut dw = vec![0f32; h];
@@ -214,68 +222,16 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> candle_core::
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attention softmax
+// Bias
 
-/// `softmax(scores·scale + mask)` over the last dimension of `(b, heads, t, t)` scores, the
-/// additive mask `(b, t)` broadcast over heads and queries.
-struct Softmax {
-    scale: f32,
-    mask: std::sync::Arc<Vec<f32>>,
-    heads: usize,
-}
+/// `y + b` over rows `(n, out)`, the bias `(out)`: one node whose backward pass passes the
+/// gradient through and sums it over rows in parallel (candle's broadcast add records a
+/// broadcast and an add, and sums the bias gradient on one thread).
+struct BiasAdd;
 
-struct SoftmaxGrad {
-    scale: f32,
-}
-
-impl CustomOp1 for Softmax {
+impl CustomOp2 for BiasAdd {
     fn name(&self) -> &'static str {
-        "attention-softmax-grad"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l, "attention softmax")?;
-        let t = l.dims()[l.dims().len() - 1];
-        let per_sequence = self.heads * t * t;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(t)
-            .zip(x.par_chunks(t))
-            .enumerate()
-            .with_min_len(32)
-            .for_each(|(r, (o, x))| {
-                let mask = &self.mask[(r * t / per_sequence) * t..][..t];
-                let mut max = f32::MIN;
-                for ((o, &x), &m) in o.iter_mut().zip(x).zip(mask) {
-                    *o = x * self.scale + m;
-                    max = max.max(*o);
-                }
-                let mut sum = 0f32;
-                for o in o.iter_mut() {
-                    *o = exp(*o - max);
-                    sum += *o;
-                }
-                let inv = 1.0 / sum;
-                for o in o.iter_mut() {
-                    *o *= inv;
-                }
-            });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let g = res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
-        Ok(Some(g))
-    }
-}
-
-impl CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "attention-softmax-backward"
+        "bias-add-grad"
     }
 
     fn cpu_fwd(
@@ -285,35 +241,328 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = contiguous_f32(s1, l1, "softmax backward")?;
-        let dp = contiguous_f32(s2, l2, "softmax backward")?;
-        let t = l1.dims()[l1.dims().len() - 1];
-        let mut out = vec![0f32; p.len()];
-        out.par_chunks_mut(t)
-            .zip(p.par_chunks(t).zip(dp.par_chunks(t)))
-            .with_min_len(32)
-            .for_each(|(o, (p, dp))| {
-                let dot: f32 = p.iter().zip(dp).map(|(&p, &d)| p * d).sum();
-                for ((o, &p), &d) in o.iter_mut().zip(p).zip(dp) {
-                    *o = self.scale * p * (d - dot);
+        let y = contiguous_f32(s1, l1, "bias add")?;
+        let b = contiguous_f32(s2, l2, "bias add")?;
+        let n = b.len();
+        if n == 0 || y.len() % n != 0 {
+            candle_core::bail!("bias add: {:?} + {:?}", l1.dims(), l2.dims());
+        }
+        let mut out = vec![0f32; y.len()];
+        par_simd(&mut out, n * ROWS, |start, o| {
+            for (o, y) in o.chunks_exact_mut(n).zip(y[start..].chunks_exact(n)) {
+                for ((o, &y), &b) in o.iter_mut().zip(y).zip(b) {
+                    *o = y + b;
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = host(grad)?;
+        let n = b.elem_count();
+        // Per chunk of rows a partial sum, the partials added in order.
+        let partials: Vec<Vec<f32>> = g
+            .par_chunks(n * ROWS)
+            .map(|g| {
+                simd(|| {
+                    let mut sum = vec![0f32; n];
+                    for row in g.chunks_exact(n) {
+                        for (s, &x) in sum.iter_mut().zip(row) {
+                            *s += x;
+                        }
+                    }
+                    sum
+                })
+            })
+            .collect();
+        let mut db = vec![0f32; n];
+        for p in partials {
+            for (s, x) in db.iter_mut().zip(p) {
+                *s += x;
+            }
+        }
+        Ok((
+            Some(grad.clone()),
+            Some(Tensor::from_vec(db, b.shape(), b.device())?),
+        ))
     }
 }
 
-/// `softmax(scores·scale + mask)` over the last dimension of `(b, heads, t, t)` scores with
-/// `mask` `(b·t)` additive per key, with a backward pass for the scores.
-pub fn attention_softmax(
-    scores: &Tensor,
-    scale: f64,
+/// `y + b` for rows `y` `(n, out)` and a bias `(out)`, with a backward pass for both.
+pub fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Self-attention
+
+/// Scaled dot-product self-attention of one layer, `softmax(Q·Kᵀ·scale + mask)·V` per head with
+/// dropout on the probabilities, from the stacked query/key/value rows `(b·t, 3H)` (biases
+/// added): the context `(b·t, H)`, heads merged. One op instead of candle's chain (three
+/// head splits copied out, a batch of `b·heads` tiny matrix products each way, each with its
+/// own thread dispatch, and their backward chain). The probabilities are not kept: the
+/// backward pass recomputes them per query row (`t × d` work beside the projections'
+/// `H × H`). Parallel over sequences; each sequence's arithmetic is in a fixed order, so the
+/// result does not depend on the thread count.
+struct SelfAttention {
+    /// Additive per key `(b·t)`: 0 on tokens, the lowest f32 on padding.
     mask: std::sync::Arc<Vec<f32>>,
+    t: usize,
     heads: usize,
+    scale: f32,
+    /// Dropout on the probabilities, element `((s·heads + head)·t + i)·t + j` as the
+    /// probabilities tensor `(b, heads, t, t)` would be indexed.
+    dropout: Option<MaskOp>,
+}
+
+struct SelfAttentionGrad<'a>(&'a SelfAttention);
+
+/// One head's query (scaled), key and value rows `(t, d)` of a sequence's `(t, 3H)` block.
+#[inline(always)]
+fn gather(block: &[f32], h: usize, col: usize, d: usize, scale: f32, out: &mut [f32]) {
+    for (row, dst) in block.chunks_exact(3 * h).zip(out.chunks_exact_mut(d)) {
+        for (o, &x) in dst.iter_mut().zip(&row[col..col + d]) {
+            *o = x * scale;
+        }
+    }
+}
+
+/// `y += a·x` (vectorizes).
+#[inline(always)]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+impl SelfAttention {
+    fn dims(&self, len: usize) -> candle_core::Result<(usize, usize)> {
+        let (t, heads) = (self.t, self.heads);
+        let rows = self.mask.len();
+        if t == 0 || heads == 0 || !rows.is_multiple_of(t) || !len.is_multiple_of(rows * 3) {
+            candle_core::bail!("self-attention over {len} values for {rows} rows of {t}");
+        }
+        let h = len / rows / 3;
+        if !h.is_multiple_of(heads) {
+            candle_core::bail!("self-attention: {h} columns over {heads} heads");
+        }
+        Ok((h, h / heads))
+    }
+
+    /// Row `i`'s probabilities over the keys (before dropout) into `p`, from its scaled query
+    /// `q` `(d)` and the keys transposed `kt` `(d, t)`: the scores as `d` vector updates over
+    /// the keys (no per-key horizontal sum), the mask added, then the softmax.
+    #[inline(always)]
+    fn probs(q: &[f32], kt: &[f32], mask: &[f32], p: &mut [f32]) {
+        let t = p.len();
+        p.fill(0.0);
+        for (&qc, kc) in q.iter().zip(kt.chunks_exact(t)) {
+            axpy(p, qc, kc);
+        }
+        let mut max = f32::MIN;
+        for (pj, &m) in p.iter_mut().zip(mask) {
+            *pj += m;
+            max = max.max(*pj);
+        }
+        for pj in p.iter_mut() {
+            *pj = exp(*pj - max);
+        }
+        let inv = 1.0 / sum_by(p, |x| x);
+        for pj in p.iter_mut() {
+            *pj *= inv;
+        }
+    }
+
+    /// The dropout factors of row `(s, head, i)`'s probabilities into `keep`: 0 or
+    /// 1/(1 − p) each (all 1 without dropout).
+    #[inline(always)]
+    fn keep_row(&self, s: usize, head: usize, i: usize, keep: &mut [f32]) {
+        match self.dropout {
+            Some(m) => {
+                let base = ((s * self.heads + head) * self.t + i) * self.t;
+                let scale = m.scale();
+                for (j, k) in keep.iter_mut().enumerate() {
+                    *k = if m.kept(base + j) { scale } else { 0.0 };
+                }
+            }
+            None => keep.fill(1.0),
+        }
+    }
+}
+
+/// Rows `(t, d)` transposed into `(d, t)`.
+#[inline(always)]
+fn transpose(rows: &[f32], d: usize, out: &mut [f32]) {
+    let t = rows.len() / d;
+    for (j, row) in rows.chunks_exact(d).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            out[c * t + j] = x;
+        }
+    }
+}
+
+impl CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "self-attention-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "self-attention")?;
+        let (h, d) = self.dims(x.len())?;
+        let t = self.t;
+        let mut out = vec![0f32; x.len() / 3];
+        out.par_chunks_mut(t * h)
+            .zip(x.par_chunks(t * 3 * h))
+            .enumerate()
+            .for_each(|(seq, (out, block))| {
+                simd(|| {
+                    let mask = &self.mask[seq * t..(seq + 1) * t];
+                    let buf = || vec![0f32; t * d];
+                    let (mut q, mut k, mut v, mut kt) = (buf(), buf(), buf(), buf());
+                    let (mut p, mut keep) = (vec![0f32; t], vec![0f32; t]);
+                    for head in 0..self.heads {
+                        gather(block, h, head * d, d, self.scale, &mut q);
+                        gather(block, h, h + head * d, d, 1.0, &mut k);
+                        gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
+                        transpose(&k, d, &mut kt);
+                        for (i, qi) in q.chunks_exact(d).enumerate() {
+                            Self::probs(qi, &kt, mask, &mut p);
+                            self.keep_row(seq, head, i, &mut keep);
+                            let ctx = &mut out[i * h + head * d..][..d];
+                            for ((&pj, &kj), vj) in p.iter().zip(&keep).zip(v.chunks_exact(d)) {
+                                axpy(ctx, pj * kj, vj);
+                            }
+                        }
+                    }
+                });
+            });
+        Ok((CpuStorage::F32(out), Shape::from((x.len() / 3 / h, h))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let g = arg.apply_op2_no_bwd(&grad.contiguous()?, &SelfAttentionGrad(self))?;
+        Ok(Some(g))
+    }
+}
+
+impl CustomOp2 for SelfAttentionGrad<'_> {
+    fn name(&self) -> &'static str {
+        "self-attention-backward"
+    }
+
+    /// With `Qs = scale·Q`, `P = softmax(Qs·Kᵀ + mask)`, `Pd = P∘keep` and `O = Pd·V`: `dV =
+    /// Pdᵀ·dO`, `dP = (dO·Vᵀ)∘keep`, `dS = P∘(dP − Σⱼ P·dP)`, `dQ = scale·dS·K`, `dK =
+    /// dSᵀ·Qs`, row by row.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let op = self.0;
+        let x = contiguous_f32(s1, l1, "self-attention backward")?;
+        let dout = contiguous_f32(s2, l2, "self-attention backward")?;
+        let (h, d) = op.dims(x.len())?;
+        if dout.len() * 3 != x.len() {
+            candle_core::bail!("self-attention backward: gradient of {} values", dout.len());
+        }
+        let t = op.t;
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(t * 3 * h)
+            .zip(x.par_chunks(t * 3 * h).zip(dout.par_chunks(t * h)))
+            .enumerate()
+            .for_each(|(seq, (dx, (block, dout)))| {
+                simd(|| {
+                    let mask = &op.mask[seq * t..(seq + 1) * t];
+                    let buf = || vec![0f32; t * d];
+                    let (mut q, mut k, mut v, mut kt, mut vt) = (buf(), buf(), buf(), buf(), buf());
+                    let (mut dq, mut dk, mut dv) = (buf(), buf(), buf());
+                    let (mut p, mut dp, mut keep) = (vec![0f32; t], vec![0f32; t], vec![0f32; t]);
+                    for head in 0..op.heads {
+                        gather(block, h, head * d, d, op.scale, &mut q);
+                        gather(block, h, h + head * d, d, 1.0, &mut k);
+                        gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
+                        transpose(&k, d, &mut kt);
+                        transpose(&v, d, &mut vt);
+                        dk.fill(0.0);
+                        dv.fill(0.0);
+                        for (i, (qi, dqi)) in
+                            q.chunks_exact(d).zip(dq.chunks_exact_mut(d)).enumerate()
+                        {
+                            SelfAttention::probs(qi, &kt, mask, &mut p);
+                            op.keep_row(seq, head, i, &mut keep);
+                            let doi = &dout[i * h + head * d..][..d];
+                            // dP = (dO·Vᵀ)∘keep for this row, as d vector updates over the keys.
+                            dp.fill(0.0);
+                            for (&g, vc) in doi.iter().zip(vt.chunks_exact(t)) {
+                                axpy(&mut dp, g, vc);
+                            }
+                            for (dpj, &kj) in dp.iter_mut().zip(&keep) {
+                                *dpj *= kj;
+                            }
+                            for ((&pj, &kj), dvj) in p.iter().zip(&keep).zip(dv.chunks_exact_mut(d))
+                            {
+                                axpy(dvj, pj * kj, doi);
+                            }
+                            let dot = super::dot(&p, &dp);
+                            dqi.fill(0.0);
+                            for ((&pj, &dpj), (kj, dkj)) in p
+                                .iter()
+                                .zip(&dp)
+                                .zip(k.chunks_exact(d).zip(dk.chunks_exact_mut(d)))
+                            {
+                                let ds = pj * (dpj - dot);
+                                axpy(dqi, ds, kj);
+                                axpy(dkj, ds, qi);
+                            }
+                        }
+                        for (row, ((dqi, dki), dvi)) in dx.chunks_exact_mut(3 * h).zip(
+                            dq.chunks_exact(d)
+                                .zip(dk.chunks_exact(d))
+                                .zip(dv.chunks_exact(d)),
+                        ) {
+                            for (o, &g) in row[head * d..][..d].iter_mut().zip(dqi) {
+                                *o = g * op.scale;
+                            }
+                            row[h + head * d..][..d].copy_from_slice(dki);
+                            row[2 * h + head * d..][..d].copy_from_slice(dvi);
+                        }
+                    }
+                });
+            });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Self-attention from the stacked query/key/value rows `(b·t, 3H)` (biases added) with the
+/// additive key mask `(b·t)` and, in training, dropout on the probabilities: the context
+/// `(b·t, H)`, with a backward pass for the rows (the probabilities recomputed, not kept).
+pub fn self_attention(
+    qkv: &Tensor,
+    mask: std::sync::Arc<Vec<f32>>,
+    (t, heads): (usize, usize),
+    scale: f64,
+    dropout: Option<MaskOp>,
 ) -> candle_core::Result<Tensor> {
-    scores.contiguous()?.apply_op1(Softmax {
-        scale: scale as f32,
+    qkv.contiguous()?.apply_op1(SelfAttention {
         mask,
+        t,
         heads,
+        scale: scale as f32,
+        dropout,
     })
 }
 
@@ -321,7 +570,7 @@ pub fn attention_softmax(
 mod tests {
     use candle_core::{D, Device, Tensor, Var};
 
-    use super::{attention_softmax, gelu, layer_norm};
+    use super::{gelu, layer_norm, self_attention};
 
     fn random(shape: &[usize], seed: u64) -> Vec<f32> {
         let n: usize = shape.iter().product();
@@ -407,39 +656,74 @@ mod tests {
             );
         }
 
-        // Attention softmax: 2 sequences, 3 heads, 4 positions, the last key of the second
-        // sequence masked.
-        let (b, h, t) = (2, 3, 4);
-        let s = Var::from_vec(random(&[b, h, t, t], 7), (b, h, t, t), &dev).unwrap();
+        // Self-attention: 2 sequences of 4 positions, 2 heads of 3, the last key of the
+        // second sequence masked; without and with dropout on the probabilities.
+        let (b, t, heads, d) = (2, 4, 2, 3);
+        let h = heads * d;
+        let qkv = Var::from_vec(random(&[b * t, 3 * h], 7), (b * t, 3 * h), &dev).unwrap();
         let mut mask = vec![0f32; b * t];
         mask[b * t - 1] = f32::MIN;
-        let up = Tensor::from_vec(random(&[b, h, t, t], 8), (b, h, t, t), &dev).unwrap();
-        let ours =
-            attention_softmax(s.as_tensor(), 0.5, std::sync::Arc::new(mask.clone()), h).unwrap();
-        let plain = {
-            let m = Tensor::from_vec(mask, (b, 1, 1, t), &dev).unwrap();
-            let z = (s.as_tensor() * 0.5).unwrap().broadcast_add(&m).unwrap();
-            let max = z.max_keepdim(D::Minus1).unwrap();
-            let e = z.broadcast_sub(&max).unwrap().exp().unwrap();
-            e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
-        };
-        close(&ours, &plain, "softmax");
-        let g1 = (&ours * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&plain * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        close(
-            g1.get(s.as_tensor()).unwrap(),
-            g2.get(s.as_tensor()).unwrap(),
-            "softmax grad",
-        );
+        let up = Tensor::from_vec(random(&[b * t, h], 8), (b * t, h), &dev).unwrap();
+        for rate in [0.0, 0.5] {
+            let ours = {
+                let drop = crate::model::Dropout::new(0.0, rate, 0.0, 11);
+                self_attention(
+                    qkv.as_tensor(),
+                    std::sync::Arc::new(mask.clone()),
+                    (t, heads),
+                    0.5,
+                    drop.site(rate),
+                )
+                .unwrap()
+            };
+            let plain = {
+                let drop = crate::model::Dropout::new(0.0, rate, 0.0, 11);
+                let x = qkv.as_tensor().reshape((b, t, 3 * h)).unwrap();
+                let part = |i: usize| {
+                    x.narrow(D::Minus1, i * h, h)
+                        .unwrap()
+                        .reshape((b, t, heads, d))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                };
+                let (q, k, v) = (part(0), part(1), part(2));
+                let m = Tensor::from_vec(mask.clone(), (b, 1, 1, t), &dev).unwrap();
+                let z = (q.matmul(&k.t().unwrap()).unwrap() * 0.5)
+                    .unwrap()
+                    .broadcast_add(&m)
+                    .unwrap();
+                let max = z.max_keepdim(D::Minus1).unwrap();
+                let e = z.broadcast_sub(&max).unwrap().exp().unwrap();
+                let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
+                let p = drop.apply(&p, rate).unwrap();
+                p.matmul(&v)
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .reshape((b * t, h))
+                    .unwrap()
+            };
+            close(&ours, &plain, &format!("self-attention, dropout {rate}"));
+            let g1 = (&ours * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&plain * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            close(
+                g1.get(qkv.as_tensor()).unwrap(),
+                g2.get(qkv.as_tensor()).unwrap(),
+                &format!("self-attention grad, dropout {rate}"),
+            );
+        }
     }
 }

@@ -40,13 +40,8 @@ impl Dropout {
     /// function of (key, call site, element), so the backward pass draws it again
     /// ([`MaskOp`]); elsewhere a mask tensor is multiplied in.
     pub fn apply(&self, x: &Tensor, p: f64) -> candle_core::Result<Tensor> {
-        if p <= 0.0 {
+        let Some(op) = self.site(p) else {
             return Ok(x.clone());
-        }
-        let site = self.site.fetch_add(1, Ordering::Relaxed);
-        let op = MaskOp {
-            stream: mix(self.key ^ mix(site.wrapping_add(1))),
-            p,
         };
         if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
             return x.contiguous()?.apply_op1(op);
@@ -61,6 +56,20 @@ impl Dropout {
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x.mul(&mask)
     }
+
+    /// The mask of the next call site at rate `p` (`None` when `p` is 0), for a kernel that
+    /// applies it itself (the fused self-attention); it takes the site's place in the forward
+    /// order as [`Dropout::apply`] would.
+    pub fn site(&self, p: f64) -> Option<MaskOp> {
+        if p <= 0.0 {
+            return None;
+        }
+        let site = self.site.fetch_add(1, Ordering::Relaxed);
+        Some(MaskOp {
+            stream: mix(self.key ^ mix(site.wrapping_add(1))),
+            p,
+        })
+    }
 }
 
 /// One call site's dropout mask: element i is kept unless `unit(mix(stream ^ i)) < p`.
@@ -71,12 +80,15 @@ pub struct MaskOp {
 }
 
 impl MaskOp {
-    #[inline]
-    fn kept(self, i: usize) -> bool {
+    /// Whether element `i` is kept.
+    #[allow(clippy::inline_always)] // inlined into the kernels' vector code (`kernels::simd`)
+    #[inline(always)]
+    pub fn kept(self, i: usize) -> bool {
         unit(mix(self.stream ^ i as u64)) >= self.p
     }
 
-    fn scale(self) -> f32 {
+    /// What a kept element is multiplied by: 1/(1 − p).
+    pub fn scale(self) -> f32 {
         (1.0 / (1.0 - self.p)) as f32
     }
 }
@@ -93,12 +105,12 @@ impl candle_core::CustomOp1 for MaskOp {
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         let values = crate::kernels::contiguous_f32(storage, layout, "dropout")?;
         let keep = self.scale();
-        let out: Vec<f32> = values
-            .par_iter()
-            .enumerate()
-            .with_min_len(1 << 14)
-            .map(|(i, &x)| if self.kept(i) { x * keep } else { 0.0 })
-            .collect();
+        let mut out = vec![0f32; values.len()];
+        crate::kernels::par_simd(&mut out, 1 << 14, |start, o| {
+            for (i, (o, &x)) in o.iter_mut().zip(&values[start..]).enumerate() {
+                *o = if self.kept(start + i) { x * keep } else { 0.0 };
+            }
+        });
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
 

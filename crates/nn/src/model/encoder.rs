@@ -182,36 +182,20 @@ impl Encoder {
         let host = device.is_cpu().then(|| std::sync::Arc::new(bias.clone()));
         let bias = Tensor::from_vec(bias, (b, 1, 1, t), device).map_err(candle)?;
         let heads = self.config.num_attention_heads;
-        let d = h / heads;
-        let scale = 1.0 / (d as f64).sqrt();
+        let scale = 1.0 / ((h / heads) as f64).sqrt();
         for layer in &self.layers {
-            let split = |y: Tensor| -> candle_core::Result<Tensor> {
-                y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
-            };
             let qkv = layer.qkv.forward(&x)?;
-            let part = |i: usize| qkv.narrow(D::Minus1, i * h, h).and_then(split);
-            let (q, k, v) = (
-                part(0).map_err(candle)?,
-                part(1).map_err(candle)?,
-                part(2).map_err(candle)?,
-            );
-            let attn = || -> candle_core::Result<Tensor> {
-                let raw = q.matmul(&k.t()?)?;
-                // On the CPU, scale, mask and softmax as one op with a backward pass.
-                let mut p = if let Some(mask) = host.as_ref().filter(|_| grad::applies(&raw)) {
-                    grad::attention_softmax(&raw, scale, mask.clone(), heads)?
-                } else {
-                    let scores = (raw * scale)?.broadcast_add(&bias)?;
-                    let max = scores.max_keepdim(D::Minus1)?;
-                    let e = scores.broadcast_sub(&max)?.exp()?;
-                    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?
-                };
-                if let Some(d) = &self.dropout {
-                    p = d.apply(&p, d.attention)?;
+            let ctx = match host.as_ref().filter(|_| grad::applies(&qkv)) {
+                // On the CPU, the whole attention as one op with a backward pass.
+                Some(mask) => {
+                    let dropout = self.dropout.as_ref().and_then(|d| d.site(d.attention));
+                    let rows = qkv.reshape((b * t, 3 * h)).map_err(candle)?;
+                    grad::self_attention(&rows, mask.clone(), (t, heads), scale, dropout)
+                        .and_then(|c| c.reshape((b, t, h)))
+                        .map_err(candle)?
                 }
-                p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))
+                None => self.attention_plain(&qkv, &bias, (b, t, heads), scale)?,
             };
-            let ctx = attn().map_err(candle)?;
             let drop = |y: Tensor| match &self.dropout {
                 Some(d) => d.apply(&y, d.hidden).map_err(candle),
                 None => Ok(y),
@@ -225,6 +209,37 @@ impl Encoder {
                 .forward(&(drop(layer.out.forward(&inter)?)? + &a).map_err(candle)?)?;
         }
         Ok(x)
+    }
+
+    /// Self-attention in candle's ops (devices other than the CPU): the heads split out,
+    /// scaled and masked scores, softmax, dropout, the weighted values, heads merged.
+    fn attention_plain(
+        &self,
+        qkv: &Tensor,
+        bias: &Tensor,
+        (b, t, heads): (usize, usize, usize),
+        scale: f64,
+    ) -> Result<Tensor> {
+        let h = self.config.hidden_size;
+        let d = h / heads;
+        let f = || -> candle_core::Result<Tensor> {
+            let part = |i: usize| {
+                qkv.narrow(D::Minus1, i * h, h)?
+                    .reshape((b, t, heads, d))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+            let max = scores.max_keepdim(D::Minus1)?;
+            let e = scores.broadcast_sub(&max)?.exp()?;
+            let mut p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+            if let Some(d) = &self.dropout {
+                p = d.apply(&p, d.attention)?;
+            }
+            p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))
+        };
+        f().map_err(candle)
     }
 
     /// The layers on the CPU: the same computation with every element-wise step fused into

@@ -79,11 +79,28 @@ impl Linear {
         // CUDA's matmul takes only row-major (or transposed) operands: a strided view such as
         // the [CLS] rows of a batch must be copied first (a no-op when already contiguous).
         let x = x.contiguous().map_err(candle)?;
-        let y = x.broadcast_matmul(&self.wt).map_err(candle)?;
-        match &self.b {
-            Some(b) => y.broadcast_add(b).map_err(candle),
-            None => Ok(y),
+        // As rows `(…·t, in)`: one matrix product. A batched product against the weight
+        // broadcast over the batch would, in the backward pass, make one weight-sized
+        // gradient per sentence and then sum them.
+        let dims = x.dims().to_vec();
+        let (&k, lead) = dims
+            .split_last()
+            .expect("a linear layer's input has a last dim");
+        let rows = x
+            .reshape((lead.iter().product::<usize>(), k))
+            .map_err(candle)?;
+        let mut y = rows.matmul(&self.wt).map_err(candle)?;
+        if let Some(b) = &self.b {
+            y = if crate::kernels::grad::applies(&y) {
+                crate::kernels::grad::bias_add(&y, b)
+            } else {
+                y.broadcast_add(b)
+            }
+            .map_err(candle)?;
         }
+        let mut shape = lead.to_vec();
+        shape.push(y.dim(1).map_err(candle)?);
+        y.reshape(shape).map_err(candle)
     }
 
     /// `x·Wᵀ` for rows `x` (b·t, in), the bias left to a fused kernel.
