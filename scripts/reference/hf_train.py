@@ -162,8 +162,15 @@ def tag(a):
     id2label = dict(enumerate(labels))
     tok = tokenizer_for(a.model)
     tf.set_seed(a.seed)
+    # --no-dropout: every dropout rate 0, as `crossmerge train --no-dropout`.
+    off = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
     model = tf.AutoModelForTokenClassification.from_pretrained(
-        a.model, num_labels=len(labels), id2label=id2label, label2id=label2id, torch_dtype=torch.float32
+        a.model,
+        num_labels=len(labels),
+        id2label=id2label,
+        label2id=label2id,
+        torch_dtype=torch.float32,
+        **(off if a.no_dropout else {}),
     )
     metric_name = "upos_accuracy" if a.task == "pos" else "entity_f1"
 
@@ -315,6 +322,7 @@ def main():
     p.add_argument("--warmup", type=float, default=0.0)
     p.add_argument("--wd", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--no-dropout", action="store_true")
     p.add_argument("--out", default="/tmp/hf-train-out")
     a = p.parse_args()
     {"tag": tag, "mlm": mlm, "speed": speed}[a.mode](a)

@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use rayon::prelude::*;
 
 use super::{contiguous_f32, erfc_pos, exp, par_simd, simd, sum_by};
-use crate::model::dropout::MaskOp;
+use crate::rng::{mix, unit};
 
 /// Rows per parallel task of the reductions over rows (fixed: the sums' order must not depend
 /// on the threads).
@@ -301,6 +301,67 @@ pub fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Dropout mask
+
+/// One call site's dropout mask: element i is kept unless `unit(mix(stream ^ i)) < p`.
+#[derive(Clone, Copy, Debug)]
+pub struct MaskOp {
+    stream: u64,
+    p: f64,
+}
+
+impl MaskOp {
+    /// The mask of stream `stream` at rate `p`.
+    pub fn new(stream: u64, p: f64) -> Self {
+        Self { stream, p }
+    }
+
+    /// Whether element `i` is kept.
+    #[allow(clippy::inline_always)] // inlined into the kernels' vector code (`kernels::simd`)
+    #[inline(always)]
+    pub fn kept(self, i: usize) -> bool {
+        unit(mix(self.stream ^ i as u64)) >= self.p
+    }
+
+    /// What a kept element is multiplied by: 1/(1 − p).
+    pub fn scale(self) -> f32 {
+        (1.0 / (1.0 - self.p)) as f32
+    }
+}
+
+impl candle_core::CustomOp1 for MaskOp {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        let values = contiguous_f32(storage, layout, "dropout")?;
+        let keep = self.scale();
+        let mut out = vec![0f32; values.len()];
+        par_simd(&mut out, 1 << 14, |start, o| {
+            for (i, (o, &x)) in o.iter_mut().zip(&values[start..]).enumerate() {
+                *o = if self.kept(start + i) { x * keep } else { 0.0 };
+            }
+        });
+        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    /// The same mask on the gradient (dropout is linear).
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Self-attention
 
 /// Scaled dot-product self-attention of one layer, `softmax(Q·Kᵀ·scale + mask)·V` per head with
@@ -570,7 +631,7 @@ pub fn self_attention(
 mod tests {
     use candle_core::{D, Device, Tensor, Var};
 
-    use super::{gelu, layer_norm, self_attention};
+    use super::{MaskOp, gelu, layer_norm, self_attention};
 
     fn random(shape: &[usize], seed: u64) -> Vec<f32> {
         let n: usize = shape.iter().product();
@@ -665,19 +726,16 @@ mod tests {
         mask[b * t - 1] = f32::MIN;
         let up = Tensor::from_vec(random(&[b * t, h], 8), (b * t, h), &dev).unwrap();
         for rate in [0.0, 0.5] {
-            let ours = {
-                let drop = crate::model::Dropout::new(0.0, rate, 0.0, 11);
-                self_attention(
-                    qkv.as_tensor(),
-                    std::sync::Arc::new(mask.clone()),
-                    (t, heads),
-                    0.5,
-                    drop.site(rate),
-                )
-                .unwrap()
-            };
+            let drop = (rate > 0.0).then(|| MaskOp::new(11, rate));
+            let ours = self_attention(
+                qkv.as_tensor(),
+                std::sync::Arc::new(mask.clone()),
+                (t, heads),
+                0.5,
+                drop,
+            )
+            .unwrap();
             let plain = {
-                let drop = crate::model::Dropout::new(0.0, rate, 0.0, 11);
                 let x = qkv.as_tensor().reshape((b, t, 3 * h)).unwrap();
                 let part = |i: usize| {
                     x.narrow(D::Minus1, i * h, h)
@@ -698,7 +756,10 @@ mod tests {
                 let max = z.max_keepdim(D::Minus1).unwrap();
                 let e = z.broadcast_sub(&max).unwrap().exp().unwrap();
                 let p = e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap();
-                let p = drop.apply(&p, rate).unwrap();
+                let p = match drop {
+                    Some(m) => p.apply_op1(m).unwrap(),
+                    None => p,
+                };
                 p.matmul(&v)
                     .unwrap()
                     .transpose(1, 2)

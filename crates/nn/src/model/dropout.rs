@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use crate::rng::{mix, unit};
+use crate::kernels::grad::MaskOp;
+use crate::rng::mix;
 
 /// The dropout of one forward pass.
 #[derive(Debug)]
@@ -65,63 +66,7 @@ impl Dropout {
             return None;
         }
         let site = self.site.fetch_add(1, Ordering::Relaxed);
-        Some(MaskOp {
-            stream: mix(self.key ^ mix(site.wrapping_add(1))),
-            p,
-        })
-    }
-}
-
-/// One call site's dropout mask: element i is kept unless `unit(mix(stream ^ i)) < p`.
-#[derive(Clone, Copy, Debug)]
-pub struct MaskOp {
-    stream: u64,
-    p: f64,
-}
-
-impl MaskOp {
-    /// Whether element `i` is kept.
-    #[allow(clippy::inline_always)] // inlined into the kernels' vector code (`kernels::simd`)
-    #[inline(always)]
-    pub fn kept(self, i: usize) -> bool {
-        unit(mix(self.stream ^ i as u64)) >= self.p
-    }
-
-    /// What a kept element is multiplied by: 1/(1 − p).
-    pub fn scale(self) -> f32 {
-        (1.0 / (1.0 - self.p)) as f32
-    }
-}
-
-impl candle_core::CustomOp1 for MaskOp {
-    fn name(&self) -> &'static str {
-        "dropout"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let values = crate::kernels::contiguous_f32(storage, layout, "dropout")?;
-        let keep = self.scale();
-        let mut out = vec![0f32; values.len()];
-        crate::kernels::par_simd(&mut out, 1 << 14, |start, o| {
-            for (i, (o, &x)) in o.iter_mut().zip(&values[start..]).enumerate() {
-                *o = if self.kept(start + i) { x * keep } else { 0.0 };
-            }
-        });
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    /// The same mask on the gradient (dropout is linear).
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+        Some(MaskOp::new(mix(self.key ^ mix(site.wrapping_add(1))), p))
     }
 }
 

@@ -114,7 +114,6 @@ impl Encoder {
     pub fn forward(&self, ids: &[Vec<u32>], mask: &[Vec<u32>], device: &Device) -> Result<Tensor> {
         let b = ids.len();
         let t = ids.first().map_or(0, Vec::len);
-        let h = self.config.hidden_size;
         let vocab = self.config.vocab_size as u32;
         if let Some(bad) = ids.iter().flatten().find(|&&i| i >= vocab) {
             return Err(Error::invalid(
@@ -137,8 +136,7 @@ impl Encoder {
                 .word
                 .index_select(&idx, 0)?
                 .add(&self.position.index_select(&pos, 0)?)?
-                .add(&self.token_type.index_select(&tt, 0)?)?
-                .reshape((b, t, h))?;
+                .add(&self.token_type.index_select(&tt, 0)?)?;
             Ok(x)
         };
         let mut x = self.emb_norm.forward(&f().map_err(candle)?)?;
@@ -169,7 +167,9 @@ impl Encoder {
         self.dropout = dropout;
     }
 
-    /// The layers in plain candle ops (any device).
+    /// The layers in plain candle ops (any device), on the embeddings' rows `(b·t, H)`, kept
+    /// as rows throughout: in training every reshape is a node of the autograd graph, whose
+    /// backward pass costs a zero tensor and an add of its size.
     pub(super) fn layers_plain(
         &self,
         mut x: Tensor,
@@ -189,9 +189,7 @@ impl Encoder {
                 // On the CPU, the whole attention as one op with a backward pass.
                 Some(mask) => {
                     let dropout = self.dropout.as_ref().and_then(|d| d.site(d.attention));
-                    let rows = qkv.reshape((b * t, 3 * h)).map_err(candle)?;
-                    grad::self_attention(&rows, mask.clone(), (t, heads), scale, dropout)
-                        .and_then(|c| c.reshape((b, t, h)))
+                    grad::self_attention(&qkv, mask.clone(), (t, heads), scale, dropout)
                         .map_err(candle)?
                 }
                 None => self.attention_plain(&qkv, &bias, (b, t, heads), scale)?,
@@ -208,11 +206,12 @@ impl Encoder {
                 .out_norm
                 .forward(&(drop(layer.out.forward(&inter)?)? + &a).map_err(candle)?)?;
         }
-        Ok(x)
+        x.reshape((b, t, h)).map_err(candle)
     }
 
-    /// Self-attention in candle's ops (devices other than the CPU): the heads split out,
-    /// scaled and masked scores, softmax, dropout, the weighted values, heads merged.
+    /// Self-attention in candle's ops (devices other than the CPU) from rows `(b·t, 3H)`: the
+    /// heads split out, scaled and masked scores, softmax, dropout, the weighted values, heads
+    /// merged into rows `(b·t, H)`.
     fn attention_plain(
         &self,
         qkv: &Tensor,
@@ -237,7 +236,7 @@ impl Encoder {
             if let Some(d) = &self.dropout {
                 p = d.apply(&p, d.attention)?;
             }
-            p.matmul(&v)?.transpose(1, 2)?.reshape((b, t, h))
+            p.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))
         };
         f().map_err(candle)
     }

@@ -86,9 +86,13 @@ impl Linear {
         let (&k, lead) = dims
             .split_last()
             .expect("a linear layer's input has a last dim");
-        let rows = x
-            .reshape((lead.iter().product::<usize>(), k))
-            .map_err(candle)?;
+        // Rows pass as they are: in training a reshape is a node of the graph.
+        let rows = if lead.len() == 1 {
+            x
+        } else {
+            x.reshape((lead.iter().product::<usize>(), k))
+                .map_err(candle)?
+        };
         let mut y = rows.matmul(&self.wt).map_err(candle)?;
         if let Some(b) = &self.b {
             y = if crate::kernels::grad::applies(&y) {
@@ -97,6 +101,9 @@ impl Linear {
                 y.broadcast_add(b)
             }
             .map_err(candle)?;
+        }
+        if lead.len() == 1 {
+            return Ok(y);
         }
         let mut shape = lead.to_vec();
         shape.push(y.dim(1).map_err(candle)?);
