@@ -640,6 +640,11 @@ mod tests {
             .collect()
     }
 
+    /// The gradients of `Σ y·up`.
+    fn gradients(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
+        (y * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     fn close(a: &Tensor, b: &Tensor, what: &str) {
         let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
@@ -664,13 +669,8 @@ mod tests {
         let ours = gelu(x.as_tensor()).unwrap();
         let plain = x.as_tensor().gelu_erf().unwrap();
         close(&ours, &plain, "gelu");
-        let g1 = (&ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (&plain * &w)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = gradients(&ours, &w);
+        let g2 = gradients(&plain, &w);
         close(
             g1.get(x.as_tensor()).unwrap(),
             g2.get(x.as_tensor()).unwrap(),
@@ -697,18 +697,8 @@ mod tests {
                 .unwrap()
         };
         close(&ours, &plain, "layer norm");
-        let g1 = (&ours * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&plain * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = gradients(&ours, &up);
+        let g2 = gradients(&plain, &up);
         for (v, what) in [(&x, "x"), (&lw, "w"), (&lb, "b")] {
             close(
                 g1.get(v.as_tensor()).unwrap(),
@@ -768,18 +758,8 @@ mod tests {
                     .unwrap()
             };
             close(&ours, &plain, &format!("self-attention, dropout {rate}"));
-            let g1 = (&ours * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&plain * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = gradients(&ours, &up);
+            let g2 = gradients(&plain, &up);
             close(
                 g1.get(qkv.as_tensor()).unwrap(),
                 g2.get(qkv.as_tensor()).unwrap(),
