@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # A single-node Slurm on localhost for the tests: munged, slurmctld and slurmd with a generated
 # slurm.conf, everything (keys, sockets, spool, logs) under DIR; no cgroups, no accounting.
+# Jobs are tracked by process group (proctrack/pgid refuses to signal group 0 or its own):
+# linuxproc signals every descendant of the job's recorded pid, which is 0 until its first
+# task starts, and every process on the machine descends from 0.
 #
 #   scripts/slurm/local-cluster.sh start DIR   # prints `export SLURM_CONF=DIR/slurm.conf`
 #   scripts/slurm/local-cluster.sh stop DIR
@@ -66,7 +69,7 @@ SlurmctldPidFile=$dir/slurmctld.pid
 SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-ProctrackType=proctrack/linuxproc
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none

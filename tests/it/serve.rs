@@ -821,9 +821,15 @@ struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0.id())])
-            .status();
+        // `-s KILL --` spelled out: procps-ng's kill reads `kill -KILL -1234` as the option
+        // `-1` and sends SIGKILL to pid -1, that is to every process on the machine (it took
+        // CI down whenever chromedriver's pid began with 1).
+        let group = self.0.id();
+        if group > 1 {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{group}")])
+                .status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
