@@ -124,18 +124,26 @@ impl<K: Rows> pulp::WithSimd for Vectorized<'_, K> {
 /// Runs `f` compiled for the CPU's widest vectors (pulp's dispatch: AVX-512 or AVX2 where the
 /// build's baseline is SSE2), so that its loops and the `#[inline(always)]` helpers they call
 /// vectorize. The width changes no result: nothing is reassociated or fused.
+///
+/// `f` must be marked `#[inline(always)]` where it is written (`simd(#[inline(always)] || …)`):
+/// a closure is a function of its own, compiled for the baseline, unless it is inlined into
+/// pulp's wide-vector function, and LLVM does not inline a closure that big by itself (the
+/// training kernels ran as SSE2 code, four lanes, until they were marked).
 #[inline(always)]
 pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
 }
 
 /// `f(start, chunk)` over `out` in chunks of `size` elements on rayon's threads, each chunk
-/// through [`simd`].
+/// through [`simd`] (`f` marked `#[inline(always)]`, as there).
 pub(crate) fn par_simd(out: &mut [f32], size: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     let size = size.max(1);
-    out.par_chunks_mut(size)
-        .enumerate()
-        .for_each(|(c, o)| simd(|| f(c * size, o)));
+    out.par_chunks_mut(size).enumerate().for_each(|(c, o)| {
+        simd(
+            #[inline(always)]
+            || f(c * size, o),
+        );
+    });
 }
 
 /// Runs kernel `k` over `data` in place, in chunks of whole rows, on rayon's global pool:

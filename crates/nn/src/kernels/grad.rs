@@ -54,11 +54,16 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "gelu")?;
         let mut out = vec![0f32; x.len()];
-        par_simd(&mut out, ELEMENTS, |start, o| {
-            for (o, &v) in o.iter_mut().zip(&x[start..]) {
-                *o = v * cdf(v);
-            }
-        });
+        par_simd(
+            &mut out,
+            ELEMENTS,
+            #[inline(always)]
+            |start, o| {
+                for (o, &v) in o.iter_mut().zip(&x[start..]) {
+                    *o = v * cdf(v);
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -91,11 +96,16 @@ impl CustomOp2 for GeluGrad {
         let dy = contiguous_f32(s2, l2, "gelu backward")?;
         let inv_sqrt_2pi = 0.398_942_3_f32;
         let mut out = vec![0f32; x.len()];
-        par_simd(&mut out, ELEMENTS, |start, o| {
-            for ((o, &v), &g) in o.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-                *o = g * (cdf(v) + v * inv_sqrt_2pi * exp(-0.5 * v * v));
-            }
-        });
+        par_simd(
+            &mut out,
+            ELEMENTS,
+            #[inline(always)]
+            |start, o| {
+                for ((o, &v), &g) in o.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+                    *o = g * (cdf(v) + v * inv_sqrt_2pi * exp(-0.5 * v * v));
+                }
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -142,14 +152,19 @@ impl CustomOp3 for Norm {
         );
         let h = w.len();
         let mut out = vec![0f32; x.len()];
-        par_simd(&mut out, h * ROWS, |start, o| {
-            for (o, x) in o.chunks_exact_mut(h).zip(x[start..].chunks_exact(h)) {
-                let (mean, inv) = moments(x, self.eps);
-                for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                    *o = (x - mean) * inv * w + b;
+        par_simd(
+            &mut out,
+            h * ROWS,
+            #[inline(always)]
+            |start, o| {
+                for (o, x) in o.chunks_exact_mut(h).zip(x[start..].chunks_exact(h)) {
+                    let (mean, inv) = moments(x, self.eps);
+                    for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                        *o = (x - mean) * inv * w + b;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -170,32 +185,35 @@ impl CustomOp3 for Norm {
             .zip(xs.par_chunks(h * ROWS))
             .zip(dy.par_chunks(h * ROWS))
             .map(|((dx, x), dy)| {
-                simd(|| {
-                    let mut dw = vec![0f32; h];
-                    let mut db = vec![0f32; h];
-                    let mut xhat = vec![0f32; h];
-                    for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
-                        let (mean, inv) = moments(x, self.eps);
-                        for (xh, &v) in xhat.iter_mut().zip(x) {
-                            *xh = (v - mean) * inv;
+                simd(
+                    #[inline(always)]
+                    || {
+                        let mut dw = vec![0f32; h];
+                        let mut db = vec![0f32; h];
+                        let mut xhat = vec![0f32; h];
+                        for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+                            let (mean, inv) = moments(x, self.eps);
+                            for (xh, &v) in xhat.iter_mut().zip(x) {
+                                *xh = (v - mean) * inv;
+                            }
+                            let n = h as f32;
+                            let mut sum_g = 0f32;
+                            let mut sum_gx = 0f32;
+                            for i in 0..h {
+                                let g = dy[i] * ws[i];
+                                sum_g += g;
+                                sum_gx += g * xhat[i];
+                                dw[i] += dy[i] * xhat[i];
+                                db[i] += dy[i];
+                            }
+                            let (mg, mgx) = (sum_g / n, sum_gx / n);
+                            for i in 0..h {
+                                dx[i] = inv * (dy[i] * ws[i] - mg - xhat[i] * mgx);
+                            }
                         }
-                        let n = h as f32;
-                        let mut sum_g = 0f32;
-                        let mut sum_gx = 0f32;
-                        for i in 0..h {
-                            let g = dy[i] * ws[i];
-                            sum_g += g;
-                            sum_gx += g * xhat[i];
-                            dw[i] += dy[i] * xhat[i];
-                            db[i] += dy[i];
-                        }
-                        let (mg, mgx) = (sum_g / n, sum_gx / n);
-                        for i in 0..h {
-                            dx[i] = inv * (dy[i] * ws[i] - mg - xhat[i] * mgx);
-                        }
-                    }
-                    (dw, db)
-                })
+                        (dw, db)
+                    },
+                )
             })
             .collect();
         let mut dw = vec![0f32; h];
@@ -248,13 +266,18 @@ impl CustomOp2 for BiasAdd {
             candle_core::bail!("bias add: {:?} + {:?}", l1.dims(), l2.dims());
         }
         let mut out = vec![0f32; y.len()];
-        par_simd(&mut out, n * ROWS, |start, o| {
-            for (o, y) in o.chunks_exact_mut(n).zip(y[start..].chunks_exact(n)) {
-                for ((o, &y), &b) in o.iter_mut().zip(y).zip(b) {
-                    *o = y + b;
+        par_simd(
+            &mut out,
+            n * ROWS,
+            #[inline(always)]
+            |start, o| {
+                for (o, y) in o.chunks_exact_mut(n).zip(y[start..].chunks_exact(n)) {
+                    for ((o, &y), &b) in o.iter_mut().zip(y).zip(b) {
+                        *o = y + b;
+                    }
                 }
-            }
-        });
+            },
+        );
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -271,15 +294,18 @@ impl CustomOp2 for BiasAdd {
         let partials: Vec<Vec<f32>> = g
             .par_chunks(n * ROWS)
             .map(|g| {
-                simd(|| {
-                    let mut sum = vec![0f32; n];
-                    for row in g.chunks_exact(n) {
-                        for (s, &x) in sum.iter_mut().zip(row) {
-                            *s += x;
+                simd(
+                    #[inline(always)]
+                    || {
+                        let mut sum = vec![0f32; n];
+                        for row in g.chunks_exact(n) {
+                            for (s, &x) in sum.iter_mut().zip(row) {
+                                *s += x;
+                            }
                         }
-                    }
-                    sum
-                })
+                        sum
+                    },
+                )
             })
             .collect();
         let mut db = vec![0f32; n];
@@ -342,11 +368,16 @@ impl candle_core::CustomOp1 for MaskOp {
         let values = contiguous_f32(storage, layout, "dropout")?;
         let keep = self.scale();
         let mut out = vec![0f32; values.len()];
-        par_simd(&mut out, 1 << 14, |start, o| {
-            for (i, (o, &x)) in o.iter_mut().zip(&values[start..]).enumerate() {
-                *o = if self.kept(start + i) { x * keep } else { 0.0 };
-            }
-        });
+        par_simd(
+            &mut out,
+            1 << 14,
+            #[inline(always)]
+            |start, o| {
+                for (i, (o, &x)) in o.iter_mut().zip(&values[start..]).enumerate() {
+                    *o = if self.kept(start + i) { x * keep } else { 0.0 };
+                }
+            },
+        );
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }
 
@@ -483,26 +514,29 @@ impl CustomOp1 for SelfAttention {
             .zip(x.par_chunks(t * 3 * h))
             .enumerate()
             .for_each(|(seq, (out, block))| {
-                simd(|| {
-                    let mask = &self.mask[seq * t..(seq + 1) * t];
-                    let buf = || vec![0f32; t * d];
-                    let (mut q, mut k, mut v, mut kt) = (buf(), buf(), buf(), buf());
-                    let (mut p, mut keep) = (vec![0f32; t], vec![0f32; t]);
-                    for head in 0..self.heads {
-                        gather(block, h, head * d, d, self.scale, &mut q);
-                        gather(block, h, h + head * d, d, 1.0, &mut k);
-                        gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
-                        transpose(&k, d, &mut kt);
-                        for (i, qi) in q.chunks_exact(d).enumerate() {
-                            Self::probs(qi, &kt, mask, &mut p);
-                            self.keep_row(seq, head, i, &mut keep);
-                            let ctx = &mut out[i * h + head * d..][..d];
-                            for ((&pj, &kj), vj) in p.iter().zip(&keep).zip(v.chunks_exact(d)) {
-                                axpy(ctx, pj * kj, vj);
+                simd(
+                    #[inline(always)]
+                    || {
+                        let mask = &self.mask[seq * t..(seq + 1) * t];
+                        let buf = || vec![0f32; t * d];
+                        let (mut q, mut k, mut v, mut kt) = (buf(), buf(), buf(), buf());
+                        let (mut p, mut keep) = (vec![0f32; t], vec![0f32; t]);
+                        for head in 0..self.heads {
+                            gather(block, h, head * d, d, self.scale, &mut q);
+                            gather(block, h, h + head * d, d, 1.0, &mut k);
+                            gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
+                            transpose(&k, d, &mut kt);
+                            for (i, qi) in q.chunks_exact(d).enumerate() {
+                                Self::probs(qi, &kt, mask, &mut p);
+                                self.keep_row(seq, head, i, &mut keep);
+                                let ctx = &mut out[i * h + head * d..][..d];
+                                for ((&pj, &kj), vj) in p.iter().zip(&keep).zip(v.chunks_exact(d)) {
+                                    axpy(ctx, pj * kj, vj);
+                                }
                             }
                         }
-                    }
-                });
+                    },
+                );
             });
         Ok((CpuStorage::F32(out), Shape::from((x.len() / 3 / h, h))))
     }
@@ -546,63 +580,69 @@ impl CustomOp2 for SelfAttentionGrad<'_> {
             .zip(x.par_chunks(t * 3 * h).zip(dout.par_chunks(t * h)))
             .enumerate()
             .for_each(|(seq, (dx, (block, dout)))| {
-                simd(|| {
-                    let mask = &op.mask[seq * t..(seq + 1) * t];
-                    let buf = || vec![0f32; t * d];
-                    let (mut q, mut k, mut v, mut kt, mut vt) = (buf(), buf(), buf(), buf(), buf());
-                    let (mut dq, mut dk, mut dv) = (buf(), buf(), buf());
-                    let (mut p, mut dp, mut keep) = (vec![0f32; t], vec![0f32; t], vec![0f32; t]);
-                    for head in 0..op.heads {
-                        gather(block, h, head * d, d, op.scale, &mut q);
-                        gather(block, h, h + head * d, d, 1.0, &mut k);
-                        gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
-                        transpose(&k, d, &mut kt);
-                        transpose(&v, d, &mut vt);
-                        dk.fill(0.0);
-                        dv.fill(0.0);
-                        for (i, (qi, dqi)) in
-                            q.chunks_exact(d).zip(dq.chunks_exact_mut(d)).enumerate()
-                        {
-                            SelfAttention::probs(qi, &kt, mask, &mut p);
-                            op.keep_row(seq, head, i, &mut keep);
-                            let doi = &dout[i * h + head * d..][..d];
-                            // dP = (dO·Vᵀ)∘keep for this row, as d vector updates over the keys.
-                            dp.fill(0.0);
-                            for (&g, vc) in doi.iter().zip(vt.chunks_exact(t)) {
-                                axpy(&mut dp, g, vc);
-                            }
-                            for (dpj, &kj) in dp.iter_mut().zip(&keep) {
-                                *dpj *= kj;
-                            }
-                            for ((&pj, &kj), dvj) in p.iter().zip(&keep).zip(dv.chunks_exact_mut(d))
+                simd(
+                    #[inline(always)]
+                    || {
+                        let mask = &op.mask[seq * t..(seq + 1) * t];
+                        let buf = || vec![0f32; t * d];
+                        let (mut q, mut k, mut v, mut kt, mut vt) =
+                            (buf(), buf(), buf(), buf(), buf());
+                        let (mut dq, mut dk, mut dv) = (buf(), buf(), buf());
+                        let (mut p, mut dp, mut keep) =
+                            (vec![0f32; t], vec![0f32; t], vec![0f32; t]);
+                        for head in 0..op.heads {
+                            gather(block, h, head * d, d, op.scale, &mut q);
+                            gather(block, h, h + head * d, d, 1.0, &mut k);
+                            gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
+                            transpose(&k, d, &mut kt);
+                            transpose(&v, d, &mut vt);
+                            dk.fill(0.0);
+                            dv.fill(0.0);
+                            for (i, (qi, dqi)) in
+                                q.chunks_exact(d).zip(dq.chunks_exact_mut(d)).enumerate()
                             {
-                                axpy(dvj, pj * kj, doi);
+                                SelfAttention::probs(qi, &kt, mask, &mut p);
+                                op.keep_row(seq, head, i, &mut keep);
+                                let doi = &dout[i * h + head * d..][..d];
+                                // dP = (dO·Vᵀ)∘keep for this row, as d vector updates over the keys.
+                                dp.fill(0.0);
+                                for (&g, vc) in doi.iter().zip(vt.chunks_exact(t)) {
+                                    axpy(&mut dp, g, vc);
+                                }
+                                for (dpj, &kj) in dp.iter_mut().zip(&keep) {
+                                    *dpj *= kj;
+                                }
+                                for ((&pj, &kj), dvj) in
+                                    p.iter().zip(&keep).zip(dv.chunks_exact_mut(d))
+                                {
+                                    axpy(dvj, pj * kj, doi);
+                                }
+                                let dot = super::dot(&p, &dp);
+                                dqi.fill(0.0);
+                                for ((&pj, &dpj), (kj, dkj)) in p
+                                    .iter()
+                                    .zip(&dp)
+                                    .zip(k.chunks_exact(d).zip(dk.chunks_exact_mut(d)))
+                                {
+                                    let ds = pj * (dpj - dot);
+                                    axpy(dqi, ds, kj);
+                                    axpy(dkj, ds, qi);
+                                }
                             }
-                            let dot = super::dot(&p, &dp);
-                            dqi.fill(0.0);
-                            for ((&pj, &dpj), (kj, dkj)) in p
-                                .iter()
-                                .zip(&dp)
-                                .zip(k.chunks_exact(d).zip(dk.chunks_exact_mut(d)))
-                            {
-                                let ds = pj * (dpj - dot);
-                                axpy(dqi, ds, kj);
-                                axpy(dkj, ds, qi);
+                            for (row, ((dqi, dki), dvi)) in dx.chunks_exact_mut(3 * h).zip(
+                                dq.chunks_exact(d)
+                                    .zip(dk.chunks_exact(d))
+                                    .zip(dv.chunks_exact(d)),
+                            ) {
+                                for (o, &g) in row[head * d..][..d].iter_mut().zip(dqi) {
+                                    *o = g * op.scale;
+                                }
+                                row[h + head * d..][..d].copy_from_slice(dki);
+                                row[2 * h + head * d..][..d].copy_from_slice(dvi);
                             }
                         }
-                        for (row, ((dqi, dki), dvi)) in dx.chunks_exact_mut(3 * h).zip(
-                            dq.chunks_exact(d)
-                                .zip(dk.chunks_exact(d))
-                                .zip(dv.chunks_exact(d)),
-                        ) {
-                            for (o, &g) in row[head * d..][..d].iter_mut().zip(dqi) {
-                                *o = g * op.scale;
-                            }
-                            row[h + head * d..][..d].copy_from_slice(dki);
-                            row[2 * h + head * d..][..d].copy_from_slice(dvi);
-                        }
-                    }
-                });
+                    },
+                );
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }

@@ -305,12 +305,17 @@ impl candle_core::InplaceOp2 for FirstMoment<'_> {
     ) -> candle_core::Result<()> {
         let f = self.0;
         let g = contiguous_f32(s2, l2, "adamw")?;
-        par_simd(contiguous_mut(s1, l1, "adamw")?, CHUNK, |start, m| {
-            for (m, &g) in m.iter_mut().zip(&g[start..]) {
-                let g = g * f.coef; // exact when coef is 1
-                *m += (g - *m) * f.keep1;
-            }
-        });
+        par_simd(
+            contiguous_mut(s1, l1, "adamw")?,
+            CHUNK,
+            #[inline(always)]
+            |start, m| {
+                for (m, &g) in m.iter_mut().zip(&g[start..]) {
+                    let g = g * f.coef; // exact when coef is 1
+                    *m += (g - *m) * f.keep1;
+                }
+            },
+        );
         Ok(())
     }
 }
@@ -328,12 +333,17 @@ impl candle_core::InplaceOp2 for SecondMoment<'_> {
     ) -> candle_core::Result<()> {
         let f = self.0;
         let g = contiguous_f32(s2, l2, "adamw")?;
-        par_simd(contiguous_mut(s1, l1, "adamw")?, CHUNK, |start, v| {
-            for (v, &g) in v.iter_mut().zip(&g[start..]) {
-                let g = g * f.coef; // exact when coef is 1
-                *v = *v * f.beta2 + g * g * f.keep2;
-            }
-        });
+        par_simd(
+            contiguous_mut(s1, l1, "adamw")?,
+            CHUNK,
+            #[inline(always)]
+            |start, v| {
+                for (v, &g) in v.iter_mut().zip(&g[start..]) {
+                    let g = g * f.coef; // exact when coef is 1
+                    *v = *v * f.beta2 + g * g * f.keep2;
+                }
+            },
+        );
         Ok(())
     }
 }
@@ -356,15 +366,20 @@ impl candle_core::InplaceOp3 for Parameter<'_> {
             contiguous_f32(s2, l2, "adamw")?,
             contiguous_f32(s3, l3, "adamw")?,
         );
-        par_simd(contiguous_mut(s1, l1, "adamw")?, CHUNK, |start, p| {
-            for ((p, &m), &v) in p.iter_mut().zip(&m[start..]).zip(&v[start..]) {
-                if let Some(d) = f.decay {
-                    *p *= d;
+        par_simd(
+            contiguous_mut(s1, l1, "adamw")?,
+            CHUNK,
+            #[inline(always)]
+            |start, p| {
+                for ((p, &m), &v) in p.iter_mut().zip(&m[start..]).zip(&v[start..]) {
+                    if let Some(d) = f.decay {
+                        *p *= d;
+                    }
+                    let denom = v.sqrt() * f.inv_bias2 + f.eps;
+                    *p -= m / denom * f.step_size;
                 }
-                let denom = v.sqrt() * f.inv_bias2 + f.eps;
-                *p -= m / denom * f.step_size;
-            }
-        });
+            },
+        );
         Ok(())
     }
 }
