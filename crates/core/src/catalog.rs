@@ -252,6 +252,17 @@ fn check_catalog_file(path: &Path) -> Result<()> {
     }
 }
 
+/// How long a connection waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `SQLite` refused for a lock another connection holds.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 impl Catalog {
     /// Opens (creating and migrating as needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -276,7 +287,7 @@ impl Catalog {
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(120))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version != SCHEMA_VERSION {
             return Err(Error::NotARegistry {
@@ -289,14 +300,34 @@ impl Catalog {
         Ok(Self { conn })
     }
 
+    /// [`Self::open_once`], again while `SQLite` answers busy, for as long as the busy timeout.
+    /// Opening can be refused at once, without the busy handler: a new file starts in
+    /// rollback-journal mode, and of two connections that both read it and then ask for the
+    /// exclusive lock that switching it to WAL needs, `SQLite` fails one immediately rather
+    /// than let the two wait for each other (four processes creating one registry at once
+    /// met this).
     fn open_inner(path: &Path, create: bool) -> Result<Self> {
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Self::open_once(path, create) {
+                Err(Error::Catalog(e)) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path, create: bool) -> Result<Self> {
         let flags = if create {
             rusqlite::OpenFlags::default()
         } else {
             rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE
         };
         let mut conn = Connection::open_with_flags(path, flags)?;
-        conn.busy_timeout(Duration::from_secs(120))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -1590,6 +1621,30 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connections that create one new catalog at the same moment all get it: none is refused
+    /// as busy while another switches the new file to WAL.
+    #[test]
+    fn connections_creating_one_catalog_at_once_all_open_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..40 {
+            let path = dir.path().join(format!("catalog-{round}.sqlite3"));
+            let start = std::sync::Barrier::new(6);
+            std::thread::scope(|s| {
+                let opened: Vec<_> = (0..6)
+                    .map(|_| {
+                        s.spawn(|| {
+                            start.wait();
+                            Catalog::open(&path).map(|c| c.schema_version().unwrap())
+                        })
+                    })
+                    .collect();
+                for o in opened {
+                    assert_eq!(o.join().unwrap().unwrap(), SCHEMA_VERSION, "round {round}");
+                }
+            });
+        }
+    }
 
     fn new_checkpoint(manifest: ObjectId) -> NewCheckpoint {
         NewCheckpoint {
