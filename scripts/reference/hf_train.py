@@ -5,11 +5,13 @@ with `transformers.Trainer` on the same machine.
 
     hf_train.py tag  --task pos|ner --model DIR --train F --dev F --test F [--limit N]
                      [--epochs 3 --lr 5e-5 --batch 32 --seed 42 --max-length 128 --warmup 0.0 --wd 0.0]
+                     [--no-dropout]
         fine-tunes DIR (a BertModel/XLM-R folder: config.json, model.safetensors,
         tokenizer.json) with a new token-classification head on the first subword of each
         word (the others -100), evaluates on --dev every epoch, keeps the best epoch
         (load_best_model_at_end), and prints one JSON line: dev and test scores as crossmerge
         computes them (UPOS accuracy; entity F1 with seqeval's default mode), steps, seconds.
+        --no-dropout sets every dropout rate to 0, as `crossmerge train --no-dropout`.
     hf_train.py mlm  --model DIR --train TEXT --out DIR [--epochs 1 --lr 5e-5 --batch 32 --seed 42]
         the masked-LM recipe of TRAINING.md: a new MLM head (BertForMaskedLM / XLMRobertaForMaskedLM,
         decoder tied to the embeddings) trained with the encoder frozen, saved to OUT/before, then

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, is_busy};
 use crate::id::ObjectId;
 use crate::store::codec::ObjectKind;
 
@@ -255,14 +255,6 @@ fn check_catalog_file(path: &Path) -> Result<()> {
 /// How long a connection waits for another process's lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `SQLite` refused for a lock another connection holds.
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
 impl Catalog {
     /// Opens (creating and migrating as needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -274,7 +266,9 @@ impl Catalog {
     pub fn open_existing(path: &Path) -> Result<Self> {
         check_catalog_file(path)?;
         Self::open_inner(path, false).map_err(|e| match e {
-            Error::Catalog(e) => catalog_lost(path, crate::error::sqlite_message(&e)),
+            Error::Catalog(e) if !is_busy(&e) => {
+                catalog_lost(path, crate::error::sqlite_message(&e))
+            }
             other => other,
         })
     }

@@ -134,6 +134,10 @@ impl Error {
                 "the registry was opened read-only, or its catalog file is not writable: write through a read-write open (check the file's permissions)"
                     .to_owned(),
             ),
+            Error::Catalog(e) if is_busy(e) => Some(
+                "another crossmerge process held the registry's catalog for longer than the 2 minutes a command waits: run the command again once it has finished"
+                    .to_owned(),
+            ),
             Error::Catalog(_) => Some(
                 "the catalog may be damaged: run `crossmerge verify`; if it cannot be opened, `crossmerge rebuild-catalog` recovers it from the objects"
                     .to_owned(),
@@ -144,7 +148,7 @@ impl Error {
     /// Whether the error is the user's to fix (exit code 1) rather than unexpected (exit 2).
     pub fn is_user_error(&self) -> bool {
         use std::io::ErrorKind as K;
-        !matches!(self, Error::Catalog(e) if !is_read_only(e))
+        !matches!(self, Error::Catalog(e) if !is_read_only(e) && !is_busy(e))
             && !matches!(self, Error::Io { source, .. } if !matches!(
                 source.kind(),
                 K::NotFound | K::StorageFull | K::QuotaExceeded | K::PermissionDenied | K::ReadOnlyFilesystem
@@ -194,12 +198,20 @@ pub fn decode_error(id: &ObjectId, what: Option<&str>, e: DecodeError) -> Error 
     }
 }
 
-/// `SQLite`'s message once (rusqlite's `Display` can repeat it in its code and its text).
 /// Whether `SQLite` refused a write to a read-only database.
 fn is_read_only(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ReadOnly)
 }
 
+/// Whether `SQLite` refused for a lock another connection holds.
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// `SQLite`'s message once (rusqlite's `Display` can repeat it in its code and its text).
 pub fn sqlite_message(e: &rusqlite::Error) -> String {
     match e {
         rusqlite::Error::SqliteFailure(code, Some(msg)) => {
@@ -248,5 +260,13 @@ mod tests {
             "{sqlite}"
         );
         assert!(sqlite.hint().unwrap().contains("rebuild-catalog"));
+        // A lock held past the busy timeout is no damage: no repair is suggested.
+        let busy = Error::Catalog(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(5),
+            Some("database is locked".into()),
+        ));
+        let hint = busy.hint().unwrap();
+        assert!(hint.contains("another crossmerge process") && !hint.contains("damaged"));
+        assert!(busy.is_user_error());
     }
 }
