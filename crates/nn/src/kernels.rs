@@ -22,6 +22,7 @@
 #![allow(clippy::inline_always)]
 
 pub mod grad;
+mod matmul;
 
 use rayon::prelude::*;
 
@@ -382,10 +383,9 @@ impl InplaceOp2 for Norm<'_> {
 }
 
 /// Self-attention of one layer from its stacked projections `(b·t, 3H)` (biases not yet
-/// added): per sequence and head, `softmax(q·kᵀ/√d + mask)·v`, written straight into the
-/// merged-heads layout `(b·t, H)`. One task per sequence; the per-head products are small
-/// (t × d with d = 32…64), where a general matrix product spends more on setup and threading
-/// than on arithmetic.
+/// added): the biases added in one pass, then per sequence and head `softmax(q·kᵀ/√d +
+/// mask)·v` as gemm's matrix products, written straight into the merged-heads layout
+/// `(b·t, H)` ([`grad::attend`], training's forward pass without dropout).
 struct Attention<'a> {
     bias: &'a [f32],
     mask: &'a [f32],
@@ -393,11 +393,6 @@ struct Attention<'a> {
     t: usize,
     heads: usize,
     scale: f32,
-}
-
-struct AttentionRows<'a> {
-    op: &'a Attention<'a>,
-    x: &'a [f32],
 }
 
 /// `Σ aᵢ·bᵢ` in eight partial sums (vectorizes).
@@ -419,67 +414,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-impl Rows for AttentionRows<'_> {
-    /// One row per sequence: its `t × H` block.
-    fn row(&self) -> usize {
-        self.op.t * self.op.bias.len() / 3
-    }
-
-    #[inline(always)]
-    fn fill(&self, start: usize, out: &mut [f32]) {
-        let Attention {
-            t, heads, scale, ..
-        } = *self.op;
-        let h = self.op.bias.len() / 3;
-        let d = h / heads;
-        let (mut q, mut k, mut v) = (vec![0f32; t * d], vec![0f32; t * d], vec![0f32; t * d]);
-        let mut p = vec![0f32; t];
-        let mut ctx = vec![0f32; d];
-        for (s, block) in out.chunks_exact_mut(t * h).enumerate() {
-            let seq = start / (t * h) + s;
-            let rows = &self.x[seq * t * 3 * h..(seq + 1) * t * 3 * h];
-            let mask = &self.op.mask[seq * t..(seq + 1) * t];
-            for head in 0..heads {
-                // Gather this head's query (scaled), key and value rows, biases added.
-                for (which, (buf, sc)) in [(&mut q, scale), (&mut k, 1.0), (&mut v, 1.0)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    let col = which * h + head * d;
-                    let bias = &self.op.bias[col..col + d];
-                    for (ti, dst) in buf.chunks_exact_mut(d).enumerate() {
-                        let src = &rows[ti * 3 * h + col..ti * 3 * h + col + d];
-                        for ((o, &x), &b) in dst.iter_mut().zip(src).zip(bias) {
-                            *o = (x + b) * sc;
-                        }
-                    }
-                }
-                for (i, qi) in q.chunks_exact(d).enumerate() {
-                    let mut max = f32::NEG_INFINITY;
-                    for ((pj, kj), &m) in p.iter_mut().zip(k.chunks_exact(d)).zip(mask) {
-                        *pj = dot(qi, kj) + m;
-                        max = max.max(*pj);
-                    }
-                    for pj in &mut p {
-                        *pj = exp(*pj - max);
-                    }
-                    let inv = 1.0 / sum_by(&p, |x| x);
-                    ctx.fill(0.0);
-                    for (&pj, vj) in p.iter().zip(v.chunks_exact(d)) {
-                        for (c, &x) in ctx.iter_mut().zip(vj) {
-                            *c += pj * x;
-                        }
-                    }
-                    let dst = &mut block[i * h + head * d..i * h + (head + 1) * d];
-                    for (o, &c) in dst.iter_mut().zip(&ctx) {
-                        *o = c * inv;
-                    }
-                }
-            }
-        }
-    }
-}
-
 impl CustomOp1 for Attention<'_> {
     fn name(&self) -> &'static str {
         "crossmerge-attention"
@@ -497,7 +431,20 @@ impl CustomOp1 for Attention<'_> {
         {
             candle_core::bail!("attention over {:?} with {heads} heads", l.dims());
         }
-        let out = run(b * t * h, &AttentionRows { op: self, x });
+        let mut rows = x.to_vec();
+        par_simd(
+            &mut rows,
+            (CHUNK / (3 * h)).max(1) * 3 * h,
+            #[inline(always)]
+            |_, rows| {
+                for row in rows.chunks_exact_mut(3 * h) {
+                    for (x, &b) in row.iter_mut().zip(self.bias) {
+                        *x += b;
+                    }
+                }
+            },
+        );
+        let out = grad::attend(&rows, self.mask, (t, heads), self.scale)?;
         Ok((CpuStorage::F32(out), Shape::from((b * t, h))))
     }
 }

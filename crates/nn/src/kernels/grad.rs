@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::matmul::{View, product};
 use super::{contiguous_f32, erfc_pos, exp, par_simd, simd, sum_by};
 use crate::rng::{mix, unit};
 
@@ -399,10 +400,11 @@ impl candle_core::CustomOp1 for MaskOp {
 /// dropout on the probabilities, from the stacked query/key/value rows `(b·t, 3H)` (biases
 /// added): the context `(b·t, H)`, heads merged. One op instead of candle's chain (three
 /// head splits copied out, a batch of `b·heads` tiny matrix products each way, each with its
-/// own thread dispatch, and their backward chain). The probabilities are not kept: the
-/// backward pass recomputes them per query row (`t × d` work beside the projections'
-/// `H × H`). Parallel over sequences; each sequence's arithmetic is in a fixed order, so the
-/// result does not depend on the thread count.
+/// own thread dispatch, and their backward chain). Per sequence and head the products are
+/// gemm's, called directly ([`super::matmul`]); the probabilities are not kept: the backward
+/// pass recomputes them (`t × t × d` work beside the projections' `t × H × H`). Parallel over
+/// sequences; each sequence's arithmetic is in a fixed order, so the result does not depend on
+/// the thread count.
 struct SelfAttention {
     /// Additive per key `(b·t)`: 0 on tokens, the lowest f32 on padding.
     mask: std::sync::Arc<Vec<f32>>,
@@ -416,21 +418,36 @@ struct SelfAttention {
 
 struct SelfAttentionGrad<'a>(&'a SelfAttention);
 
-/// One head's query (scaled), key and value rows `(t, d)` of a sequence's `(t, 3H)` block.
+/// The largest of `x`, in sixteen lanes (vectorizes; the maximum does not depend on the order).
 #[inline(always)]
-fn gather(block: &[f32], h: usize, col: usize, d: usize, scale: f32, out: &mut [f32]) {
-    for (row, dst) in block.chunks_exact(3 * h).zip(out.chunks_exact_mut(d)) {
-        for (o, &x) in dst.iter_mut().zip(&row[col..col + d]) {
-            *o = x * scale;
+fn max_of(x: &[f32]) -> f32 {
+    let mut acc = [f32::MIN; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::MIN, |m, &v| if v > m { v } else { m });
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
         }
     }
+    acc.iter().fold(tail, |m, &v| if v > m { v } else { m })
 }
 
-/// `y += a·x` (vectorizes).
+/// A row of scaled scores into probabilities, in place: the key mask added, then the softmax.
 #[inline(always)]
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
+fn softmax(row: &mut [f32], mask: &[f32]) {
+    for (x, &m) in row.iter_mut().zip(mask) {
+        *x += m;
+    }
+    let max = max_of(row);
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+    }
+    let inv = 1.0 / sum_by(row, |x| x);
+    for x in row.iter_mut() {
+        *x *= inv;
     }
 }
 
@@ -448,54 +465,73 @@ impl SelfAttention {
         Ok((h, h / heads))
     }
 
-    /// Row `i`'s probabilities over the keys (before dropout) into `p`, from its scaled query
-    /// `q` `(d)` and the keys transposed `kt` `(d, t)`: the scores as `d` vector updates over
-    /// the keys (no per-key horizontal sum), the mask added, then the softmax.
+    /// Head `head`'s query, key and value rows `(t, d)` in a sequence's `(t, 3H)` block.
+    fn views(&self, head: usize, h: usize, d: usize) -> [View; 3] {
+        [0, h, 2 * h].map(|col| View::rows(self.t, d, col + head * d, 3 * h))
+    }
+
+    /// The probabilities `(t, t)` of head `head` into `p`: `Q·Kᵀ·scale` (one matrix
+    /// product), then each row's mask and softmax.
     #[inline(always)]
-    fn probs(q: &[f32], kt: &[f32], mask: &[f32], p: &mut [f32]) {
-        let t = p.len();
-        p.fill(0.0);
-        for (&qc, kc) in q.iter().zip(kt.chunks_exact(t)) {
-            axpy(p, qc, kc);
+    fn probs(&self, block: &[f32], [q, k, _]: [View; 3], mask: &[f32], p: &mut [f32]) {
+        let t = self.t;
+        let square = View::rows(t, t, 0, t);
+        product((p, square), (block, q), (block, k.t()), self.scale, false);
+        for row in p.chunks_exact_mut(t) {
+            softmax(row, mask);
         }
-        let mut max = f32::MIN;
-        for (pj, &m) in p.iter_mut().zip(mask) {
-            *pj += m;
-            max = max.max(*pj);
-        }
-        for pj in p.iter_mut() {
-            *pj = exp(*pj - max);
-        }
-        let inv = 1.0 / sum_by(p, |x| x);
-        for pj in p.iter_mut() {
-            *pj *= inv;
-        }
+    }
+
+    /// The context rows `(b·t, H)` from the stacked rows `x` `(b·t, 3H)`.
+    fn forward(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let (h, d) = self.dims(x.len())?;
+        let t = self.t;
+        let square = View::rows(t, t, 0, t);
+        let mut out = vec![0f32; x.len() / 3];
+        out.par_chunks_mut(t * h)
+            .zip(x.par_chunks(t * 3 * h))
+            .enumerate()
+            .for_each(|(seq, (out, block))| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        let mask = &self.mask[seq * t..(seq + 1) * t];
+                        let mut p = vec![0f32; t * t];
+                        let mut keep = vec![0f32; if self.dropout.is_some() { t * t } else { 0 }];
+                        for head in 0..self.heads {
+                            let qkv = self.views(head, h, d);
+                            self.probs(block, qkv, mask, &mut p);
+                            if let Some(m) = self.dropout {
+                                self.keep(m, seq, head, &mut keep);
+                                for (x, &k) in p.iter_mut().zip(&keep) {
+                                    *x *= k;
+                                }
+                            }
+                            let ctx = View::rows(t, d, head * d, h);
+                            product((out, ctx), (&p, square), (block, qkv[2]), 1.0, false);
+                        }
+                    },
+                );
+            });
+        Ok(out)
     }
 
     /// The dropout factors of row `(s, head, i)`'s probabilities into `keep`: 0 or
-    /// 1/(1 − p) each (all 1 without dropout).
+    /// 1/(1 − p) each.
     #[inline(always)]
-    fn keep_row(&self, s: usize, head: usize, i: usize, keep: &mut [f32]) {
-        match self.dropout {
-            Some(m) => {
-                let base = ((s * self.heads + head) * self.t + i) * self.t;
-                let scale = m.scale();
-                for (j, k) in keep.iter_mut().enumerate() {
-                    *k = if m.kept(base + j) { scale } else { 0.0 };
-                }
-            }
-            None => keep.fill(1.0),
+    fn keep_row(m: MaskOp, base: usize, keep: &mut [f32]) {
+        let scale = m.scale();
+        for (j, k) in keep.iter_mut().enumerate() {
+            *k = if m.kept(base + j) { scale } else { 0.0 };
         }
     }
-}
 
-/// Rows `(t, d)` transposed into `(d, t)`.
-#[inline(always)]
-fn transpose(rows: &[f32], d: usize, out: &mut [f32]) {
-    let t = rows.len() / d;
-    for (j, row) in rows.chunks_exact(d).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            out[c * t + j] = x;
+    /// Head `head`'s dropout factors `(t, t)` of sequence `seq` into `keep`.
+    #[inline(always)]
+    fn keep(&self, m: MaskOp, seq: usize, head: usize, keep: &mut [f32]) {
+        let t = self.t;
+        for (i, row) in keep.chunks_exact_mut(t).enumerate() {
+            Self::keep_row(m, ((seq * self.heads + head) * t + i) * t, row);
         }
     }
 }
@@ -507,37 +543,8 @@ impl CustomOp1 for SelfAttention {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "self-attention")?;
-        let (h, d) = self.dims(x.len())?;
-        let t = self.t;
-        let mut out = vec![0f32; x.len() / 3];
-        out.par_chunks_mut(t * h)
-            .zip(x.par_chunks(t * 3 * h))
-            .enumerate()
-            .for_each(|(seq, (out, block))| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let mask = &self.mask[seq * t..(seq + 1) * t];
-                        let buf = || vec![0f32; t * d];
-                        let (mut q, mut k, mut v, mut kt) = (buf(), buf(), buf(), buf());
-                        let (mut p, mut keep) = (vec![0f32; t], vec![0f32; t]);
-                        for head in 0..self.heads {
-                            gather(block, h, head * d, d, self.scale, &mut q);
-                            gather(block, h, h + head * d, d, 1.0, &mut k);
-                            gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
-                            transpose(&k, d, &mut kt);
-                            for (i, qi) in q.chunks_exact(d).enumerate() {
-                                Self::probs(qi, &kt, mask, &mut p);
-                                self.keep_row(seq, head, i, &mut keep);
-                                let ctx = &mut out[i * h + head * d..][..d];
-                                for ((&pj, &kj), vj) in p.iter().zip(&keep).zip(v.chunks_exact(d)) {
-                                    axpy(ctx, pj * kj, vj);
-                                }
-                            }
-                        }
-                    },
-                );
-            });
+        let (h, _) = self.dims(x.len())?;
+        let out = self.forward(x)?;
         Ok((CpuStorage::F32(out), Shape::from((x.len() / 3 / h, h))))
     }
 
@@ -557,9 +564,9 @@ impl CustomOp2 for SelfAttentionGrad<'_> {
         "self-attention-backward"
     }
 
-    /// With `Qs = scale·Q`, `P = softmax(Qs·Kᵀ + mask)`, `Pd = P∘keep` and `O = Pd·V`: `dV =
-    /// Pdᵀ·dO`, `dP = (dO·Vᵀ)∘keep`, `dS = P∘(dP − Σⱼ P·dP)`, `dQ = scale·dS·K`, `dK =
-    /// dSᵀ·Qs`, row by row.
+    /// With `P = softmax(Q·Kᵀ·scale + mask)`, `Pd = P∘keep` and `O = Pd·V`, per sequence and
+    /// head, as matrix products: `dV = Pdᵀ·dO`, `dP = (dO·Vᵀ)∘keep`, `dS = P∘(dP − Σⱼ P·dP)`
+    /// (row-wise), `dQ = scale·dS·K`, `dK = scale·dSᵀ·Q`.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -575,6 +582,7 @@ impl CustomOp2 for SelfAttentionGrad<'_> {
             candle_core::bail!("self-attention backward: gradient of {} values", dout.len());
         }
         let t = op.t;
+        let square = View::rows(t, t, 0, t);
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(t * 3 * h)
             .zip(x.par_chunks(t * 3 * h).zip(dout.par_chunks(t * h)))
@@ -584,68 +592,66 @@ impl CustomOp2 for SelfAttentionGrad<'_> {
                     #[inline(always)]
                     || {
                         let mask = &op.mask[seq * t..(seq + 1) * t];
-                        let buf = || vec![0f32; t * d];
-                        let (mut q, mut k, mut v, mut kt, mut vt) =
-                            (buf(), buf(), buf(), buf(), buf());
-                        let (mut dq, mut dk, mut dv) = (buf(), buf(), buf());
-                        let (mut p, mut dp, mut keep) =
-                            (vec![0f32; t], vec![0f32; t], vec![0f32; t]);
+                        let (mut p, mut ds) = (vec![0f32; t * t], vec![0f32; t * t]);
+                        let dropped = if op.dropout.is_some() { t * t } else { 0 };
+                        let (mut keep, mut pd) = (vec![0f32; dropped], vec![0f32; dropped]);
                         for head in 0..op.heads {
-                            gather(block, h, head * d, d, op.scale, &mut q);
-                            gather(block, h, h + head * d, d, 1.0, &mut k);
-                            gather(block, h, 2 * h + head * d, d, 1.0, &mut v);
-                            transpose(&k, d, &mut kt);
-                            transpose(&v, d, &mut vt);
-                            dk.fill(0.0);
-                            dv.fill(0.0);
-                            for (i, (qi, dqi)) in
-                                q.chunks_exact(d).zip(dq.chunks_exact_mut(d)).enumerate()
-                            {
-                                SelfAttention::probs(qi, &kt, mask, &mut p);
-                                op.keep_row(seq, head, i, &mut keep);
-                                let doi = &dout[i * h + head * d..][..d];
-                                // dP = (dO·Vᵀ)∘keep for this row, as d vector updates over the keys.
-                                dp.fill(0.0);
-                                for (&g, vc) in doi.iter().zip(vt.chunks_exact(t)) {
-                                    axpy(&mut dp, g, vc);
+                            let qkv @ [q, k, v] = op.views(head, h, d);
+                            let at = |col: usize| View::rows(t, d, col + head * d, 3 * h);
+                            let g = View::rows(t, d, head * d, h);
+                            op.probs(block, qkv, mask, &mut p);
+                            let pd: &[f32] = match op.dropout {
+                                Some(m) => {
+                                    op.keep(m, seq, head, &mut keep);
+                                    for ((o, &pj), &kj) in pd.iter_mut().zip(&p).zip(&keep) {
+                                        *o = pj * kj;
+                                    }
+                                    &pd
                                 }
-                                for (dpj, &kj) in dp.iter_mut().zip(&keep) {
-                                    *dpj *= kj;
-                                }
-                                for ((&pj, &kj), dvj) in
-                                    p.iter().zip(&keep).zip(dv.chunks_exact_mut(d))
-                                {
-                                    axpy(dvj, pj * kj, doi);
-                                }
-                                let dot = super::dot(&p, &dp);
-                                dqi.fill(0.0);
-                                for ((&pj, &dpj), (kj, dkj)) in p
-                                    .iter()
-                                    .zip(&dp)
-                                    .zip(k.chunks_exact(d).zip(dk.chunks_exact_mut(d)))
-                                {
-                                    let ds = pj * (dpj - dot);
-                                    axpy(dqi, ds, kj);
-                                    axpy(dkj, ds, qi);
+                                None => &p,
+                            };
+                            // dV = Pdᵀ·dO
+                            product((dx, at(2 * h)), (pd, square.t()), (dout, g), 1.0, false);
+                            // dPd = dO·Vᵀ, then dS row by row.
+                            product((&mut ds, square), (dout, g), (block, v.t()), 1.0, false);
+                            if op.dropout.is_some() {
+                                for (x, &kj) in ds.iter_mut().zip(&keep) {
+                                    *x *= kj;
                                 }
                             }
-                            for (row, ((dqi, dki), dvi)) in dx.chunks_exact_mut(3 * h).zip(
-                                dq.chunks_exact(d)
-                                    .zip(dk.chunks_exact(d))
-                                    .zip(dv.chunks_exact(d)),
-                            ) {
-                                for (o, &g) in row[head * d..][..d].iter_mut().zip(dqi) {
-                                    *o = g * op.scale;
+                            for (dsi, pi) in ds.chunks_exact_mut(t).zip(p.chunks_exact(t)) {
+                                let dot = super::dot(pi, dsi);
+                                for (x, &pj) in dsi.iter_mut().zip(pi) {
+                                    *x = pj * (*x - dot);
                                 }
-                                row[h + head * d..][..d].copy_from_slice(dki);
-                                row[2 * h + head * d..][..d].copy_from_slice(dvi);
                             }
+                            product((dx, at(0)), (&ds, square), (block, k), op.scale, false);
+                            product((dx, at(h)), (&ds, square.t()), (block, q), op.scale, false);
                         }
                     },
                 );
             });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+}
+
+/// The context rows `(b·t, H)` of self-attention without dropout, from the stacked rows `x`
+/// `(b·t, 3H)` with their biases added and the additive key mask `(b·t)`, for sequences of `t`
+/// (evaluation's kernel: the same computation as training's forward pass).
+pub(crate) fn attend(
+    x: &[f32],
+    mask: &[f32],
+    (t, heads): (usize, usize),
+    scale: f32,
+) -> candle_core::Result<Vec<f32>> {
+    SelfAttention {
+        mask: std::sync::Arc::new(mask.to_vec()),
+        t,
+        heads,
+        scale,
+        dropout: None,
+    }
+    .forward(x)
 }
 
 /// Self-attention from the stacked query/key/value rows `(b·t, 3H)` (biases added) with the
