@@ -313,6 +313,10 @@ pub struct TrainReport {
     pub duration_s: f64,
     /// Training tokens (padding excluded) per second of training, dev evaluations excluded.
     pub tokens_per_s: f64,
+    /// The same over the steps after this run's first (`None` after one step): the first
+    /// pays the warm-up (the optimizer's moments and the allocator's pools touched for the
+    /// first time), which a throughput comparison leaves out on both sides.
+    pub steady_tokens_per_s: Option<f64>,
 }
 
 /// The metric that picks the kept step, and whether higher is better.
@@ -846,12 +850,17 @@ impl Train for Registry {
         let prior_seconds = log.seconds;
         let run_started = Instant::now();
         progress.started(total, resumed_from);
+        // When this run's first step ended: (instant, tokens, evaluation seconds) then.
+        let mut first: Option<(Instant, u64, f64)> = None;
         while trainer.steps_done() < total {
             let step = trainer.step()?;
             log.losses.push((step.step, step.loss));
             log.tokens += step.tokens;
             progress.step(&step);
             let k = step.step;
+            if first.is_none() {
+                first = Some((Instant::now(), log.tokens, log.eval_seconds));
+            }
             if let Some(dev) = &inputs.dev
                 && (k % eval_every == 0 || k == total)
             {
@@ -886,6 +895,13 @@ impl Train for Registry {
         }
         progress.finished();
         let seconds = prior_seconds + run_started.elapsed().as_secs_f64();
+        let steady =
+            first
+                .filter(|(_, tokens, _)| log.tokens > *tokens)
+                .map(|(at, tokens, eval)| {
+                    let secs = at.elapsed().as_secs_f64() - (log.eval_seconds - eval);
+                    (log.tokens - tokens) as f64 / secs.max(1e-9)
+                });
         let (kept_step, kept, weights) = match (best_weights, log.best) {
             (Some(w), Some((step, _))) => (step, "best_dev", w),
             _ => (trainer.steps_done(), "last", trainer.tensors()?),
@@ -987,6 +1003,7 @@ impl Train for Registry {
             resumed_from,
             duration_s: seconds,
             tokens_per_s: log.tokens as f64 / (seconds - log.eval_seconds).max(1e-9),
+            steady_tokens_per_s: steady,
         })
     }
 }

@@ -123,6 +123,10 @@ fn every_task_trains_registers_its_lineage_and_run_and_evaluates() {
         let r = json_of(&mut s.train(&refs));
         assert_eq!(r["steps"], 18, "{task}: 48 examples / 8 a batch × 3 epochs");
         assert_eq!(r["kept"], "best_dev", "{task}");
+        for key in ["tokens_per_s", "steady_tokens_per_s"] {
+            let v = r[key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v > 0.0, "{task}: {key} in {r}");
+        }
         assert!(r["dev_metrics"][metric].is_number(), "{task}: {r}");
         let d = s.show(&name);
         let c = &d["checkpoint"];
