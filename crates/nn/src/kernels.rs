@@ -431,15 +431,19 @@ impl CustomOp1 for Attention<'_> {
         {
             candle_core::bail!("attention over {:?} with {heads} heads", l.dims());
         }
-        let mut rows = x.to_vec();
+        // The rows with their biases, in one pass.
+        let mut rows = vec![0f32; x.len()];
         par_simd(
             &mut rows,
             (CHUNK / (3 * h)).max(1) * 3 * h,
             #[inline(always)]
-            |_, rows| {
-                for row in rows.chunks_exact_mut(3 * h) {
-                    for (x, &b) in row.iter_mut().zip(self.bias) {
-                        *x += b;
+            |start, rows| {
+                for (row, src) in rows
+                    .chunks_exact_mut(3 * h)
+                    .zip(x[start..].chunks_exact(3 * h))
+                {
+                    for ((o, &v), &b) in row.iter_mut().zip(src).zip(self.bias) {
+                        *o = v + b;
                     }
                 }
             },

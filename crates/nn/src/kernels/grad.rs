@@ -516,22 +516,14 @@ impl SelfAttention {
         Ok(out)
     }
 
-    /// The dropout factors of row `(s, head, i)`'s probabilities into `keep`: 0 or
-    /// 1/(1 − p) each.
-    #[inline(always)]
-    fn keep_row(m: MaskOp, base: usize, keep: &mut [f32]) {
-        let scale = m.scale();
-        for (j, k) in keep.iter_mut().enumerate() {
-            *k = if m.kept(base + j) { scale } else { 0.0 };
-        }
-    }
-
-    /// Head `head`'s dropout factors `(t, t)` of sequence `seq` into `keep`.
+    /// Head `head`'s dropout factors `(t, t)` of sequence `seq` into `keep`: 0 or 1/(1 − p)
+    /// each (the block is contiguous in the probabilities tensor's `(b, heads, t, t)` order).
     #[inline(always)]
     fn keep(&self, m: MaskOp, seq: usize, head: usize, keep: &mut [f32]) {
-        let t = self.t;
-        for (i, row) in keep.chunks_exact_mut(t).enumerate() {
-            Self::keep_row(m, ((seq * self.heads + head) * t + i) * t, row);
+        let start = (seq * self.heads + head) * self.t * self.t;
+        let scale = m.scale();
+        for (j, k) in keep.iter_mut().enumerate() {
+            *k = if m.kept(start + j) { scale } else { 0.0 };
         }
     }
 }
