@@ -8,7 +8,8 @@ prints one JSON line: the architecture transformers built, its missing, unexpect
 mismatched keys (all must be empty), and for pos/ner/nli the metric computed from
 transformers' predictions the way `crossmerge eval` computes it (first subword per word, all
 of it at --max-length 512): upos_accuracy, entity_f1 (seqeval default mode, when seqeval is
-installed; else the exact-match token accuracy) or accuracy.
+installed; else the exact-match token accuracy) or accuracy; for mlm the pseudo-perplexity of
+DATA's lines (every non-special token masked alone).
 """
 import json
 import os
@@ -19,6 +20,38 @@ import transformers as tf
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hf_train import first_subword_predictions, read_conllu, read_iob, tokenizer_for  # noqa: E402
+
+
+def pseudo_perplexity(model, out, data, max_length=512):
+    """Salazar et al.'s pseudo-perplexity as `crossmerge eval --task mlm --pseudo-perplexity`
+    computes it: the trimmed non-empty lines, each non-special token masked alone, exp of the
+    mean negative log-likelihood over the corpus (texts cut to max_length keep their last token)."""
+    import math
+
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(f"{out}/tokenizer.json")
+    mask = next(i for i in (tok.token_to_id(t) for t in ("<mask>", "[MASK]")) if i is not None)
+    total, count = 0.0, 0
+    for line in open(data, encoding="utf-8"):
+        if not line.strip():
+            continue
+        enc = tok.encode(line.strip())
+        ids, special = list(enc.ids), list(enc.special_tokens_mask)
+        if len(ids) > max_length:
+            ids, special = ids[: max_length - 1] + ids[-1:], special[: max_length - 1] + special[-1:]
+        spots = [p for p, sp in enumerate(special) if not sp]
+        if not spots:
+            continue
+        x = torch.tensor([ids] * len(spots))
+        for row, p in enumerate(spots):
+            x[row, p] = mask
+        with torch.no_grad():
+            logits = model(input_ids=x).logits.double()
+        for row, p in enumerate(spots):
+            total += torch.log_softmax(logits[row, p], -1)[ids[p]].item()
+        count += len(spots)
+    return math.exp(-total / count)
 
 
 def main():
@@ -60,6 +93,8 @@ def main():
                 enc = tok(r[ip], r[ih], return_tensors="pt")
                 ok += id2label[int(model(**enc).logits.argmax(-1))] == r[il]
         result["accuracy"] = ok / len(rows)
+    else:
+        result["pseudo_perplexity"] = pseudo_perplexity(model, out, data)
     print(json.dumps(result))
 
 

@@ -12,11 +12,19 @@ with `transformers.Trainer` on the same machine.
         (load_best_model_at_end), and prints one JSON line: dev and test scores as crossmerge
         computes them (UPOS accuracy; entity F1 with seqeval's default mode), steps, seconds.
         --no-dropout sets every dropout rate to 0, as `crossmerge train --no-dropout`.
-    hf_train.py mlm  --model DIR --train TEXT --out DIR [--epochs 1 --lr 5e-5 --batch 32 --seed 42]
+    hf_train.py mlm  --model DIR --train TEXT --out DIR [--epochs 1 --lr 5e-5 --batch 32 --seed 42 --stages before,after]
         the masked-LM recipe of TRAINING.md: a new MLM head (BertForMaskedLM / XLMRobertaForMaskedLM,
         decoder tied to the embeddings) trained with the encoder frozen, saved to OUT/before, then
         everything fine-tuned from there, saved to OUT/after (each with DIR's tokenizer files), for
-        `crossmerge eval --task mlm` to score both sides with the same masks.
+        `crossmerge eval --task mlm` to score both sides with the same masks. `--stages before`
+        runs the first stage only (from DIR's own MLM head, when it has one).
+    hf_train.py dp   --model DIR --train F.conllu --out DIR [--epochs 1 --lr 1e-4 --batch 32 --seed 42 --warmup 0.1]
+        the biaffine parser of schemas/parser.md (arc MLP 500, relation MLP 100, first subword,
+        leaky ReLU 0.1, new head normal(0, initializer_range), biases zero) on DIR's encoder,
+        trained as transformers' Trainer would (AdamW without decay on biases and LayerNorm,
+        linear warm-up and decay, clipping at 1.0, dropout as config.json says, a seeded
+        shuffle each epoch), saved under OUT with crossmerge's tensor names and config keys,
+        for `crossmerge register`/`eval --task dp` to score it as it scores its own.
     hf_train.py speed --model DIR --train F.conllu --steps N --batch 32 [--max-length 128]
         N optimizer steps of UPOS training (dropout on, AdamW), timed after one warm-up step;
         prints `tokens_per_s peak_rss_kib` (tokens: non-padding subwords).
@@ -205,6 +213,7 @@ def tag(a):
         def on_epoch_end(self, args_, state, control, model=None, **kw):
             nonlocal best
             m = score(a.task, model, tok, dev, 512, id2label)[metric_name]
+            print(json.dumps({"step": state.global_step, "dev": {metric_name: m}}), file=sys.stderr)
             if m > best[0]:
                 best = (m, {k: v.detach().clone() for k, v in model.state_dict().items()}, state.global_step)
             model.train()
@@ -250,7 +259,7 @@ def mlm(a):
     tf.set_seed(a.seed)
     model = tf.AutoModelForMaskedLM.from_pretrained(a.model, torch_dtype=torch.float32)
     report = {"seed": a.seed, "lines": len(lines)}
-    for stage in ["before", "after"]:
+    for stage in a.stages.split(","):
         base = model.base_model
         for p in base.parameters():
             p.requires_grad = stage == "after"
@@ -274,6 +283,154 @@ def mlm(a):
         for f in ["tokenizer.json", "tokenizer_config.json"]:
             shutil.copy(f"{a.model}/{f}", f"{a.out}/{stage}/{f}")
     print(json.dumps(report))
+
+
+def read_trees(path):
+    """Sentences of (form, head, universal relation); multiword tokens and empty nodes skipped."""
+    sents, words = [], []
+    for line in open(path, encoding="utf-8"):
+        line = line.rstrip("\n")
+        if not line:
+            if words:
+                sents.append(words)
+            words = []
+        elif not line.startswith("#"):
+            cols = line.split("\t")
+            if "-" in cols[0] or "." in cols[0]:
+                continue
+            words.append((cols[1], int(cols[6]), cols[7].split(":")[0]))
+    if words:
+        sents.append(words)
+    return sents
+
+
+class Parser(torch.nn.Module):
+    """The biaffine head of schemas/parser.md on an encoder (train_steps.py's, full size)."""
+
+    def __init__(self, encoder, h, labels, std, arc=500, rel=100):
+        super().__init__()
+        self.encoder = encoder
+        self.root = torch.nn.Parameter(torch.randn(h) * std)
+        self.arc_dep = torch.nn.Linear(h, arc)
+        self.arc_head = torch.nn.Linear(h, arc)
+        self.rel_dep = torch.nn.Linear(h, rel)
+        self.rel_head = torch.nn.Linear(h, rel)
+        self.arc_attn = torch.nn.Parameter(torch.randn(arc + 1, arc) * std)
+        self.rel_attn = torch.nn.Parameter(torch.randn(labels, rel + 1, rel + 1) * std)
+        for lin in (self.arc_dep, self.arc_head, self.rel_dep, self.rel_head):
+            torch.nn.init.normal_(lin.weight, std=std)
+            torch.nn.init.zeros_(lin.bias)
+
+    def loss(self, input_ids, attention_mask, starts, heads, rels):
+        import torch.nn.functional as F
+
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        b, _, h = hidden.shape
+        n = max(len(s) for s in starts)
+        rows = torch.zeros(b, n, dtype=torch.long)
+        for s, st in enumerate(starts):
+            rows[s, : len(st)] = torch.tensor(st)
+        x = torch.cat([self.root.expand(b, 1, h), hidden.gather(1, rows.unsqueeze(2).expand(b, n, h))], 1)
+        act = lambda y: F.leaky_relu(y, 0.1)
+        ones = torch.ones(b, n + 1, 1)
+        arc = torch.cat([act(self.arc_dep(x)), ones], 2) @ self.arc_attn @ act(self.arc_head(x)).transpose(1, 2)
+        pad = torch.zeros(b, 1, n + 1)
+        for s, st in enumerate(starts):
+            pad[s, 0, len(st) + 1 :] = -1e9
+        arc = arc + pad
+        rel_d = torch.cat([act(self.rel_dep(x)), ones], 2)
+        rel_h = torch.cat([act(self.rel_head(x)), ones], 2)
+        sel = [
+            (s, w + 1, hd, r)
+            for s in range(b)
+            for w, (hd, r) in enumerate(zip(heads[s], rels[s]))
+            if hd is not None
+        ]
+        si, di, hi, ri = (torch.tensor(c) for c in zip(*sel))
+        arc_loss = F.cross_entropy(arc[si, di], hi)
+        rel = torch.einsum("mr,lrs,ms->ml", rel_d[si, di], self.rel_attn, rel_h[si, hi])
+        return arc_loss + F.cross_entropy(rel, ri)
+
+
+def dp(a):
+    import os
+    import shutil
+
+    from safetensors.torch import save_file
+
+    train = read_trees(a.train)
+    labels = sorted({r for s in train for _, _, r in s})
+    tok = tokenizer_for(a.model)
+    feats = []
+    for s in train:
+        enc = tok([w for w, _, _ in s], is_split_into_words=True, add_special_tokens=True)
+        ids, first = enc["input_ids"], {}
+        for p, w in enumerate(enc.word_ids()):
+            if w is not None and w not in first:
+                first[w] = p
+        if len(ids) > a.max_length:
+            ids = ids[: a.max_length - 1] + ids[-1:]
+        kept = [w for w in range(len(s)) if first[w] < len(ids) - 1]
+        heads = [s[w][1] if s[w][1] <= len(kept) else None for w in kept]
+        feats.append((ids, [first[w] for w in kept], heads, [labels.index(s[w][2]) for w in kept]))
+    tf.set_seed(a.seed)
+    config = json.load(open(f"{a.model}/config.json"))
+    encoder = tf.AutoModel.from_pretrained(a.model, add_pooling_layer=False, torch_dtype=torch.float32)
+    model = Parser(encoder, config["hidden_size"], len(labels), config.get("initializer_range", 0.02))
+    model.train()
+    named = list(model.named_parameters())
+    no_decay = lambda n: "bias" in n or "LayerNorm" in n
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for n, p in named if not no_decay(n)], "weight_decay": a.wd},
+            {"params": [p for n, p in named if no_decay(n)], "weight_decay": 0.0},
+        ],
+        lr=a.lr,
+    )
+    per_epoch = math.ceil(len(feats) / a.batch)
+    total = math.ceil(per_epoch * a.epochs)
+    sched = tf.get_linear_schedule_with_warmup(opt, math.ceil(total * a.warmup), total)
+    g = torch.Generator().manual_seed(a.seed)
+    pad = tok.pad_token_id
+    start, step, losses = time.time(), 0, []
+    while step < total:
+        order = torch.randperm(len(feats), generator=g).tolist()
+        for k in range(0, len(order), a.batch):
+            if step >= total:
+                break
+            batch = [feats[i] for i in order[k : k + a.batch]]
+            t = max(len(f[0]) for f in batch)
+            ids = torch.tensor([f[0] + [pad] * (t - len(f[0])) for f in batch])
+            mask = torch.tensor([[1] * len(f[0]) + [0] * (t - len(f[0])) for f in batch])
+            loss = model.loss(ids, mask, [f[1] for f in batch], [f[2] for f in batch], [f[3] for f in batch])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            step += 1
+            losses.append(loss.item())
+            if step % 50 == 0:
+                print(json.dumps({"step": step, "loss": sum(losses[-50:]) / 50}), file=sys.stderr)
+    seconds = time.time() - start
+    tensors = {k: v.detach().contiguous() for k, v in model.encoder.state_dict().items() if "position_ids" not in k}
+    for k, v in model.state_dict().items():
+        if not k.startswith("encoder."):
+            tensors[f"parser.{k}" + (".weight" if k in ("arc_attn", "rel_attn") else "")] = v.detach().contiguous()
+    os.makedirs(a.out, exist_ok=True)
+    save_file(tensors, f"{a.out}/model.safetensors", metadata={"format": "pt"})
+    config.update(
+        architectures=["BertModel" if config.get("model_type") == "bert" else "XLMRobertaModel"],
+        id2label={str(i): l for i, l in enumerate(labels)},
+        label2id={l: i for i, l in enumerate(labels)},
+        crossmerge_parser={"word": "first", "activation": "leaky_relu"},
+    )
+    json.dump(config, open(f"{a.out}/config.json", "w"), indent=2)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        if os.path.exists(f"{a.model}/{f}"):
+            shutil.copy(f"{a.model}/{f}", f"{a.out}/{f}")
+    out = {"seed": a.seed, "steps": step, "final_loss": losses[-1], "seconds": seconds}
+    print(json.dumps({**out, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 def speed(a):
@@ -309,7 +466,7 @@ def speed(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["tag", "mlm", "speed"])
+    p.add_argument("mode", choices=["tag", "mlm", "dp", "speed"])
     p.add_argument("--task", default="pos")
     p.add_argument("--model", required=True)
     p.add_argument("--train", required=True)
@@ -325,9 +482,10 @@ def main():
     p.add_argument("--wd", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--no-dropout", action="store_true")
+    p.add_argument("--stages", default="before,after", help="mlm: the stages to run")
     p.add_argument("--out", default="/tmp/hf-train-out")
     a = p.parse_args()
-    {"tag": tag, "mlm": mlm, "speed": speed}[a.mode](a)
+    {"tag": tag, "mlm": mlm, "dp": dp, "speed": speed}[a.mode](a)
 
 
 if __name__ == "__main__":
