@@ -41,7 +41,9 @@ import torch
 import transformers as tf
 
 
-def read_conllu(path, limit=None):
+def read_conllu(path, limit=None, fields=lambda cols: (cols[1], cols[3])):
+    """Sentences of `fields(columns)` per word (default: form, UPOS); multiword tokens and empty
+    nodes skipped."""
     sents, words = [], []
     for line in open(path, encoding="utf-8"):
         line = line.rstrip("\n")
@@ -55,7 +57,7 @@ def read_conllu(path, limit=None):
             cols = line.split("\t")
             if "-" in cols[0] or "." in cols[0]:
                 continue
-            words.append((cols[1], cols[3]))
+            words.append(fields(cols))
     if words:
         sents.append(words)
     return sents
@@ -286,22 +288,8 @@ def mlm(a):
 
 
 def read_trees(path):
-    """Sentences of (form, head, universal relation); multiword tokens and empty nodes skipped."""
-    sents, words = [], []
-    for line in open(path, encoding="utf-8"):
-        line = line.rstrip("\n")
-        if not line:
-            if words:
-                sents.append(words)
-            words = []
-        elif not line.startswith("#"):
-            cols = line.split("\t")
-            if "-" in cols[0] or "." in cols[0]:
-                continue
-            words.append((cols[1], int(cols[6]), cols[7].split(":")[0]))
-    if words:
-        sents.append(words)
-    return sents
+    """Sentences of (form, head, universal relation)."""
+    return read_conllu(path, fields=lambda cols: (cols[1], int(cols[6]), cols[7].split(":")[0]))
 
 
 class Parser(torch.nn.Module):
