@@ -17,7 +17,9 @@ with `transformers.Trainer` on the same machine.
         decoder tied to the embeddings) trained with the encoder frozen, saved to OUT/before, then
         everything fine-tuned from there, saved to OUT/after (each with DIR's tokenizer files), for
         `crossmerge eval --task mlm` to score both sides with the same masks. `--stages before`
-        runs the first stage only (from DIR's own MLM head, when it has one).
+        runs the first stage only (from DIR's own MLM head, when it has one); `--stages init`
+        only saves the seeded, untrained model to OUT/init (the head the other stages start
+        from), for `crossmerge train` to start from the same head.
     hf_train.py dp   --model DIR --train F.conllu --out DIR [--epochs 1 --lr 1e-4 --batch 32 --seed 42 --warmup 0.1]
         the biaffine parser of schemas/parser.md (arc MLP 500, relation MLP 100, first subword,
         leaky ReLU 0.1, new head normal(0, initializer_range), biases zero) on DIR's encoder,
@@ -262,6 +264,11 @@ def mlm(a):
     model = tf.AutoModelForMaskedLM.from_pretrained(a.model, torch_dtype=torch.float32)
     report = {"seed": a.seed, "lines": len(lines)}
     for stage in a.stages.split(","):
+        if stage == "init":
+            model.save_pretrained(f"{a.out}/init", safe_serialization=True)
+            for f in ["tokenizer.json", "tokenizer_config.json"]:
+                shutil.copy(f"{a.model}/{f}", f"{a.out}/init/{f}")
+            continue
         base = model.base_model
         for p in base.parameters():
             p.requires_grad = stage == "after"
