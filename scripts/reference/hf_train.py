@@ -263,11 +263,19 @@ def mlm(a):
     tf.set_seed(a.seed)
     model = tf.AutoModelForMaskedLM.from_pretrained(a.model, torch_dtype=torch.float32)
     report = {"seed": a.seed, "lines": len(lines)}
-    for stage in a.stages.split(","):
+
+    def save(stage):
+        model.save_pretrained(f"{a.out}/{stage}", safe_serialization=True)
+        for f in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(f"{a.model}/{f}", f"{a.out}/{stage}/{f}")
+
+    stages = a.stages.split(",")
+    unknown = [s for s in stages if s not in ("init", "before", "after")]
+    if unknown:
+        sys.exit(f"error: unknown --stages {unknown}; hint: use init, before and/or after")
+    for stage in stages:
         if stage == "init":
-            model.save_pretrained(f"{a.out}/init", safe_serialization=True)
-            for f in ["tokenizer.json", "tokenizer_config.json"]:
-                shutil.copy(f"{a.model}/{f}", f"{a.out}/init/{f}")
+            save(stage)
             continue
         base = model.base_model
         for p in base.parameters():
@@ -288,9 +296,7 @@ def mlm(a):
         start = time.time()
         trainer.train()
         report[stage] = {"steps": trainer.state.global_step, "seconds": time.time() - start}
-        model.save_pretrained(f"{a.out}/{stage}", safe_serialization=True)
-        for f in ["tokenizer.json", "tokenizer_config.json"]:
-            shutil.copy(f"{a.model}/{f}", f"{a.out}/{stage}/{f}")
+        save(stage)
     print(json.dumps(report))
 
 
@@ -477,7 +483,7 @@ def main():
     p.add_argument("--wd", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--no-dropout", action="store_true")
-    p.add_argument("--stages", default="before,after", help="mlm: the stages to run")
+    p.add_argument("--stages", default="before,after", help="mlm: the stages to run (init, before, after)")
     p.add_argument("--out", default="/tmp/hf-train-out")
     a = p.parse_args()
     {"tag": tag, "mlm": mlm, "dp": dp, "speed": speed}[a.mode](a)
