@@ -12,6 +12,7 @@
 //! torch.
 
 use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kernels::{contiguous_f32, contiguous_mut, par_simd};
@@ -88,9 +89,18 @@ pub fn grad_norm(grads: &[Option<Tensor>], max_norm: f64) -> Result<(f64, f32)> 
     Ok((f64::from(norm), coef))
 }
 
-/// Σ x² of a tensor, read in place on the CPU (a plain reduction elsewhere).
+/// Σ x² of a tensor in f64, read in place on the CPU: chunks of [`CHUNK`] elements summed on
+/// rayon's threads, the chunks' sums added in chunk order (the same bits whatever the thread
+/// count); a plain reduction elsewhere.
 fn squares(g: &Tensor) -> Result<f64> {
-    if let Some(sum) = with_host_f32(g, |x| x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()) {
+    let chunked = |x: &[f32]| -> f64 {
+        let sums: Vec<f64> = x
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+            .collect();
+        sums.iter().sum()
+    };
+    if let Some(sum) = with_host_f32(g, chunked) {
         return Ok(sum);
     }
     let n = g
