@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::matmul::{View, product};
+use super::matmul::{View, product, product_on};
 use super::{contiguous_f32, erfc_pos, exp, par_simd, simd, sum_by};
 use crate::rng::{mix, unit};
 
@@ -30,8 +30,18 @@ pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
-fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1()
+/// The threads gemm's products run on: rayon's, as candle's.
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// The values of a contiguous f32 CPU tensor's storage, read in place (backward passes make
+/// their inputs contiguous first, a no-op for the tensors the forward passes made).
+fn values<'a>(s: &'a candle_core::Storage, l: &Layout, op: &str) -> candle_core::Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(s) => contiguous_f32(s, l, op),
+        _ => candle_core::bail!("{op}: CPU tensors only"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -42,6 +52,13 @@ fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
 fn cdf(x: f32) -> f32 {
     let y = erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
     if x >= 0.0 { 1.0 - 0.5 * y } else { 0.5 * y }
+}
+
+/// GELU′(x) = Φ(x) + x·φ(x).
+#[inline(always)]
+fn gelu_slope(x: f32) -> f32 {
+    let inv_sqrt_2pi = 0.398_942_3_f32;
+    cdf(x) + x * inv_sqrt_2pi * exp(-0.5 * x * x)
 }
 
 struct Gelu;
@@ -95,7 +112,6 @@ impl CustomOp2 for GeluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "gelu backward")?;
         let dy = contiguous_f32(s2, l2, "gelu backward")?;
-        let inv_sqrt_2pi = 0.398_942_3_f32;
         let mut out = vec![0f32; x.len()];
         par_simd(
             &mut out,
@@ -103,7 +119,7 @@ impl CustomOp2 for GeluGrad {
             #[inline(always)]
             |start, o| {
                 for ((o, &v), &g) in o.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-                    *o = g * (cdf(v) + v * inv_sqrt_2pi * exp(-0.5 * v * v));
+                    *o = g * gelu_slope(v);
                 }
             },
         );
@@ -177,7 +193,18 @@ impl CustomOp3 for Norm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (xs, ws, dy) = (host(x)?, host(w)?, host(grad)?);
+        let (x, w, grad) = (x.contiguous()?, w.contiguous()?, grad.contiguous()?);
+        let what = "layer norm backward";
+        let ((xg, xl), (wg, wl), (gg, gl)) = (
+            x.storage_and_layout(),
+            w.storage_and_layout(),
+            grad.storage_and_layout(),
+        );
+        let (xs, ws, dy) = (
+            values(&xg, xl, what)?,
+            values(&wg, wl, what)?,
+            values(&gg, gl, what)?,
+        );
         let h = ws.len();
         let mut dx = vec![0f32; xs.len()];
         // Per chunk of rows: dx for its rows, and its partial Σ dy·x̂ and Σ dy.
@@ -289,32 +316,11 @@ impl CustomOp2 for BiasAdd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = host(grad)?;
-        let n = b.elem_count();
-        // Per chunk of rows a partial sum, the partials added in order.
-        let partials: Vec<Vec<f32>> = g
-            .par_chunks(n * ROWS)
-            .map(|g| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let mut sum = vec![0f32; n];
-                        for row in g.chunks_exact(n) {
-                            for (s, &x) in sum.iter_mut().zip(row) {
-                                *s += x;
-                            }
-                        }
-                        sum
-                    },
-                )
-            })
-            .collect();
-        let mut db = vec![0f32; n];
-        for p in partials {
-            for (s, x) in db.iter_mut().zip(p) {
-                *s += x;
-            }
-        }
+        let grad = grad.contiguous()?;
+        let db = {
+            let (gg, gl) = grad.storage_and_layout();
+            row_sums(values(&gg, gl, "bias add backward")?, b.elem_count())
+        };
         Ok((
             Some(grad.clone()),
             Some(Tensor::from_vec(db, b.shape(), b.device())?),
@@ -322,9 +328,261 @@ impl CustomOp2 for BiasAdd {
     }
 }
 
+/// The sums of the rows of `n` values of `g`: per chunk of [`ROWS`] rows a partial sum on
+/// rayon's threads, the partials added in order (the same bits whatever the thread count).
+fn row_sums(g: &[f32], n: usize) -> Vec<f32> {
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks(n * ROWS)
+        .map(|g| {
+            simd(
+                #[inline(always)]
+                || {
+                    let mut sum = vec![0f32; n];
+                    for row in g.chunks_exact(n) {
+                        for (s, &x) in sum.iter_mut().zip(row) {
+                            *s += x;
+                        }
+                    }
+                    sum
+                },
+            )
+        })
+        .collect();
+    let mut sums = vec![0f32; n];
+    for p in partials {
+        for (s, x) in sums.iter_mut().zip(p) {
+            *s += x;
+        }
+    }
+    sums
+}
+
 /// `y + b` for rows `y` `(n, out)` and a bias `(out)`, with a backward pass for both.
 pub fn bias_add(y: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     y.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear
+
+/// A linear layer on rows, `x·Wᵀ + b` for `x` `(n, in)`, a weight `(out, in)` and a bias
+/// `(out)`, then GELU (the intermediate layer) or, in training, dropout: one node of the
+/// autograd graph where candle's ops make up to five (the weight's transposed view, the
+/// product, the bias add, the activation or the dropout), each of which costs the backward
+/// pass a zeroed tensor of its size and an add. The products are gemm's on rayon's threads,
+/// as candle's are; the backward pass recomputes the dropout mask from its stream.
+struct Linear {
+    dropout: Option<MaskOp>,
+    /// GELU on the result (the intermediate layer), and the values it was applied to, kept
+    /// for the backward pass (one node instead of two, the activation's input held here
+    /// instead of as a tensor of the graph).
+    gelu: Option<std::sync::Mutex<Vec<f32>>>,
+}
+
+impl Linear {
+    /// `(n, in, out)` of a product of `x` by a weight of `w` values and a bias of `out`.
+    fn dims(x: usize, w: usize, out: usize) -> candle_core::Result<(usize, usize, usize)> {
+        if out == 0 || w == 0 || !w.is_multiple_of(out) || !x.is_multiple_of(w / out) {
+            candle_core::bail!("linear: {x} inputs, a {w}-value weight, a bias of {out}");
+        }
+        let k = w / out;
+        Ok((x / k, k, out))
+    }
+}
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "linear")?;
+        let w = contiguous_f32(s2, l2, "linear")?;
+        let b = contiguous_f32(s3, l3, "linear")?;
+        let (n, k, out) = Self::dims(x.len(), w.len(), b.len())?;
+        let mut y = vec![0f32; n * out];
+        product_on(
+            (&mut y, View::rows(n, out, 0, out)),
+            (x, View::rows(n, k, 0, k)),
+            (w, View::rows(out, k, 0, k).t()),
+            1.0,
+            false,
+            threads(),
+        );
+        let size = out * ROWS;
+        // Rows of chunk `c`: the bias, then GELU (its input into `z`) or dropout.
+        let rows = |c: usize, y: &mut [f32], z: &mut [f32]| {
+            simd(
+                #[inline(always)]
+                || {
+                    for (r, row) in y.chunks_exact_mut(out).enumerate() {
+                        for (v, &b) in row.iter_mut().zip(b) {
+                            *v += b;
+                        }
+                        if !z.is_empty() {
+                            for (v, z) in row.iter_mut().zip(&mut z[r * out..(r + 1) * out]) {
+                                *z = *v;
+                                *v *= cdf(*v);
+                            }
+                        }
+                        if let Some(m) = self.dropout {
+                            let (first, keep) = (c * size + r * out, m.scale());
+                            for (j, v) in row.iter_mut().enumerate() {
+                                *v = if m.kept(first + j) { *v * keep } else { 0.0 };
+                            }
+                        }
+                    }
+                },
+            );
+        };
+        let mut z = Vec::new();
+        if self.gelu.is_some() {
+            z = vec![0f32; y.len()];
+            y.par_chunks_mut(size)
+                .zip(z.par_chunks_mut(size))
+                .enumerate()
+                .for_each(|(c, (y, z))| rows(c, y, z));
+        } else {
+            y.par_chunks_mut(size)
+                .enumerate()
+                .for_each(|(c, y)| rows(c, y, &mut []));
+        }
+        if let Some(kept) = &self.gelu {
+            *kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = z;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((n, out))))
+    }
+
+    /// With `dZ` the gradient back through the dropout mask or GELU (at the kept input):
+    /// `dx = dZ·W`, `dW = dZᵀ·x`, `db` the sum of `dZ`'s rows; only for the arguments that
+    /// are in the graph (a frozen weight gets none).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = match self.dropout {
+            Some(m) => grad.contiguous()?.apply_op1_no_bwd(&m)?,
+            None => grad.contiguous()?,
+        };
+        // Through GELU: dZ = dY·GELU′(z).
+        let grad = match &self.gelu {
+            Some(kept) => {
+                let z = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (gg, gl) = grad.storage_and_layout();
+                let dy = values(&gg, gl, "linear backward")?;
+                if z.len() != dy.len() {
+                    candle_core::bail!("linear backward: the GELU input was not kept");
+                }
+                let mut dz = vec![0f32; dy.len()];
+                par_simd(
+                    &mut dz,
+                    ELEMENTS,
+                    #[inline(always)]
+                    |start, o| {
+                        for ((o, &v), &g) in o.iter_mut().zip(&z[start..]).zip(&dy[start..]) {
+                            *o = g * gelu_slope(v);
+                        }
+                    },
+                );
+                Tensor::from_vec(dz, grad.shape(), grad.device())?
+            }
+            None => grad,
+        };
+        let (x, w) = (x.contiguous()?, w.contiguous()?);
+        let (n, k, out) = Self::dims(x.elem_count(), w.elem_count(), b.elem_count())?;
+        let what = "linear backward";
+        let (gg, gl) = grad.storage_and_layout();
+        let g = values(&gg, gl, what)?;
+        let gv = View::rows(n, out, 0, out);
+        let dev = x.device();
+        let db = if b.track_op() {
+            Some(Tensor::from_vec(row_sums(g, out), b.shape(), dev)?)
+        } else {
+            None
+        };
+        let dx = if x.track_op() {
+            let (wg, wl) = w.storage_and_layout();
+            let wv = values(&wg, wl, what)?;
+            let mut dx = vec![0f32; n * k];
+            let rows = View::rows(n, k, 0, k);
+            product_on(
+                (&mut dx, rows),
+                (g, gv),
+                (wv, View::rows(out, k, 0, k)),
+                1.0,
+                false,
+                threads(),
+            );
+            Some(Tensor::from_vec(dx, x.shape(), dev)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let (xg, xl) = x.storage_and_layout();
+            let xv = values(&xg, xl, what)?;
+            let mut dw = vec![0f32; out * k];
+            let d = View::rows(out, k, 0, k);
+            product_on(
+                (&mut dw, d),
+                (g, gv.t()),
+                (xv, View::rows(n, k, 0, k)),
+                1.0,
+                false,
+                threads(),
+            );
+            Some(Tensor::from_vec(dw, w.shape(), dev)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `x·Wᵀ + b` for rows `x` `(n, in)`, a weight `(out, in)` and a bias `(out)`, then GELU
+/// (`gelu`) or dropout (training), with a backward pass for all three: the rows `(n, out)`.
+pub fn linear(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    dropout: Option<MaskOp>,
+    gelu: bool,
+) -> candle_core::Result<Tensor> {
+    if gelu && dropout.is_some() {
+        candle_core::bail!("linear: GELU and dropout on one layer");
+    }
+    let ((_, k), (out, k2)) = (x.dims2()?, w.dims2()?);
+    if k != k2 || b.dims1()? != out {
+        candle_core::bail!(
+            "linear: rows {:?}, weight {:?}, bias {:?}",
+            x.dims(),
+            w.dims(),
+            b.dims()
+        );
+    }
+    x.contiguous()?.apply_op3(
+        &w.contiguous()?,
+        &b.contiguous()?,
+        Linear {
+            dropout,
+            gelu: gelu.then(|| std::sync::Mutex::new(Vec::new())),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -669,7 +927,7 @@ pub fn self_attention(
 mod tests {
     use candle_core::{D, Device, Tensor, Var};
 
-    use super::{MaskOp, gelu, layer_norm, self_attention};
+    use super::{MaskOp, gelu, layer_norm, linear, self_attention};
 
     fn random(shape: &[usize], seed: u64) -> Vec<f32> {
         let n: usize = shape.iter().product();
@@ -804,5 +1062,46 @@ mod tests {
                 &format!("self-attention grad, dropout {rate}"),
             );
         }
+
+        // A linear layer on 150 rows of 5 into 4 (more rows than a chunk): plain, with dropout
+        // on its output, with GELU.
+        let (n, k, out) = (150, 5, 4);
+        let x = Var::from_vec(random(&[n, k], 9), (n, k), &dev).unwrap();
+        let lw = Var::from_vec(random(&[out, k], 10), (out, k), &dev).unwrap();
+        let lb = Var::from_vec(random(&[out], 12), out, &dev).unwrap();
+        let up = Tensor::from_vec(random(&[n, out], 13), (n, out), &dev).unwrap();
+        for (rate, act) in [(0.0, false), (0.5, false), (0.0, true)] {
+            let drop = (rate > 0.0).then(|| MaskOp::new(17, rate));
+            let ours = linear(x.as_tensor(), lw.as_tensor(), lb.as_tensor(), drop, act).unwrap();
+            let plain = {
+                let y = x
+                    .as_tensor()
+                    .matmul(&lw.as_tensor().t().unwrap())
+                    .unwrap()
+                    .broadcast_add(lb.as_tensor())
+                    .unwrap();
+                let y = if act { y.gelu_erf().unwrap() } else { y };
+                match drop {
+                    Some(m) => y.apply_op1(m).unwrap(),
+                    None => y,
+                }
+            };
+            let what = format!("dropout {rate}, gelu {act}");
+            close(&ours, &plain, &format!("linear, {what}"));
+            let g1 = gradients(&ours, &up);
+            let g2 = gradients(&plain, &up);
+            for (v, name) in [(&x, "x"), (&lw, "w"), (&lb, "b")] {
+                close(
+                    g1.get(v.as_tensor()).unwrap(),
+                    g2.get(v.as_tensor()).unwrap(),
+                    &format!("linear grad {name}, {what}"),
+                );
+            }
+        }
+        // A frozen weight and bias get no gradient; the input still does.
+        let (fw, fb) = (lw.as_tensor().detach(), lb.as_tensor().detach());
+        let y = linear(x.as_tensor(), &fw, &fb, None, false).unwrap();
+        let g = gradients(&y, &up);
+        assert!(g.get(x.as_tensor()).is_some() && g.get(&fw).is_none() && g.get(&fb).is_none());
     }
 }

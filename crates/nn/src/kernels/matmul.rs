@@ -64,13 +64,28 @@ impl View {
 ///
 /// # Panics
 /// When the shapes do not chain or a view reaches outside its slice (a bug in the caller).
-#[allow(clippy::too_many_arguments)] // three (slice, view) pairs and the two coefficients
 pub(crate) fn product(
+    dst: (&mut [f32], View),
+    lhs: (&[f32], View),
+    rhs: (&[f32], View),
+    scale: f32,
+    accumulate: bool,
+) {
+    product_on(dst, lhs, rhs, scale, accumulate, 1);
+}
+
+/// [`product`] on `threads` of rayon's threads (gemm splits the output's blocks among them;
+/// each element's sum is the same whatever their number), as candle's matrix products run.
+///
+/// # Panics
+/// As [`product`].
+pub(crate) fn product_on(
     (dst, d): (&mut [f32], View),
     (lhs, l): (&[f32], View),
     (rhs, r): (&[f32], View),
     scale: f32,
     accumulate: bool,
+    threads: usize,
 ) {
     assert!(
         l.rows == d.rows && r.cols == d.cols && l.cols == r.rows,
@@ -91,10 +106,15 @@ pub(crate) fn product(
     }
     // Strides fit in isize (checked by `fits`); a stride never exceeds the slice.
     let s = |x: usize| x as isize;
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
     // SAFETY: every element each view addresses lies inside its slice (checked above); `dst`
     // is a unique borrow, so it overlaps neither input; gemm reads `lhs` and `rhs` and writes
-    // only the `d.rows × d.cols` elements of `dst`'s view, on this thread
-    // (`Parallelism::None`).
+    // only the `d.rows × d.cols` elements of `dst`'s view (on its threads, each its own
+    // blocks of them), and returns when all are written.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -116,7 +136,7 @@ pub(crate) fn product(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }

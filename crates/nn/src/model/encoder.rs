@@ -194,17 +194,14 @@ impl Encoder {
                 }
                 None => self.attention_plain(&qkv, &bias, (b, t, heads), scale)?,
             };
-            let drop = |y: Tensor| match &self.dropout {
-                Some(d) => d.apply(&y, d.hidden).map_err(candle),
-                None => Ok(y),
-            };
+            let hidden = self.dropout.as_deref().map(|d| (d, d.hidden));
             let a = layer
                 .attn_norm
-                .forward(&(drop(layer.attn_out.forward(&ctx)?)? + &x).map_err(candle)?)?;
-            let inter = crate::kernels::gelu(&layer.inter.forward(&a)?).map_err(candle)?;
+                .forward(&(layer.attn_out.forward_dropped(&ctx, hidden)? + &x).map_err(candle)?)?;
+            let inter = layer.inter.forward_gelu(&a)?;
             x = layer
                 .out_norm
-                .forward(&(drop(layer.out.forward(&inter)?)? + &a).map_err(candle)?)?;
+                .forward(&(layer.out.forward_dropped(&inter, hidden)? + &a).map_err(candle)?)?;
         }
         x.reshape((b, t, h)).map_err(candle)
     }

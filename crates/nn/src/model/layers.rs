@@ -13,6 +13,9 @@ use crate::error::Result;
 /// through a transposed view).
 pub(super) struct Linear {
     pub(super) wt: Tensor,
+    /// In training, the weight `(out, in)` as the graph has it, for the one-node CPU layer
+    /// (`kernels::grad::linear`).
+    w: Option<Tensor>,
     pub(super) b: Option<Tensor>,
     /// The bias (zeros when the layer has none) for the fused CPU kernels.
     pub(super) host_bias: Option<Vec<f32>>,
@@ -67,15 +70,67 @@ impl Linear {
         // In training (a weight in an autograd graph) the transposed view is used as it is:
         // a contiguous copy would cost a copy of every weight, and another in the backward
         // pass, for each micro-batch.
-        let wt = if w.track_op() {
-            w.t().map_err(candle)?
+        let (wt, trained) = if w.track_op() {
+            (w.t().map_err(candle)?, Some(w.clone()))
         } else {
-            w.t().and_then(|t| t.contiguous()).map_err(candle)?
+            (w.t().and_then(|t| t.contiguous()).map_err(candle)?, None)
         };
-        Ok(Self { wt, b, host_bias })
+        Ok(Self {
+            wt,
+            w: trained,
+            b,
+            host_bias,
+        })
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_dropped(x, None)
+    }
+
+    /// [`Linear::forward`], then (in training) dropout at rate `p` of `dropout`.
+    pub(super) fn forward_dropped(
+        &self,
+        x: &Tensor,
+        dropout: Option<(&super::Dropout, f64)>,
+    ) -> Result<Tensor> {
+        if let Some(y) = self.one_node(x, || dropout.and_then(|(d, p)| d.site(p)), false)? {
+            return Ok(y);
+        }
+        let y = self.plain(x)?;
+        match dropout {
+            Some((d, p)) => d.apply(&y, p).map_err(candle),
+            None => Ok(y),
+        }
+    }
+
+    /// `GELU(x·Wᵀ + b)` (the intermediate layer).
+    pub(super) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.one_node(x, || None, true)? {
+            return Ok(y);
+        }
+        crate::kernels::gelu(&self.plain(x)?).map_err(candle)
+    }
+
+    /// On the CPU in training, rows through product, bias and GELU or dropout as one node of
+    /// the graph (`kernels::grad::linear`); `None` where that does not apply.
+    fn one_node(
+        &self,
+        x: &Tensor,
+        mask: impl FnOnce() -> Option<crate::kernels::grad::MaskOp>,
+        gelu: bool,
+    ) -> Result<Option<Tensor>> {
+        use crate::kernels::grad;
+        match (&self.w, &self.b) {
+            (Some(w), Some(b)) if grad::applies(x) && x.rank() == 2 => {
+                grad::linear(x, w, b, mask(), gelu)
+                    .map(Some)
+                    .map_err(candle)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn plain(&self, x: &Tensor) -> Result<Tensor> {
         // CUDA's matmul takes only row-major (or transposed) operands: a strided view such as
         // the [CLS] rows of a batch must be copied first (a no-op when already contiguous).
         let x = x.contiguous().map_err(candle)?;
