@@ -14,7 +14,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::matmul::{View, product, product_on};
+use super::matmul::{View, product, product_new};
 use super::{contiguous_f32, erfc_pos, exp, par_simd, simd, sum_by};
 use crate::rng::{mix, unit};
 
@@ -408,13 +408,10 @@ impl CustomOp3 for Linear {
         let w = contiguous_f32(s2, l2, "linear")?;
         let b = contiguous_f32(s3, l3, "linear")?;
         let (n, k, out) = Self::dims(x.len(), w.len(), b.len())?;
-        let mut y = vec![0f32; n * out];
-        product_on(
-            (&mut y, View::rows(n, out, 0, out)),
+        let mut y = product_new(
             (x, View::rows(n, k, 0, k)),
             (w, View::rows(out, k, 0, k).t()),
             1.0,
-            false,
             threads(),
         );
         let size = out * ROWS;
@@ -519,16 +516,7 @@ impl CustomOp3 for Linear {
         let dx = if x.track_op() {
             let (wg, wl) = w.storage_and_layout();
             let wv = values(&wg, wl, what)?;
-            let mut dx = vec![0f32; n * k];
-            let rows = View::rows(n, k, 0, k);
-            product_on(
-                (&mut dx, rows),
-                (g, gv),
-                (wv, View::rows(out, k, 0, k)),
-                1.0,
-                false,
-                threads(),
-            );
+            let dx = product_new((g, gv), (wv, View::rows(out, k, 0, k)), 1.0, threads());
             Some(Tensor::from_vec(dx, x.shape(), dev)?)
         } else {
             None
@@ -536,16 +524,7 @@ impl CustomOp3 for Linear {
         let dw = if w.track_op() {
             let (xg, xl) = x.storage_and_layout();
             let xv = values(&xg, xl, what)?;
-            let mut dw = vec![0f32; out * k];
-            let d = View::rows(out, k, 0, k);
-            product_on(
-                (&mut dw, d),
-                (g, gv.t()),
-                (xv, View::rows(n, k, 0, k)),
-                1.0,
-                false,
-                threads(),
-            );
+            let dw = product_new((g, gv.t()), (xv, View::rows(n, k, 0, k)), 1.0, threads());
             Some(Tensor::from_vec(dw, w.shape(), dev)?)
         } else {
             None

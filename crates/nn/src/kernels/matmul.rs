@@ -81,12 +81,52 @@ pub(crate) fn product(
 /// As [`product`].
 pub(crate) fn product_on(
     (dst, d): (&mut [f32], View),
-    (lhs, l): (&[f32], View),
-    (rhs, r): (&[f32], View),
+    lhs: (&[f32], View),
+    rhs: (&[f32], View),
     scale: f32,
     accumulate: bool,
     threads: usize,
 ) {
+    check(d, lhs, rhs);
+    assert!(d.fits(dst.len()), "matrix view outside its slice");
+    // SAFETY: every element of `d` lies inside `dst` (checked above), initialised; `dst` is
+    // a unique borrow, so it overlaps neither input, whose views `check` kept inside them.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm_into(dst.as_mut_ptr(), d, lhs, rhs, scale, accumulate, threads);
+    }
+}
+
+/// `scale·lhs·rhs` as a new row-major matrix on `threads` of rayon's threads, written by
+/// gemm without zeroing it first: a product's output is overwritten anyway, and zeroing the
+/// large ones (a layer's rows) cost training a memset per product.
+///
+/// # Panics
+/// As [`product`].
+pub(crate) fn product_new(
+    lhs: (&[f32], View),
+    rhs: (&[f32], View),
+    scale: f32,
+    threads: usize,
+) -> Vec<f32> {
+    let d = View::rows(lhs.1.rows, rhs.1.cols, 0, rhs.1.cols);
+    check(d, lhs, rhs);
+    let len = d.rows * d.cols;
+    let mut out = Vec::with_capacity(len);
+    // SAFETY: `out` has room for the `len` elements of `d`; gemm, not accumulating, writes
+    // every one of them and reads none (it zeroes its factor on the destination and never
+    // loads it; with an empty inner dimension it writes zeros; the test below runs each of
+    // its paths over a destination of NaNs), so all `len` are initialised before `set_len`.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm_into(out.as_mut_ptr(), d, lhs, rhs, scale, false, threads);
+        out.set_len(len);
+    }
+    out
+}
+
+/// Asserts that the views chain (`l.cols = r.rows`, into `d`) and lie inside their slices.
+fn check(d: View, (lhs, l): (&[f32], View), (rhs, r): (&[f32], View)) {
     assert!(
         l.rows == d.rows && r.cols == d.cols && l.cols == r.rows,
         "matrix product of {}×{} and {}×{} into {}×{}",
@@ -98,9 +138,26 @@ pub(crate) fn product_on(
         d.cols
     );
     assert!(
-        d.fits(dst.len()) && l.fits(lhs.len()) && r.fits(rhs.len()),
+        l.fits(lhs.len()) && r.fits(rhs.len()),
         "matrix view outside its slice"
     );
+}
+
+/// gemm's `dst ← scale·lhs·rhs` (or `+=`) on the view `d` of `dst`.
+///
+/// # Safety
+/// [`check`] passed for `d`, `lhs` and `rhs`; `dst` is valid for writes of every element of
+/// `d` (and for reads too, initialised, when accumulating) and overlaps neither input.
+#[allow(unsafe_code)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    d: View,
+    (lhs, l): (&[f32], View),
+    (rhs, r): (&[f32], View),
+    scale: f32,
+    accumulate: bool,
+    threads: usize,
+) {
     if d.rows == 0 || d.cols == 0 {
         return;
     }
@@ -111,17 +168,15 @@ pub(crate) fn product_on(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: every element each view addresses lies inside its slice (checked above); `dst`
-    // is a unique borrow, so it overlaps neither input; gemm reads `lhs` and `rhs` and writes
-    // only the `d.rows × d.cols` elements of `dst`'s view (on its threads, each its own
-    // blocks of them), and returns when all are written.
-    #[allow(unsafe_code)]
+    // SAFETY: the caller's contract; gemm reads `lhs` and `rhs` inside their views and writes
+    // only the `d.rows × d.cols` elements of `d` (on its threads, each its own blocks of
+    // them), reading them only when accumulating, and returns when all are written.
     unsafe {
         gemm::gemm(
             d.rows,
             d.cols,
             l.cols,
-            dst.as_mut_ptr().add(d.offset),
+            dst.add(d.offset),
             s(d.cs),
             s(d.rs),
             accumulate,
@@ -143,7 +198,7 @@ pub(crate) fn product_on(
 
 #[cfg(test)]
 mod tests {
-    use super::{View, product};
+    use super::{View, product, product_new, product_on};
 
     /// Strided and transposed views against the schoolbook sum, with and without accumulation.
     #[test]
@@ -179,6 +234,43 @@ mod tests {
         for i in 0..m {
             for j in 0..n {
                 assert!((at(&dst, d, i, j) - 2.5 * want(i, j)).abs() < 1e-4);
+            }
+        }
+    }
+
+    /// gemm does not read a destination it overwrites: over NaNs, every path of it (a
+    /// vector, a small block, large blocks on threads, an empty inner dimension) gives the
+    /// product, bit for bit what `product_new` gives without zeroing its output.
+    #[test]
+    fn products_overwrite_without_reading_the_destination() {
+        for (m, k, n, threads) in [
+            (1, 7, 9, 1),
+            (9, 7, 1, 1),
+            (5, 3, 4, 1),
+            (70, 40, 90, 2),
+            (6, 0, 5, 1),
+        ] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 11) as f32 - 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.25).collect();
+            let (l, r) = (View::rows(m, k, 0, k), View::rows(k, n, 0, n));
+            let mut over_nan = vec![f32::NAN; m * n];
+            product_on(
+                (&mut over_nan, View::rows(m, n, 0, n)),
+                (&a, l),
+                (&b, r),
+                1.0,
+                false,
+                threads,
+            );
+            assert!(
+                over_nan.iter().all(|v| !v.is_nan()),
+                "{m}×{k}×{n}: NaN read back"
+            );
+            let new = product_new((&a, l), (&b, r), 1.0, threads);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&new), bits(&over_nan), "{m}×{k}×{n}");
+            if k == 0 {
+                assert!(new.iter().all(|&v| v == 0.0));
             }
         }
     }
