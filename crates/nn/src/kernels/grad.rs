@@ -54,11 +54,21 @@ fn cdf(x: f32) -> f32 {
     if x >= 0.0 { 1.0 - 0.5 * y } else { 0.5 * y }
 }
 
-/// GELU′(x) = Φ(x) + x·φ(x).
-#[inline(always)]
-fn gelu_slope(x: f32) -> f32 {
+/// `dy·GELU′(x)` element by element, with GELU′(x) = Φ(x) + x·φ(x).
+fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
     let inv_sqrt_2pi = 0.398_942_3_f32;
-    cdf(x) + x * inv_sqrt_2pi * exp(-0.5 * x * x)
+    let mut out = vec![0f32; x.len()];
+    par_simd(
+        &mut out,
+        ELEMENTS,
+        #[inline(always)]
+        |start, o| {
+            for ((o, &v), &g) in o.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
+                *o = g * (cdf(v) + v * inv_sqrt_2pi * exp(-0.5 * v * v));
+            }
+        },
+    );
+    out
 }
 
 struct Gelu;
@@ -112,18 +122,7 @@ impl CustomOp2 for GeluGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "gelu backward")?;
         let dy = contiguous_f32(s2, l2, "gelu backward")?;
-        let mut out = vec![0f32; x.len()];
-        par_simd(
-            &mut out,
-            ELEMENTS,
-            #[inline(always)]
-            |start, o| {
-                for ((o, &v), &g) in o.iter_mut().zip(&x[start..]).zip(&dy[start..]) {
-                    *o = g * gelu_slope(v);
-                }
-            },
-        );
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(gelu_backward(x, dy)), l1.shape().clone()))
     }
 }
 
@@ -486,18 +485,7 @@ impl CustomOp3 for Linear {
                 if z.len() != dy.len() {
                     candle_core::bail!("linear backward: the GELU input was not kept");
                 }
-                let mut dz = vec![0f32; dy.len()];
-                par_simd(
-                    &mut dz,
-                    ELEMENTS,
-                    #[inline(always)]
-                    |start, o| {
-                        for ((o, &v), &g) in o.iter_mut().zip(&z[start..]).zip(&dy[start..]) {
-                            *o = g * gelu_slope(v);
-                        }
-                    },
-                );
-                Tensor::from_vec(dz, grad.shape(), grad.device())?
+                Tensor::from_vec(gelu_backward(&z, dy), grad.shape(), grad.device())?
             }
             None => grad,
         };
